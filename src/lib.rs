@@ -1,1 +1,200 @@
-//! x
+//! openai-key-server: hands out short-lived OpenAI API keys to people who
+//! sign in, by creating an OpenAI project service account per key and
+//! deleting it when the key expires.
+//!
+//! [`Application::build`] binds the listener and wires the parts together;
+//! [`Application::run`] serves until shutdown. Tests, the demo and the
+//! benchmark use the same two calls.
+
+pub mod access;
+pub mod cleanup;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod keys;
+pub mod oidc;
+pub mod openai;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum_extra::extract::cookie::Key;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cleanup::Cleanup;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::http::AppState;
+use crate::keys::Keys;
+use crate::oidc::Provider;
+use crate::openai::AdminClient;
+
+/// Installs the TLS crypto provider once (ring, so that no C toolchain for
+/// aws-lc is needed) and builds the one HTTP client for outgoing calls:
+/// `TIMEOUT` on every call, redirects off.
+pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    // Fails only when a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("openai-key-server/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// The parts that talk to OpenAI, shared by `serve` and `cleanup`.
+pub fn keys_for(config: &Config, http: reqwest::Client) -> Keys {
+    let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone());
+    Keys::new(admin, config.project.clone(), config.expiration)
+}
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    config: Config,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("local_addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds `BIND_ADDRESS:PORT` and wires everything, on the system clock.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(config.bind_address, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} (BIND_ADDRESS / PORT)"))?;
+        Self::build_with(config, listener, Clock::system())
+    }
+
+    /// Wires everything on an already bound listener and a given clock (tests
+    /// and the demo pass the sandbox's virtual clock).
+    pub fn build_with(config: Config, listener: TcpListener, clock: Clock) -> anyhow::Result<Self> {
+        let http = http_client(&config)?;
+        let provider = Provider::new(
+            http.clone(),
+            oidc::Settings {
+                issuer: config.oidc_issuer.clone(),
+                accepted_issuers: config.accepted_issuers.clone(),
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone(),
+                redirect_uri: config.redirect_uri.clone(),
+            },
+        );
+        let keys = keys_for(&config, http);
+        let cleanup = Cleanup::new(keys.clone(), clock.clone(), config.cleanup_interval);
+        let cookie_key = match &config.session_secret {
+            Some(secret) => Key::derive_from(secret.expose()),
+            None => {
+                tracing::warn!(
+                    "SESSION_SECRET is not set: using a random key, so sign-ins in progress do not survive a restart and cannot span replicas"
+                );
+                Key::derive_from(config::SessionSecret::random().expose())
+            }
+        };
+        let state = AppState {
+            allow: Arc::new(config.allow.clone()),
+            provider,
+            keys,
+            cleanup,
+            clock,
+            cookie_key,
+            secure_cookies: config.is_https(),
+        };
+        Ok(Self {
+            listener,
+            state,
+            config,
+        })
+    }
+
+    /// Where it listens (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The shared state (tests use it to reach the cleanup).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// requests in flight finish for at most `TIMEOUT`, and stops the
+    /// cleanup task.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cleanup = tokio::spawn(self.state.cleanup.clone().run_until(stop_rx.clone()));
+        let provider = self.state.provider.clone();
+        tokio::spawn(async move {
+            // Warm the discovery cache so /readyz and the first sign-in are quick.
+            if let Err(error) = provider.metadata().await {
+                tracing::warn!(%error, "the sign-in provider's discovery document could not be fetched yet");
+            }
+        });
+
+        let addr = self.local_addr();
+        tracing::info!(%addr, redirect_uri = %self.config.redirect_uri, "listening");
+        let grace = self.config.timeout;
+        let router = http::router(self.state);
+        let signal_tx = stop_tx.clone();
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+            let _ = signal_tx.send(true);
+        });
+        let mut stopped = stop_rx.clone();
+        let bounded = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = serve => result.context("serving HTTP")?,
+            () = bounded => tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after TIMEOUT; stopping anyway"),
+        }
+        let _ = stop_tx.send(true);
+        let _ = cleanup.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

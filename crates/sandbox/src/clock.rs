@@ -70,7 +70,10 @@ mod tests {
         let before = clock.unix();
         clock.advance(Duration::from_secs(3600));
         let after = clock.unix();
-        assert!((3600..=3602).contains(&(after - before)), "{before} -> {after}");
+        assert!(
+            (3600..=3602).contains(&(after - before)),
+            "{before} -> {after}"
+        );
         clock.set_offset_secs(-10);
         assert_eq!(clock.offset_ms(), -10_000);
     }

@@ -1,44 +1,580 @@
-//! Fake Google-style OIDC provider (STUB: to be replaced).
+//! A fake Google-style OpenID Connect provider (and, with
+//! [`Config::github_actions`], a fake GitHub Actions workload issuer) served
+//! over HTTP on loopback, with knobs to script sign-ins and forge tokens.
+//!
+//! Routes of the Google flavour (all under the origin it is served at):
+//!
+//! | Route | What it does |
+//! |---|---|
+//! | `GET /.well-known/openid-configuration` | discovery document |
+//! | `GET /oauth2/v3/certs` | JWKS, with Google's caching headers |
+//! | `GET, POST /o/oauth2/v2/auth` | authorization endpoint and sign-in form |
+//! | `POST /token` | authorization-code exchange |
+//! | `GET /v1/userinfo` | claims for a bearer access token |
+//! | `POST /revoke` | access-token revocation |
+//! | `/_sandbox/oidc/...` | JSON control routes (see [`FakeOidc::router`]) |
+//!
+//! The GitHub flavour serves discovery, its JWKS at `/.well-known/jwks` and
+//! the control routes; its authorization endpoint answers 400, since
+//! workloads never sign in interactively.
 
-use crate::clock::Clock;
+mod authorize;
+mod control;
+mod discovery;
+mod github;
+mod jwt;
+mod keys;
+mod params;
+mod token;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use url::Url;
 
-/// Settings of a fake OIDC provider.
-#[derive(Debug, Clone, Default)]
-pub struct Config {}
+use crate::clock::Clock;
+use crate::journal::{self, Journal};
 
-impl Config {
-    /// Settings for a GitHub-Actions-style workload issuer.
-    pub fn github_actions() -> Self {
-        Self::default()
+pub use github::GithubClaims;
+pub use jwt::{Signing, TokenOverride};
+
+/// Which real service a provider imitates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Google accounts: interactive sign-in, code flow, ID tokens for people.
+    #[default]
+    Google,
+    /// GitHub Actions' token issuer: workload tokens minted on request.
+    GithubActions,
+}
+
+/// How the `iss` claim of issued tokens spells the issuer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssuerForm {
+    /// Exactly the issuer of the discovery document, scheme included
+    /// (`https://accounts.google.com` for the real Google).
+    #[default]
+    Https,
+    /// The issuer without its scheme, like Google's `accounts.google.com`.
+    Bare,
+    /// Scheme form and bare form by turns, starting with the scheme form.
+    Alternate,
+}
+
+/// Settings of a fake provider. Fields are read once by [`FakeOidc::new`];
+/// the knobs that tests change later have setters on [`FakeOidc`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Which service to imitate.
+    pub kind: Kind,
+    /// The one registered OAuth client id (Google form
+    /// `NNNN-xxxx.apps.googleusercontent.com`).
+    pub client_id: String,
+    /// That client's secret (Google form `GOCSPX-...`).
+    pub client_secret: String,
+    /// Redirect URIs registered for the client, compared exactly.
+    pub redirect_uris: Vec<String>,
+    /// The issuer; `None` means the origin the provider is served at.
+    pub issuer: Option<String>,
+    /// How tokens spell the issuer in `iss`.
+    pub issuer_form: IssuerForm,
+    /// `max-age` of the JWKS response's `Cache-Control`.
+    pub jwks_max_age: Duration,
+    /// How long an authorization code can be exchanged.
+    pub code_ttl: Duration,
+    /// Refuse authorization requests without an `S256` PKCE challenge.
+    pub require_pkce_s256: bool,
+    /// Email prefilled in the sign-in form (the request's `login_hint` wins).
+    pub form_default_email: Option<String>,
+    /// Hosted domain prefilled in the sign-in form.
+    pub form_default_hd: Option<String>,
+    /// Fields merged over the discovery document; a `null` removes a field.
+    pub discovery_overrides: Map<String, Value>,
+}
+
+impl Default for Config {
+    /// Google-like: a random client id and secret in Google's formats, the
+    /// key server's usual loopback callbacks registered.
+    fn default() -> Self {
+        Self {
+            kind: Kind::Google,
+            client_id: format!(
+                "{}-{}.apps.googleusercontent.com",
+                random_digits(12),
+                random_string(32, b"abcdefghijklmnopqrstuvwxyz0123456789")
+            ),
+            client_secret: format!("GOCSPX-{}", random_string(28, URL_SAFE)),
+            redirect_uris: vec![
+                "http://127.0.0.1:8080/oauth2/callback".to_owned(),
+                "http://localhost:8080/oauth2/callback".to_owned(),
+            ],
+            issuer: None,
+            issuer_form: IssuerForm::Https,
+            jwks_max_age: Duration::from_secs(21_600),
+            code_ttl: Duration::from_secs(600),
+            require_pkce_s256: false,
+            form_default_email: None,
+            form_default_hd: None,
+            discovery_overrides: Map::new(),
+        }
     }
 }
 
-/// A fake OIDC provider. Cheap to clone.
+impl Config {
+    /// Settings for a GitHub-Actions-style workload issuer: no OAuth client,
+    /// no redirect URIs; tokens come from [`FakeOidc::mint_github_token`].
+    pub fn github_actions() -> Self {
+        Self {
+            kind: Kind::GithubActions,
+            client_id: String::new(),
+            client_secret: String::new(),
+            redirect_uris: Vec::new(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Who signs in: what the ID token will say about the person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The `email` claim.
+    pub email: String,
+    /// The `email_verified` claim.
+    #[serde(default = "yes")]
+    pub email_verified: bool,
+    /// The `hd` claim; `None` for consumer accounts (the claim is absent).
+    #[serde(default)]
+    pub hd: Option<String>,
+    /// The `name` claim; `None` uses the email's local part.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The `sub` claim; `None` uses a 21-digit id that the provider keeps
+    /// stable for this email.
+    #[serde(default)]
+    pub sub: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Identity {
+    /// A Google Workspace account: `hd` is the email's domain, verified.
+    pub fn workspace(email: &str) -> Self {
+        let hd = email.rsplit_once('@').map(|(_, domain)| domain.to_owned());
+        Self {
+            hd,
+            ..Self::consumer(email)
+        }
+    }
+
+    /// A consumer account (Gmail, or a non-Gmail address registered as a
+    /// Google account): no `hd`, verified.
+    pub fn consumer(email: &str) -> Self {
+        Self {
+            email: email.to_owned(),
+            email_verified: true,
+            hd: None,
+            name: None,
+            sub: None,
+        }
+    }
+
+    /// The same identity with `hd` replaced.
+    pub fn with_hd(self, hd: Option<&str>) -> Self {
+        Self {
+            hd: hd.map(str::to_owned),
+            ..self
+        }
+    }
+
+    /// The same identity with a fixed `sub`.
+    pub fn with_sub(self, sub: &str) -> Self {
+        Self {
+            sub: Some(sub.to_owned()),
+            ..self
+        }
+    }
+
+    /// The same identity with a display name.
+    pub fn with_name(self, name: &str) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            ..self
+        }
+    }
+
+    /// The same identity with `email_verified: false`.
+    pub fn unverified(self) -> Self {
+        Self {
+            email_verified: false,
+            ..self
+        }
+    }
+
+    fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.email
+                .split_once('@')
+                .map_or(self.email.as_str(), |(local, _)| local)
+                .to_owned()
+        })
+    }
+}
+
+/// A fake OIDC provider. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
 pub struct FakeOidc {
-    origin: Url,
+    inner: Arc<Provider>,
+}
+
+/// What never changes after start, plus the mutable state behind one lock.
+#[derive(Debug)]
+struct Provider {
+    kind: Kind,
+    origin: String,
+    issuer: String,
+    client_id: String,
+    client_secret: String,
+    form_default_email: Option<String>,
+    form_default_hd: Option<String>,
+    discovery_overrides: Map<String, Value>,
+    clock: Clock,
+    journal: Journal,
+    state: Mutex<State>,
+}
+
+/// Everything that changes while the provider runs.
+#[derive(Debug)]
+struct State {
+    redirect_uris: Vec<String>,
+    queue: VecDeque<Identity>,
+    auto_approve: Option<Identity>,
+    deny_next: bool,
+    keys: keys::KeyRing,
+    next_override: Option<TokenOverride>,
+    jwks_max_age: u64,
+    jwks_fetches: u64,
+    fail_jwks: u32,
+    fail_token: u32,
+    fail_token_status: u16,
+    issuer_form: IssuerForm,
+    alternate_bare: bool,
+    require_pkce_s256: bool,
+    code_ttl: Duration,
+    subs: HashMap<String, String>,
+    codes: HashMap<String, token::Grant>,
+    codes_issued: u64,
+    access_tokens: HashMap<String, token::AccessGrant>,
+    github_ids: HashMap<String, String>,
+}
+
+impl Provider {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The `iss` claim for the next token, per the issuer-form knob.
+    fn token_issuer(&self, state: &mut State) -> String {
+        let bare = match state.issuer_form {
+            IssuerForm::Https => false,
+            IssuerForm::Bare => true,
+            IssuerForm::Alternate => {
+                let bare = state.alternate_bare;
+                state.alternate_bare = !bare;
+                bare
+            }
+        };
+        if bare {
+            bare_issuer(&self.issuer)
+        } else {
+            self.issuer.clone()
+        }
+    }
+
+    /// The stable 21-digit `sub` of an email (case-insensitive).
+    fn sub_for(state: &mut State, email: &str) -> String {
+        state
+            .subs
+            .entry(email.to_lowercase())
+            .or_insert_with(|| format!("1{}", random_digits(20)))
+            .clone()
+    }
+
+    /// Signs `claims`, applying (and consuming) a pending token override.
+    fn issue_token(state: &mut State, claims: Map<String, Value>) -> String {
+        let forged = state.next_override.take().unwrap_or_default();
+        jwt::encode(&mut state.keys, claims, forged)
+    }
+}
+
+fn bare_issuer(issuer: &str) -> String {
+    issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"))
+        .unwrap_or(issuer)
+        .to_owned()
 }
 
 impl FakeOidc {
-    /// Builds the provider; `origin` is where it is served.
-    pub fn new(_config: Config, _clock: Clock, origin: Url) -> Self {
-        Self { origin }
+    /// Builds the provider; `origin` is where it is served, e.g.
+    /// `http://127.0.0.1:PORT`. Takes a signing key from the process-wide
+    /// pool (generating one only when the pool is empty).
+    pub fn new(config: Config, clock: Clock, origin: Url) -> Self {
+        let origin = origin.as_str().trim_end_matches('/').to_owned();
+        let issuer = config
+            .issuer
+            .as_deref()
+            .map_or_else(|| origin.clone(), |i| i.trim_end_matches('/').to_owned());
+        let state = State {
+            redirect_uris: config.redirect_uris,
+            queue: VecDeque::new(),
+            auto_approve: None,
+            deny_next: false,
+            keys: keys::KeyRing::new(),
+            next_override: None,
+            jwks_max_age: config.jwks_max_age.as_secs(),
+            jwks_fetches: 0,
+            fail_jwks: 0,
+            fail_token: 0,
+            fail_token_status: 500,
+            issuer_form: config.issuer_form,
+            alternate_bare: false,
+            require_pkce_s256: config.require_pkce_s256,
+            code_ttl: config.code_ttl,
+            subs: HashMap::new(),
+            codes: HashMap::new(),
+            codes_issued: 0,
+            access_tokens: HashMap::new(),
+            github_ids: HashMap::new(),
+        };
+        Self {
+            inner: Arc::new(Provider {
+                kind: config.kind,
+                origin,
+                issuer,
+                client_id: config.client_id,
+                client_secret: config.client_secret,
+                form_default_email: config.form_default_email,
+                form_default_hd: config.form_default_hd,
+                discovery_overrides: config.discovery_overrides,
+                clock,
+                journal: Journal::new(),
+                state: Mutex::new(state),
+            }),
+        }
     }
-    /// All routes.
-    pub fn router(&self) -> axum::Router {
-        axum::Router::new()
+
+    /// All routes: the provider's own (recorded in [`Self::journal`]) and
+    /// the unrecorded JSON control routes under `/_sandbox/oidc/`:
+    ///
+    /// | Route | Body | Effect |
+    /// |---|---|---|
+    /// | `POST queue-identity` | [`Identity`] | [`Self::queue_identity`] |
+    /// | `POST auto-approve` | [`Identity`] or `null` | [`Self::set_auto_approve`] |
+    /// | `POST allow-redirect-uri` | `{"redirect_uri"}` | [`Self::allow_redirect_uri`] |
+    /// | `POST rotate-keys` | `{"keep_old"}` | [`Self::rotate_keys`], answers `{"kid"}` |
+    /// | `POST override-next-token` | [`TokenOverride`] | [`Self::override_next_token`] |
+    /// | `POST deny-next` | none | [`Self::deny_next`] |
+    /// | `POST jwks-max-age` | `{"seconds"}` | [`Self::set_jwks_max_age`] |
+    /// | `POST fail-next-jwks` | `{"count"}` | [`Self::fail_next_jwks`] |
+    /// | `POST fail-next-token` | `{"count","status"}` | [`Self::fail_next_token`] |
+    /// | `POST issuer-form` | `{"form"}` | [`Self::set_issuer_form`] |
+    /// | `POST require-pkce-s256` | `{"enabled"}` | [`Self::set_require_pkce_s256`] |
+    /// | `POST mint-id-token` | claims object | [`Self::mint_id_token`], answers `{"id_token"}` |
+    /// | `POST github-token` | [`GithubClaims`] | [`Self::mint_github_token`], answers `{"value"}` |
+    /// | `GET stats` | none | fetch and code counters, kids, journal counters |
+    /// | `GET journal` | none | every recorded request |
+    pub fn router(&self) -> Router {
+        let provider = match self.inner.kind {
+            Kind::Google => Router::new()
+                .route(discovery::JWKS_PATH, get(discovery::jwks))
+                .route(
+                    authorize::PATH,
+                    get(authorize::show).post(authorize::submit),
+                )
+                .route("/token", post(token::exchange))
+                .route("/v1/userinfo", get(token::userinfo))
+                .route("/revoke", post(token::revoke)),
+            Kind::GithubActions => Router::new()
+                .route(discovery::GITHUB_JWKS_PATH, get(discovery::jwks))
+                .route(
+                    authorize::PATH,
+                    get(authorize::workloads_only).post(authorize::workloads_only),
+                ),
+        }
+        .route(discovery::PATH, get(discovery::configuration))
+        .route_layer(axum::middleware::from_fn_with_state(
+            self.inner.journal.clone(),
+            journal::record,
+        ));
+        provider.merge(control::router()).with_state(self.clone())
     }
-    /// The issuer URL.
+
+    /// The issuer, as the discovery document states it: the configured one,
+    /// or the origin without a trailing slash.
     pub fn issuer(&self) -> String {
-        self.origin.as_str().trim_end_matches('/').to_owned()
+        self.inner.issuer.clone()
     }
-    /// The OAuth client id.
+
+    /// The origin the provider is served at, without a trailing slash.
+    pub fn origin(&self) -> String {
+        self.inner.origin.clone()
+    }
+
+    /// The registered OAuth client id.
     pub fn client_id(&self) -> String {
-        String::new()
+        self.inner.client_id.clone()
     }
-    /// The OAuth client secret.
+
+    /// The registered OAuth client's secret.
     pub fn client_secret(&self) -> String {
-        String::new()
+        self.inner.client_secret.clone()
     }
+
+    /// The next authorization request signs this identity in without a form
+    /// (queued identities go first, in order).
+    pub fn queue_identity(&self, identity: Identity) {
+        self.inner.lock().queue.push_back(identity);
+    }
+
+    /// With `Some`, every authorization request that finds the queue empty
+    /// signs this identity in; with `None`, the sign-in form is shown.
+    pub fn set_auto_approve(&self, identity: Option<Identity>) {
+        self.inner.lock().auto_approve = identity;
+    }
+
+    /// Registers one more redirect URI (exact match, like Google's console).
+    pub fn allow_redirect_uri(&self, uri: &str) {
+        let mut state = self.inner.lock();
+        if !state.redirect_uris.iter().any(|known| known == uri) {
+            state.redirect_uris.push(uri.to_owned());
+        }
+    }
+
+    /// Starts signing with a new key (new kid), published at once. With
+    /// `keep_old` the previous keys stay in the JWKS; without, only the new
+    /// key is published. Returns the new kid.
+    pub fn rotate_keys(&self, keep_old: bool) -> String {
+        self.inner.lock().keys.rotate(keep_old)
+    }
+
+    /// The kid that signs tokens now.
+    pub fn current_kid(&self) -> String {
+        self.inner.lock().keys.current_kid().to_owned()
+    }
+
+    /// The kids the JWKS publishes, current first.
+    pub fn published_kids(&self) -> Vec<String> {
+        self.inner.lock().keys.published_kids()
+    }
+
+    /// The next token this provider issues (token endpoint or
+    /// [`Self::mint_github_token`]) is built to order; single shot.
+    pub fn override_next_token(&self, forged: TokenOverride) {
+        self.inner.lock().next_override = Some(forged);
+    }
+
+    /// The next authorization decision (a GET that would sign someone in or
+    /// show the form, or a form POST) redirects with `error=access_denied`.
+    pub fn deny_next(&self) {
+        self.inner.lock().deny_next = true;
+    }
+
+    /// `max-age` of the JWKS response from now on.
+    pub fn set_jwks_max_age(&self, secs: u64) {
+        self.inner.lock().jwks_max_age = secs;
+    }
+
+    /// How many JWKS requests arrived, failed ones included.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.inner.lock().jwks_fetches
+    }
+
+    /// The next `n` JWKS requests answer 500.
+    pub fn fail_next_jwks(&self, n: u32) {
+        self.inner.lock().fail_jwks = n;
+    }
+
+    /// The next `n` token requests answer `status` (500 if it is not a
+    /// valid status code) before looking at the request.
+    pub fn fail_next_token(&self, n: u32, status: u16) {
+        let mut state = self.inner.lock();
+        state.fail_token = n;
+        state.fail_token_status = status;
+    }
+
+    /// How tokens spell `iss` from now on.
+    pub fn set_issuer_form(&self, form: IssuerForm) {
+        let mut state = self.inner.lock();
+        state.issuer_form = form;
+        state.alternate_bare = false;
+    }
+
+    /// Whether authorization requests need an `S256` PKCE challenge.
+    pub fn set_require_pkce_s256(&self, enabled: bool) {
+        self.inner.lock().require_pkce_s256 = enabled;
+    }
+
+    /// Lifetime of codes issued from now on.
+    pub fn set_code_ttl(&self, ttl: Duration) {
+        self.inner.lock().code_ttl = ttl;
+    }
+
+    /// Requests answered by the provider's own routes (control routes are
+    /// not recorded), with counters by method and route.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// How many authorization codes were issued.
+    pub fn issued_codes_count(&self) -> u64 {
+        self.inner.lock().codes_issued
+    }
+
+    /// The `sub` this provider gives `email` when the identity sets none.
+    pub fn sub_for(&self, email: &str) -> String {
+        Provider::sub_for(&mut self.inner.lock(), email)
+    }
+
+    /// Signs arbitrary claims with the current key (normal RS256 header);
+    /// does not consume a pending [`TokenOverride`].
+    pub fn mint_id_token(&self, claims: Map<String, Value>) -> String {
+        let mut state = self.inner.lock();
+        jwt::encode(&mut state.keys, claims, TokenOverride::default())
+    }
+
+    /// Mints a GitHub-Actions-style workload token (see [`GithubClaims`]);
+    /// consumes a pending [`TokenOverride`].
+    pub fn mint_github_token(&self, claims: GithubClaims) -> String {
+        let mut state = self.inner.lock();
+        let iss = self.inner.token_issuer(&mut state);
+        let now = self.inner.clock.unix();
+        let claims = github::claims(&mut state, &iss, now, claims);
+        Provider::issue_token(&mut state, claims)
+    }
+}
+
+/// Characters of base64url, used for random tokens.
+const URL_SAFE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// `len` random characters from `alphabet`.
+fn random_string(len: usize, alphabet: &[u8]) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
+        .collect()
+}
+
+/// `len` random decimal digits.
+fn random_digits(len: usize) -> String {
+    random_string(len, b"0123456789")
 }

@@ -1,0 +1,178 @@
+//! RSA-2048 signing keys: a process-wide pool that providers lease keys
+//! from (generation is slow, tests start many providers), and the ring of
+//! keys one provider signs with, publishes and keeps back for forgeries.
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
+use rsa::rand_core::OsRng;
+use rsa::signature::{SignatureEncoding as _, Signer as _};
+use rsa::traits::PublicKeyParts as _;
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+/// Keys no live provider holds. A key goes back here when the provider
+/// holding it is dropped, so a test process generates only as many keys as
+/// its providers hold at the same time.
+static POOL: Mutex<Vec<Material>> = Mutex::new(Vec::new());
+
+/// One RSA key pair and the forms of its public half that tokens need.
+struct Material {
+    signer: SigningKey<Sha256>,
+    /// JWK `n`: base64url of the big-endian modulus.
+    n: String,
+    /// JWK `e`: base64url of the big-endian exponent.
+    e: String,
+    /// SPKI PEM of the public key (LF line endings, final newline): the
+    /// "secret" of the HS256 key-confusion forgery.
+    pem: String,
+}
+
+impl Material {
+    fn generate() -> Self {
+        let private = RsaPrivateKey::new(&mut OsRng, 2048).expect("RSA-2048 key generation");
+        let public = RsaPublicKey::from(&private);
+        let pem = public
+            .to_public_key_pem(LineEnding::LF)
+            .expect("an RSA public key encodes as PEM");
+        Self {
+            n: URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+            e: URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+            pem,
+            signer: SigningKey::new(private),
+        }
+    }
+}
+
+/// A key leased from the pool under a fresh kid; returns to the pool on drop.
+pub(super) struct Key {
+    kid: String,
+    material: Option<Material>,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// Takes a pooled key, or generates one when none is free. The kid is
+    /// new each time (40 hex digits, like Google's), so a reused key never
+    /// shows a kid that an earlier provider published.
+    fn lease() -> Self {
+        let pooled = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        Self {
+            kid: super::random_string(40, b"0123456789abcdef"),
+            material: Some(pooled.unwrap_or_else(Material::generate)),
+        }
+    }
+
+    fn material(&self) -> &Material {
+        self.material
+            .as_ref()
+            .expect("a key's material is only taken when it is dropped")
+    }
+
+    pub(super) fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// RSASSA-PKCS1-v1_5 with SHA-256 over `input`.
+    pub(super) fn sign_rs256(&self, input: &[u8]) -> Vec<u8> {
+        self.material().signer.sign(input).to_vec()
+    }
+
+    /// The public key as SPKI PEM.
+    pub(super) fn public_pem(&self) -> &str {
+        &self.material().pem
+    }
+
+    /// The public key as a JWK, as Google publishes it.
+    pub(super) fn jwk(&self) -> Value {
+        let material = self.material();
+        json!({
+            "kty": "RSA",
+            "alg": "RS256",
+            "use": "sig",
+            "kid": self.kid,
+            "n": material.n,
+            "e": material.e,
+        })
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        if let Some(material) = self.material.take() {
+            POOL.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(material);
+        }
+    }
+}
+
+/// The keys of one provider.
+#[derive(Debug)]
+pub(super) struct KeyRing {
+    /// Signs tokens and is published.
+    current: Key,
+    /// Published but no longer signing, newest first.
+    previous: Vec<Key>,
+    /// Dropped from the JWKS. Kept until the provider goes so that a dropped
+    /// key cannot reappear in another live provider's JWKS.
+    retired: Vec<Key>,
+    /// Never published: signs the foreign-key and unknown-kid forgeries.
+    outsider: Option<Key>,
+}
+
+impl KeyRing {
+    pub(super) fn new() -> Self {
+        Self {
+            current: Key::lease(),
+            previous: Vec::new(),
+            retired: Vec::new(),
+            outsider: None,
+        }
+    }
+
+    pub(super) fn current(&self) -> &Key {
+        &self.current
+    }
+
+    pub(super) fn current_kid(&self) -> &str {
+        self.current.kid()
+    }
+
+    /// A key this provider never publishes (leased on first use).
+    pub(super) fn outsider(&mut self) -> &Key {
+        self.outsider.get_or_insert_with(Key::lease)
+    }
+
+    /// Switches signing to a fresh key; see [`super::FakeOidc::rotate_keys`].
+    pub(super) fn rotate(&mut self, keep_old: bool) -> String {
+        let old = std::mem::replace(&mut self.current, Key::lease());
+        if keep_old {
+            self.previous.insert(0, old);
+        } else {
+            self.retired.push(old);
+            self.retired.append(&mut self.previous);
+        }
+        self.current.kid().to_owned()
+    }
+
+    pub(super) fn published(&self) -> impl Iterator<Item = &Key> {
+        std::iter::once(&self.current).chain(&self.previous)
+    }
+
+    pub(super) fn published_kids(&self) -> Vec<String> {
+        self.published().map(|key| key.kid().to_owned()).collect()
+    }
+}

@@ -1,0 +1,178 @@
+//! Who may have a key: the allow-lists of the Go original, with the
+//! Workspace check it lacked.
+
+use std::collections::BTreeSet;
+
+use crate::identity::{Domain, EmailAddress, Identity};
+
+/// Allowed people and Workspace domains, normalised once at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// Addresses allowed one by one (`ALLOWED_USERS`).
+    pub users: BTreeSet<EmailAddress>,
+    /// Domains whose Workspace accounts are allowed (`ALLOWED_DOMAINS`).
+    pub domains: BTreeSet<Domain>,
+}
+
+/// Why a verified identity gets no key. Each is shown to the person, so
+/// each says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The token carried no usable email address.
+    #[error("the identity provider did not share a valid email address")]
+    NoEmail,
+    /// The provider does not vouch for the address.
+    #[error("the email address is not verified by the identity provider")]
+    EmailNotVerified,
+    /// The address's domain is allowed, but the account is not a Workspace
+    /// account of that domain (`hd` missing or different), e.g. a personal
+    /// Google account registered with a company address.
+    #[error(
+        "the account is not managed by the organisation that owns {domain} (a personal account using a company address is not enough)"
+    )]
+    NotManagedByDomain {
+        /// The allowed domain of the address.
+        domain: String,
+    },
+    /// Neither the address nor its domain is on the allow-list.
+    #[error("the account is not on the allow-list")]
+    NotAllowed,
+}
+
+impl AllowList {
+    /// True when nothing at all is allowed (a configuration error).
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.domains.is_empty()
+    }
+
+    /// Decides whether `identity` may have a key. The email must be verified;
+    /// then it is allowed if listed, or if its domain is listed **and** the
+    /// provider's `hd` claim names that same domain: the domain of an email
+    /// alone proves nothing, since anyone can register a personal account
+    /// with any address.
+    pub fn decide(&self, identity: &Identity) -> Result<EmailAddress, Refusal> {
+        let email = identity.email.as_ref().ok_or(Refusal::NoEmail)?;
+        if !identity.email_verified {
+            return Err(Refusal::EmailNotVerified);
+        }
+        if self.users.contains(email) {
+            return Ok(email.clone());
+        }
+        let Ok(domain) = Domain::parse(email.domain()) else {
+            return Err(Refusal::NotAllowed);
+        };
+        if self.domains.contains(&domain) {
+            let hd_matches = identity
+                .hosted_domain
+                .as_deref()
+                .and_then(|hd| Domain::parse(hd).ok())
+                .is_some_and(|hd| hd == domain);
+            if hd_matches {
+                return Ok(email.clone());
+            }
+            return Err(Refusal::NotManagedByDomain {
+                domain: domain.to_string(),
+            });
+        }
+        Err(Refusal::NotAllowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn list(users: &[&str], domains: &[&str]) -> AllowList {
+        AllowList {
+            users: users
+                .iter()
+                .map(|u| EmailAddress::parse(u).unwrap())
+                .collect(),
+            domains: domains.iter().map(|d| Domain::parse(d).unwrap()).collect(),
+        }
+    }
+
+    fn who(email: &str, verified: bool, hd: Option<&str>) -> Identity {
+        Identity {
+            subject: "1".into(),
+            email: EmailAddress::parse(email).ok(),
+            email_claim: Some(email.into()),
+            email_verified: verified,
+            hosted_domain: hd.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_listed_user_is_allowed_whatever_the_case() {
+        let allow = list(&["Bob@Gmail.com"], &[]);
+        assert!(allow.decide(&who("BOB@gmail.COM", true, None)).is_ok());
+    }
+
+    #[test]
+    fn a_domain_needs_a_matching_hosted_domain() {
+        let allow = list(&[], &["example.com"]);
+        assert!(
+            allow
+                .decide(&who("a@example.com", true, Some("example.com")))
+                .is_ok()
+        );
+        assert!(
+            allow
+                .decide(&who("a@example.com", true, Some("EXAMPLE.com")))
+                .is_ok()
+        );
+        assert_eq!(
+            allow.decide(&who("a@example.com", true, None)),
+            Err(Refusal::NotManagedByDomain {
+                domain: "example.com".into()
+            })
+        );
+        assert!(
+            allow
+                .decide(&who("a@example.com", true, Some("evil.test")))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_unverified_address_is_refused_even_when_listed() {
+        let allow = list(&["a@example.com"], &["example.com"]);
+        assert_eq!(
+            allow.decide(&who("a@example.com", false, Some("example.com"))),
+            Err(Refusal::EmailNotVerified)
+        );
+    }
+
+    #[test]
+    fn suffixes_and_superdomains_of_an_allowed_domain_are_refused() {
+        let allow = list(&[], &["example.com"]);
+        for email in [
+            "a@badexample.com",
+            "a@example.com.evil.org",
+            "a@sub.example.com",
+        ] {
+            let domain = email.split('@').nth(1).unwrap();
+            assert!(
+                allow.decide(&who(email, true, Some(domain))).is_err(),
+                "{email} was admitted"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn only_exact_domain_matches_are_admitted(
+            local in "[a-z]{1,8}",
+            prefix in "[a-z]{0,4}",
+            suffix in prop::option::of("\\.[a-z]{1,4}"),
+        ) {
+            let allow = list(&[], &["example.com"]);
+            let domain = format!("{prefix}example.com{}", suffix.clone().unwrap_or_default());
+            let email = format!("{local}@{domain}");
+            let decision = allow.decide(&who(&email, true, Some(&domain)));
+            let exact = prefix.is_empty() && suffix.is_none();
+            prop_assert_eq!(decision.is_ok(), exact);
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The command line: one subcommand per module, `serve` by default.
+
+mod check_config;
+mod cleanup;
+#[cfg(feature = "demo")]
+mod demo;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Hands out short-lived OpenAI API keys to people who sign in.
+///
+/// Settings come from the environment (and a `.env` file in the working
+/// directory); see the README for every variable.
+#[derive(Debug, Parser)]
+#[command(name = "openai-key-server", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the key server (the default).
+    Serve(serve::Args),
+    #[cfg(feature = "demo")]
+    /// Run the whole product on this machine, with the sandbox standing in
+    /// for Google and OpenAI.
+    Demo(demo::Args),
+    /// Validate the settings, print them with secrets redacted, and exit.
+    CheckConfig(check_config::Args),
+    /// Delete this server's expired service accounts once, and exit
+    /// (non-zero if any delete failed), for a cron job.
+    Cleanup(cleanup::Args),
+}
+
+/// Exit code for bad settings.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve(serve::Args {})) {
+            Command::Serve(args) => serve::run(args).await,
+            #[cfg(feature = "demo")]
+            Command::Demo(args) => demo::run(args).await,
+            Command::CheckConfig(args) => check_config::run(args),
+            Command::Cleanup(args) => cleanup::run(args).await,
+        }
+    })
+}
+
+/// Loads `.env` (a missing file is fine, a malformed one is not) and parses
+/// the settings, printing every problem and returning the exit code on
+/// failure.
+fn load_config() -> Result<Config, ExitCode> {
+    match dotenvy::dotenv() {
+        Ok(_) => {}
+        Err(error) if error.not_found() => {}
+        Err(error) => {
+            eprintln!("error: the .env file in the working directory cannot be read: {error}");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    }
+    Config::from_env().map_err(|error| {
+        eprintln!("error: the configuration is not valid:");
+        for problem in &error.problems {
+            eprintln!("  {}: {}", problem.var, problem.message);
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,20 @@
+//! `check-config`: validate the settings and print them, secrets redacted.
+
+use std::process::ExitCode;
+
+/// Arguments of `check-config`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Validates and prints the effective settings.
+pub(super) fn run(_args: Args) -> ExitCode {
+    match super::load_config() {
+        Ok(config) => {
+            for (name, value) in config.describe() {
+                println!("{name}={value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}

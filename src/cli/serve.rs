@@ -1,0 +1,32 @@
+//! `serve`: run the key server until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use crate::{Application, shutdown_signal, telemetry};
+
+/// Arguments of `serve` (settings come from the environment).
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs the server.
+pub(super) async fn run(_args: Args) -> ExitCode {
+    let config = match super::load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    telemetry::init(config.log_format);
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "could not start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

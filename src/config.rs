@@ -1,0 +1,585 @@
+//! Settings: read once from the environment (after `.env`), validated all
+//! at once, and held as typed values. Variable names and defaults are those
+//! of the Go original, so that an existing deployment's environment works
+//! unchanged; everything new is optional.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret as _, SecretBox, SecretString};
+use url::Url;
+
+use crate::access::AllowList;
+use crate::identity::{Domain, EmailAddress};
+
+/// The names of every variable the server reads. Tested one by one, since
+/// drop-in compatibility with the Go original depends on them.
+pub mod vars {
+    /// Comma-separated email addresses allowed to get a key.
+    pub const ALLOWED_USERS: &str = "ALLOWED_USERS";
+    /// Comma-separated Workspace domains whose accounts may get a key.
+    pub const ALLOWED_DOMAINS: &str = "ALLOWED_DOMAINS";
+    /// The OpenAI admin key.
+    pub const OPENAI_MANAGEMENT_KEY: &str = "OPENAI_MANAGEMENT_KEY";
+    /// The OAuth client id.
+    pub const CLIENT_ID: &str = "CLIENT_ID";
+    /// The OAuth client secret.
+    pub const CLIENT_SECRET: &str = "CLIENT_SECRET";
+    /// Where the provider sends the browser back.
+    pub const REDIRECT_URI: &str = "REDIRECT_URI";
+    /// Name of the OpenAI project that holds issued keys.
+    pub const DEFAULT_PROJECT_NAME: &str = "DEFAULT_PROJECT_NAME";
+    /// TCP port to listen on.
+    pub const PORT: &str = "PORT";
+    /// Key lifetime in seconds.
+    pub const EXPIRATION: &str = "EXPIRATION";
+    /// Safety-net period of the cleanup, in seconds.
+    pub const CLEANUP_INTERVAL: &str = "CLEANUP_INTERVAL";
+    /// Timeout of every outgoing call, in seconds.
+    pub const TIMEOUT: &str = "TIMEOUT";
+    /// Address to listen on.
+    pub const BIND_ADDRESS: &str = "BIND_ADDRESS";
+    /// The OpenID Connect issuer (discovery is under it).
+    pub const OIDC_ISSUER_URL: &str = "OIDC_ISSUER_URL";
+    /// The Go original's name for [`OIDC_ISSUER_URL`].
+    pub const GOOGLE_TOKEN_ISSUER_URL: &str = "GOOGLE_TOKEN_ISSUER_URL";
+    /// Extra accepted `iss` values (comma-separated).
+    pub const OIDC_ACCEPTED_ISSUERS: &str = "OIDC_ACCEPTED_ISSUERS";
+    /// Base URL of the OpenAI API.
+    pub const OPENAI_ADMIN_BASE_URL: &str = "OPENAI_ADMIN_BASE_URL";
+    /// Project id to use instead of looking up the name.
+    pub const OPENAI_PROJECT_ID: &str = "OPENAI_PROJECT_ID";
+    /// Base64 key for the encrypted cookies.
+    pub const SESSION_SECRET: &str = "SESSION_SECRET";
+    /// `json` or `pretty`.
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+}
+
+/// Google's documented issuer, and the scheme-less form its tokens may carry.
+pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+const GOOGLE_ISSUER_BARE: &str = "accounts.google.com";
+
+/// The longest lifetime OpenAI accepts for a key (`expires_in_seconds`).
+pub const MAX_EXPIRATION_SECS: u64 = 31_536_000;
+
+/// The one path the server answers the provider's redirect on.
+pub const CALLBACK_PATH: &str = "/oauth2/callback";
+
+/// Which OpenAI project receives the service accounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectSelector {
+    /// Look the project up by name, creating it when missing (the original's
+    /// behaviour).
+    Name(String),
+    /// Use this project id as is.
+    Id(String),
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// The key for the encrypted cookies: at least 32 bytes.
+pub struct SessionSecret(SecretBox<[u8]>);
+
+impl SessionSecret {
+    /// A random secret for this process only.
+    pub fn random() -> Self {
+        let bytes: [u8; 64] = rand::random();
+        Self(SecretBox::new(Box::new(bytes)))
+    }
+
+    /// The raw bytes, for deriving the cookie key.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl Clone for SessionSecret {
+    fn clone(&self) -> Self {
+        Self(SecretBox::new(self.expose().into()))
+    }
+}
+
+impl fmt::Debug for SessionSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// Every setting, typed and validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Who may get a key.
+    pub allow: AllowList,
+    /// The OpenAI admin key.
+    pub management_key: SecretString,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The OAuth client secret.
+    pub client_secret: SecretString,
+    /// Where the provider sends the browser back (path [`CALLBACK_PATH`]).
+    pub redirect_uri: Url,
+    /// The OpenAI project for issued keys.
+    pub project: ProjectSelector,
+    /// Address to listen on.
+    pub bind_address: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    pub port: u16,
+    /// Lifetime of every issued key.
+    pub expiration: Duration,
+    /// Longest time between two cleanups.
+    pub cleanup_interval: Duration,
+    /// Timeout of every outgoing call, and the grace period at shutdown.
+    pub timeout: Duration,
+    /// The OIDC issuer whose discovery document is used.
+    pub oidc_issuer: Url,
+    /// Every `iss` value accepted in ID tokens.
+    pub accepted_issuers: Vec<String>,
+    /// Base URL of the OpenAI API, e.g. `https://api.openai.com/v1`.
+    pub openai_base_url: Url,
+    /// Key for the encrypted login cookies; `None` means a random one per
+    /// process.
+    pub session_secret: Option<SessionSecret>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// One thing wrong with the environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The variable at fault.
+    pub var: String,
+    /// What is wrong and what a valid value looks like. Never contains the
+    /// value of a secret.
+    pub message: String,
+}
+
+/// Everything wrong with the environment, reported at once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct Error {
+    /// One entry per problem.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", p.var, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while reading, so that all are reported together.
+struct Reader<F> {
+    lookup: F,
+    problems: Vec<Problem>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    fn problem(&mut self, var: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            var: var.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// A non-secret value, trimmed; empty counts as unset.
+    fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A secret, from `VAR` or from the file named by `VAR_FILE`.
+    fn secret(&mut self, var: &str) -> Option<SecretString> {
+        let file_var = format!("{var}_FILE");
+        let direct = (self.lookup)(var).filter(|v| !v.trim().is_empty());
+        let file = self.get(&file_var);
+        match (direct, file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    var,
+                    format!("is set both directly and through {file_var}; set only one"),
+                );
+                None
+            }
+            (Some(v), None) => Some(SecretString::from(v.trim().to_owned())),
+            (None, Some(path)) => match std::fs::read_to_string(Path::new(&path)) {
+                Ok(v) if v.trim().is_empty() => {
+                    self.problem(&file_var, format!("names the file {path}, which is empty"));
+                    None
+                }
+                Ok(v) => Some(SecretString::from(v.trim().to_owned())),
+                Err(e) => {
+                    self.problem(&file_var, format!("cannot read the file {path}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn required_secret(&mut self, var: &str, example: &str) -> SecretString {
+        let before = self.problems.len();
+        self.secret(var).unwrap_or_else(|| {
+            if self.problems.len() > before {
+                // Already reported (set twice, unreadable file).
+                return SecretString::from(String::new());
+            }
+            self.problem(
+                var,
+                format!("is required (or {var}_FILE naming a file that holds it), e.g. {example}"),
+            );
+            SecretString::from(String::new())
+        })
+    }
+
+    fn seconds(&mut self, var: &str, default: u64, max: u64) -> Duration {
+        let Some(raw) = self.get(var) else {
+            return Duration::from_secs(default);
+        };
+        match raw.parse::<u64>() {
+            Ok(0) => {
+                self.problem(
+                    var,
+                    format!("must be a positive number of seconds, not 0 (default {default})"),
+                );
+                Duration::from_secs(default)
+            }
+            Ok(n) if n > max => {
+                self.problem(var, format!("must be at most {max} seconds, not {n}"));
+                Duration::from_secs(default)
+            }
+            Ok(n) => Duration::from_secs(n),
+            Err(_) => {
+                self.problem(
+                    var,
+                    format!(
+                        "must be a whole number of seconds between 1 and {max}, not {raw:?} (default {default})"
+                    ),
+                );
+                Duration::from_secs(default)
+            }
+        }
+    }
+
+    fn url(&mut self, var: &str, raw: &str) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            _ => {
+                self.problem(
+                    var,
+                    format!(
+                        "must be an absolute http(s) URL such as https://example.com, not {raw:?}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn list(&self, var: &str) -> Vec<String> {
+        self.get(var)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Config {
+    /// Reads the process environment. Load `.env` before calling this.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads settings through `lookup`, so that tests can pass a map.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let mut r = Reader {
+            lookup,
+            problems: Vec::new(),
+        };
+
+        let mut users = BTreeSet::new();
+        for raw in r.list(vars::ALLOWED_USERS) {
+            match EmailAddress::parse(&raw) {
+                Ok(email) => {
+                    users.insert(email);
+                }
+                Err(e) => r.problem(
+                    vars::ALLOWED_USERS,
+                    format!("entry {raw:?} {e}; expected addresses like alice@example.com"),
+                ),
+            }
+        }
+        let mut domains = BTreeSet::new();
+        for raw in r.list(vars::ALLOWED_DOMAINS) {
+            let cleaned = raw.strip_prefix('@').unwrap_or(&raw);
+            match Domain::parse(cleaned) {
+                Ok(domain) => {
+                    domains.insert(domain);
+                }
+                Err(e) => r.problem(
+                    vars::ALLOWED_DOMAINS,
+                    format!("entry {raw:?} {e}; expected domains like example.com"),
+                ),
+            }
+        }
+        let allow = AllowList { users, domains };
+        if allow.is_empty() && r.problems.is_empty() {
+            r.problem(
+                "ALLOWED_USERS/ALLOWED_DOMAINS",
+                "at least one must list someone, e.g. ALLOWED_DOMAINS=example.com or ALLOWED_USERS=alice@example.com",
+            );
+        }
+
+        let management_key = r.required_secret(vars::OPENAI_MANAGEMENT_KEY, "sk-admin-…");
+        let client_id = r.get(vars::CLIENT_ID).unwrap_or_else(|| {
+            r.problem(
+                vars::CLIENT_ID,
+                "is required: the OAuth client id, e.g. 1234-abc.apps.googleusercontent.com",
+            );
+            String::new()
+        });
+        let client_secret = r.required_secret(vars::CLIENT_SECRET, "GOCSPX-…");
+
+        let redirect_uri = match r.get(vars::REDIRECT_URI) {
+            None => {
+                r.problem(
+                    vars::REDIRECT_URI,
+                    format!("is required, e.g. https://keys.example.com{CALLBACK_PATH}"),
+                );
+                None
+            }
+            Some(raw) => r.url(vars::REDIRECT_URI, &raw).and_then(|url| {
+                if url.path() == CALLBACK_PATH && url.query().is_none() && url.fragment().is_none() {
+                    Some(url)
+                } else {
+                    r.problem(
+                        vars::REDIRECT_URI,
+                        format!(
+                            "must end in the path {CALLBACK_PATH}, which is where this server receives the sign-in, e.g. https://keys.example.com{CALLBACK_PATH}"
+                        ),
+                    );
+                    None
+                }
+            }),
+        };
+
+        let project = match r.get(vars::OPENAI_PROJECT_ID) {
+            Some(id) => ProjectSelector::Id(id),
+            None => ProjectSelector::Name(
+                r.get(vars::DEFAULT_PROJECT_NAME)
+                    .unwrap_or_else(|| "personal".to_owned()),
+            ),
+        };
+
+        let bind_address = match r.get(vars::BIND_ADDRESS) {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(raw) => raw.parse().unwrap_or_else(|_| {
+                r.problem(
+                    vars::BIND_ADDRESS,
+                    format!("must be an IP address such as 0.0.0.0, 127.0.0.1 or ::, not {raw:?}"),
+                );
+                IpAddr::from([0, 0, 0, 0])
+            }),
+        };
+        let port = match r.get(vars::PORT) {
+            None => 8080,
+            Some(raw) => raw.parse::<u16>().unwrap_or_else(|_| {
+                r.problem(
+                    vars::PORT,
+                    format!("must be a port number from 0 to 65535, not {raw:?} (default 8080)"),
+                );
+                8080
+            }),
+        };
+
+        let expiration = r.seconds(vars::EXPIRATION, 86_400, MAX_EXPIRATION_SECS);
+        let cleanup_interval = r.seconds(vars::CLEANUP_INTERVAL, 3_600, MAX_EXPIRATION_SECS);
+        let timeout = r.seconds(vars::TIMEOUT, 10, 600);
+
+        let issuer_raw = r
+            .get(vars::OIDC_ISSUER_URL)
+            .or_else(|| r.get(vars::GOOGLE_TOKEN_ISSUER_URL))
+            .unwrap_or_else(|| GOOGLE_ISSUER.to_owned());
+        let oidc_issuer = r.url(vars::OIDC_ISSUER_URL, &issuer_raw);
+        let mut accepted_issuers = vec![issuer_raw.trim_end_matches('/').to_owned()];
+        if accepted_issuers[0] == GOOGLE_ISSUER {
+            // Google documents both forms of its issuer in ID tokens.
+            accepted_issuers.push(GOOGLE_ISSUER_BARE.to_owned());
+        }
+        for extra in r.list(vars::OIDC_ACCEPTED_ISSUERS) {
+            if !accepted_issuers.contains(&extra) {
+                accepted_issuers.push(extra);
+            }
+        }
+
+        let openai_raw = r
+            .get(vars::OPENAI_ADMIN_BASE_URL)
+            .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+        let openai_base_url = r.url(vars::OPENAI_ADMIN_BASE_URL, &openai_raw);
+
+        let session_secret = match r.secret(vars::SESSION_SECRET) {
+            None => None,
+            Some(secret) => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(secret.expose_secret())
+                    .or_else(|_| {
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .decode(secret.expose_secret().trim_end_matches('='))
+                    });
+                match decoded {
+                    Ok(bytes) if bytes.len() >= 32 => {
+                        Some(SessionSecret(SecretBox::new(bytes.into_boxed_slice())))
+                    }
+                    Ok(bytes) => {
+                        r.problem(
+                            vars::SESSION_SECRET,
+                            format!(
+                                "must decode to at least 32 bytes, not {}; make one with `openssl rand -base64 48`",
+                                bytes.len()
+                            ),
+                        );
+                        None
+                    }
+                    Err(_) => {
+                        r.problem(
+                            vars::SESSION_SECRET,
+                            "must be base64 (make one with `openssl rand -base64 48`)",
+                        );
+                        None
+                    }
+                }
+            }
+        };
+
+        let log_format = match r.get(vars::LOG_FORMAT).as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                r.problem(
+                    vars::LOG_FORMAT,
+                    format!("must be json or pretty, not {other:?}"),
+                );
+                LogFormat::Json
+            }
+        };
+
+        match (redirect_uri, oidc_issuer, openai_base_url) {
+            (Some(redirect_uri), Some(oidc_issuer), Some(openai_base_url))
+                if r.problems.is_empty() =>
+            {
+                Ok(Self {
+                    allow,
+                    management_key,
+                    client_id,
+                    client_secret,
+                    redirect_uri,
+                    project,
+                    bind_address,
+                    port,
+                    expiration,
+                    cleanup_interval,
+                    timeout,
+                    oidc_issuer,
+                    accepted_issuers,
+                    openai_base_url,
+                    session_secret,
+                    log_format,
+                })
+            }
+            _ => Err(Error {
+                problems: r.problems,
+            }),
+        }
+    }
+
+    /// True when the public URL is https, so cookies must be `Secure`.
+    pub fn is_https(&self) -> bool {
+        self.redirect_uri.scheme() == "https"
+    }
+
+    /// The effective settings as `NAME=value` lines, secrets redacted, for
+    /// `check-config`.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let join = |items: Vec<String>| {
+            if items.is_empty() {
+                "(none)".to_owned()
+            } else {
+                items.join(",")
+            }
+        };
+        let (project_var, project) = match &self.project {
+            ProjectSelector::Name(name) => (vars::DEFAULT_PROJECT_NAME, name.clone()),
+            ProjectSelector::Id(id) => (vars::OPENAI_PROJECT_ID, id.clone()),
+        };
+        vec![
+            (
+                vars::ALLOWED_USERS,
+                join(self.allow.users.iter().map(ToString::to_string).collect()),
+            ),
+            (
+                vars::ALLOWED_DOMAINS,
+                join(self.allow.domains.iter().map(ToString::to_string).collect()),
+            ),
+            (vars::OPENAI_MANAGEMENT_KEY, "[REDACTED]".to_owned()),
+            (vars::CLIENT_ID, self.client_id.clone()),
+            (vars::CLIENT_SECRET, "[REDACTED]".to_owned()),
+            (vars::REDIRECT_URI, self.redirect_uri.to_string()),
+            (project_var, project),
+            (vars::BIND_ADDRESS, self.bind_address.to_string()),
+            (vars::PORT, self.port.to_string()),
+            (vars::EXPIRATION, self.expiration.as_secs().to_string()),
+            (
+                vars::CLEANUP_INTERVAL,
+                self.cleanup_interval.as_secs().to_string(),
+            ),
+            (vars::TIMEOUT, self.timeout.as_secs().to_string()),
+            (vars::OIDC_ISSUER_URL, self.oidc_issuer.to_string()),
+            (vars::OIDC_ACCEPTED_ISSUERS, self.accepted_issuers.join(",")),
+            (
+                vars::OPENAI_ADMIN_BASE_URL,
+                self.openai_base_url.to_string(),
+            ),
+            (
+                vars::SESSION_SECRET,
+                if self.session_secret.is_some() {
+                    "[REDACTED]".to_owned()
+                } else {
+                    "(unset: random per process)".to_owned()
+                },
+            ),
+            (
+                vars::LOG_FORMAT,
+                match self.log_format {
+                    LogFormat::Json => "json".to_owned(),
+                    LogFormat::Pretty => "pretty".to_owned(),
+                },
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const ADMIN_KEY: &str = "sk-admin-SECRETadminKEYvalue1234";
+const CLIENT_SECRET_VALUE: &str = "GOCSPX-SECRETclientSECRET";
+
+fn base() -> HashMap<String, String> {
+    [
+        (vars::ALLOWED_DOMAINS, "example.com"),
+        (vars::OPENAI_MANAGEMENT_KEY, ADMIN_KEY),
+        (vars::CLIENT_ID, "1234-abc.apps.googleusercontent.com"),
+        (vars::CLIENT_SECRET, CLIENT_SECRET_VALUE),
+        (
+            vars::REDIRECT_URI,
+            "https://keys.example.com/oauth2/callback",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn parse(env: &HashMap<String, String>) -> Result<Config, Error> {
+    Config::from_lookup(|k| env.get(k).cloned())
+}
+
+fn with(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env = base();
+    for (k, v) in pairs {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    env
+}
+
+fn problem_vars(err: &Error) -> Vec<&str> {
+    err.problems.iter().map(|p| p.var.as_str()).collect()
+}
+
+#[test]
+fn the_variable_names_are_those_of_the_go_original() {
+    assert_eq!(vars::ALLOWED_USERS, "ALLOWED_USERS");
+    assert_eq!(vars::ALLOWED_DOMAINS, "ALLOWED_DOMAINS");
+    assert_eq!(vars::OPENAI_MANAGEMENT_KEY, "OPENAI_MANAGEMENT_KEY");
+    assert_eq!(vars::CLIENT_ID, "CLIENT_ID");
+    assert_eq!(vars::CLIENT_SECRET, "CLIENT_SECRET");
+    assert_eq!(vars::REDIRECT_URI, "REDIRECT_URI");
+    assert_eq!(vars::DEFAULT_PROJECT_NAME, "DEFAULT_PROJECT_NAME");
+    assert_eq!(vars::PORT, "PORT");
+    assert_eq!(vars::EXPIRATION, "EXPIRATION");
+    assert_eq!(vars::CLEANUP_INTERVAL, "CLEANUP_INTERVAL");
+    assert_eq!(vars::TIMEOUT, "TIMEOUT");
+    assert_eq!(vars::GOOGLE_TOKEN_ISSUER_URL, "GOOGLE_TOKEN_ISSUER_URL");
+}
+
+#[test]
+fn defaults_match_the_go_original() {
+    let config = parse(&base()).unwrap();
+    assert_eq!(config.project, ProjectSelector::Name("personal".into()));
+    assert_eq!(config.port, 8080);
+    assert_eq!(config.expiration, Duration::from_secs(86_400));
+    assert_eq!(config.cleanup_interval, Duration::from_secs(3_600));
+    assert_eq!(config.timeout, Duration::from_secs(10));
+    assert_eq!(config.bind_address.to_string(), "0.0.0.0");
+    assert_eq!(config.oidc_issuer.as_str(), "https://accounts.google.com/");
+    assert_eq!(
+        config.accepted_issuers,
+        vec!["https://accounts.google.com", "accounts.google.com"]
+    );
+    assert_eq!(config.openai_base_url.as_str(), "https://api.openai.com/v1");
+    assert_eq!(config.log_format, LogFormat::Json);
+    assert!(config.session_secret.is_none());
+}
+
+#[test]
+fn lists_are_trimmed_case_folded_and_skip_empty_items() {
+    let env = with(&[
+        (vars::ALLOWED_USERS, " Alice@Example.com, ,bob@gmail.com,"),
+        (vars::ALLOWED_DOMAINS, "Example.COM , ,@corp.test"),
+    ]);
+    let config = parse(&env).unwrap();
+    let users: Vec<_> = config.allow.users.iter().map(|u| u.as_str()).collect();
+    assert_eq!(users, ["alice@example.com", "bob@gmail.com"]);
+    let domains: Vec<_> = config.allow.domains.iter().map(|d| d.as_str()).collect();
+    assert_eq!(domains, ["corp.test", "example.com"]);
+}
+
+#[test]
+fn an_empty_environment_reports_every_required_variable_at_once() {
+    let err = Config::from_lookup(|_| None).unwrap_err();
+    let vars = problem_vars(&err);
+    for required in [
+        "ALLOWED_USERS/ALLOWED_DOMAINS",
+        vars::OPENAI_MANAGEMENT_KEY,
+        vars::CLIENT_ID,
+        vars::CLIENT_SECRET,
+        vars::REDIRECT_URI,
+    ] {
+        assert!(vars.contains(&required), "{required} missing from {vars:?}");
+    }
+    assert_eq!(err.to_string().lines().count(), err.problems.len());
+}
+
+#[test]
+fn bad_numbers_and_durations_are_refused_with_the_variable_named() {
+    for (var, value) in [
+        (vars::PORT, "eighty"),
+        (vars::PORT, "70000"),
+        (vars::EXPIRATION, "0"),
+        (vars::EXPIRATION, "-5"),
+        (vars::EXPIRATION, "1.5"),
+        (vars::EXPIRATION, "31536001"),
+        (vars::CLEANUP_INTERVAL, "0"),
+        (vars::TIMEOUT, "0"),
+        (vars::TIMEOUT, "ten"),
+        (vars::BIND_ADDRESS, "localhost:80"),
+        (vars::LOG_FORMAT, "xml"),
+    ] {
+        let err = parse(&with(&[(var, value)])).unwrap_err();
+        assert_eq!(problem_vars(&err), [var], "{var}={value}");
+        assert!(err.to_string().starts_with(var), "{err}");
+    }
+}
+
+#[test]
+fn the_largest_expiration_openai_accepts_is_allowed() {
+    let config = parse(&with(&[(vars::EXPIRATION, "31536000")])).unwrap();
+    assert_eq!(config.expiration.as_secs(), MAX_EXPIRATION_SECS);
+}
+
+#[test]
+fn a_redirect_uri_must_be_absolute_http_and_end_in_the_callback_path() {
+    for bad in [
+        "/oauth2/callback",
+        "keys.example.com/oauth2/callback",
+        "ftp://keys.example.com/oauth2/callback",
+        "https://keys.example.com/callback",
+        "https://keys.example.com/oauth2/callback/",
+        "https://keys.example.com/oauth2/callback?x=1",
+    ] {
+        let err = parse(&with(&[(vars::REDIRECT_URI, bad)])).unwrap_err();
+        assert_eq!(problem_vars(&err), [vars::REDIRECT_URI], "{bad}");
+    }
+    let ok = parse(&with(&[(
+        vars::REDIRECT_URI,
+        "http://localhost:8080/oauth2/callback",
+    )]))
+    .unwrap();
+    assert!(!ok.is_https());
+}
+
+#[test]
+fn bad_allow_list_entries_are_named() {
+    let err = parse(&with(&[
+        (vars::ALLOWED_USERS, "alice@example.com,not-an-email"),
+        (vars::ALLOWED_DOMAINS, "exa mple.com"),
+    ]))
+    .unwrap_err();
+    assert_eq!(
+        problem_vars(&err),
+        [vars::ALLOWED_USERS, vars::ALLOWED_DOMAINS]
+    );
+    assert!(err.to_string().contains("not-an-email"));
+}
+
+#[test]
+fn secrets_can_come_from_files() {
+    let dir = std::env::temp_dir().join(format!("oks-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("admin-key");
+    std::fs::write(&path, format!("{ADMIN_KEY}\n")).unwrap();
+    let mut env = base();
+    env.remove(vars::OPENAI_MANAGEMENT_KEY);
+    env.insert(
+        "OPENAI_MANAGEMENT_KEY_FILE".into(),
+        path.display().to_string(),
+    );
+    let config = parse(&env).unwrap();
+    assert_eq!(config.management_key.expose_secret(), ADMIN_KEY);
+
+    env.insert(vars::OPENAI_MANAGEMENT_KEY.into(), ADMIN_KEY.into());
+    let both = parse(&env).unwrap_err();
+    assert_eq!(problem_vars(&both), [vars::OPENAI_MANAGEMENT_KEY]);
+
+    env.remove(vars::OPENAI_MANAGEMENT_KEY);
+    env.insert(
+        "OPENAI_MANAGEMENT_KEY_FILE".into(),
+        dir.join("missing").display().to_string(),
+    );
+    let missing = parse(&env).unwrap_err();
+    assert_eq!(problem_vars(&missing), ["OPENAI_MANAGEMENT_KEY_FILE"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_session_secret_must_be_base64_of_at_least_32_bytes() {
+    let short = parse(&with(&[(vars::SESSION_SECRET, "c2hvcnQ=")])).unwrap_err();
+    assert_eq!(problem_vars(&short), [vars::SESSION_SECRET]);
+    let junk = parse(&with(&[(vars::SESSION_SECRET, "!!!not base64!!!")])).unwrap_err();
+    assert_eq!(problem_vars(&junk), [vars::SESSION_SECRET]);
+    let good = base64::engine::general_purpose::STANDARD.encode([7u8; 48]);
+    let config = parse(&with(&[(vars::SESSION_SECRET, &good)])).unwrap();
+    assert_eq!(config.session_secret.unwrap().expose(), [7u8; 48]);
+}
+
+#[test]
+fn the_original_issuer_variable_is_an_alias_and_a_project_id_skips_the_name() {
+    let config = parse(&with(&[
+        (vars::GOOGLE_TOKEN_ISSUER_URL, "http://127.0.0.1:9000"),
+        (vars::OPENAI_PROJECT_ID, "proj_abc"),
+        (vars::OIDC_ACCEPTED_ISSUERS, "127.0.0.1:9000"),
+    ]))
+    .unwrap();
+    assert_eq!(config.oidc_issuer.as_str(), "http://127.0.0.1:9000/");
+    assert_eq!(
+        config.accepted_issuers,
+        vec!["http://127.0.0.1:9000", "127.0.0.1:9000"]
+    );
+    assert_eq!(config.project, ProjectSelector::Id("proj_abc".into()));
+}
+
+#[test]
+fn no_secret_appears_in_debug_errors_or_the_description() {
+    let config = parse(&with(&[(
+        vars::SESSION_SECRET,
+        &base64::engine::general_purpose::STANDARD.encode([9u8; 32]),
+    )]))
+    .unwrap();
+    let shown = format!("{config:?} {:?}", config.describe());
+    assert!(!shown.contains(ADMIN_KEY));
+    assert!(!shown.contains(CLIENT_SECRET_VALUE));
+    assert!(shown.contains("REDACTED"));
+    // A secret file that does not exist must not echo the secret either.
+    let err = parse(&with(&[("CLIENT_SECRET_FILE", "/nonexistent")])).unwrap_err();
+    assert!(!err.to_string().contains(CLIENT_SECRET_VALUE));
+}

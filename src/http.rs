@@ -1,0 +1,164 @@
+//! The web layer: one router listing every route, thin handlers, and the
+//! layers (request ids, logging, security headers, limits) applied in one
+//! place.
+
+mod assets;
+mod error;
+mod login;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRef, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::get;
+use axum_extra::extract::cookie::Key;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::access::AllowList;
+use crate::cleanup::Cleanup;
+use crate::clock::Clock;
+use crate::keys::Keys;
+use crate::oidc::Provider;
+
+pub use error::HttpError;
+
+/// Largest request body accepted (no route takes a body of note).
+const BODY_LIMIT: usize = 16 * 1024;
+/// How long a sign-in may take between `/` and the callback.
+pub const LOGIN_TTL: Duration = Duration::from_secs(600);
+
+/// Everything handlers need. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Who may have a key.
+    pub allow: Arc<AllowList>,
+    /// The OIDC relying party.
+    pub provider: Provider,
+    /// Issuing and sweeping.
+    pub keys: Keys,
+    /// Shared sweeps.
+    pub cleanup: Cleanup,
+    /// Time source.
+    pub clock: Clock,
+    /// Key of the encrypted cookies.
+    pub cookie_key: Key,
+    /// Whether cookies are `Secure` (and `__Host-` prefixed).
+    pub secure_cookies: bool,
+}
+
+impl FromRef<AppState> for Key {
+    fn from_ref(state: &AppState) -> Self {
+        state.cookie_key.clone()
+    }
+}
+
+/// Request ids: 16 random bytes in hex, shown on error pages and logged.
+#[derive(Clone, Copy, Default)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let id: [u8; 16] = rand::random();
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        HeaderValue::from_str(&hex).ok().map(RequestId::new)
+    }
+}
+
+/// Logs one line per answered request, with status and latency.
+#[derive(Clone, Copy)]
+struct LogResponse;
+
+impl<B> tower_http::trace::OnResponse<B> for LogResponse {
+    fn on_response(self, response: &axum::http::Response<B>, latency: Duration, _: &tracing::Span) {
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            "answered"
+        );
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The Content-Security-Policy of every page: our own CSS and JS only, no
+/// inline script, no framing, forms only back to us.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Every route, with its method, and the layers around them.
+pub fn router(state: AppState) -> Router {
+    let hsts = state.secure_cookies.then(|| {
+        SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        )
+    });
+    let routes = Router::new()
+        .route("/", get(login::start))
+        .route("/oauth2/callback", get(login::callback))
+        .route("/revoke", get(ops::revoke).post(ops::revoke))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/assets/app.css", get(assets::css))
+        .route("/assets/app.js", get(assets::js))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            error::render_error_pages,
+        ))
+        .with_state(state);
+
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("", MatchedPath::as_str);
+                    tracing::info_span!(
+                        "request",
+                        request_id,
+                        method = %request.method(),
+                        route,
+                        user.email = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(LogResponse)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .option_layer(hsts);
+    routes.layer(layers)
+}

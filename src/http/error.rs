@@ -1,0 +1,259 @@
+//! The one place where failures become status codes and pages. Handlers
+//! return [`HttpError`]; a middleware renders it with the request id and
+//! logs the cause once, inside the request span. Pages never show a cause
+//! chain, a token or a key.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use tower_http::request_id::RequestId;
+
+use super::AppState;
+use crate::access::Refusal;
+use crate::{keys, oidc, openai};
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The callback came with no login cookie (none started here, expired,
+    /// or another browser).
+    #[error("no sign-in in progress in this browser")]
+    NoLoginInProgress,
+    /// The login cookie is older than the sign-in lifetime.
+    #[error("the sign-in took too long")]
+    LoginExpired,
+    /// `state` differs from the one in the login cookie.
+    #[error("the state parameter does not match this browser's sign-in")]
+    StateMismatch,
+    /// The callback's parameters are missing or malformed.
+    #[error("malformed callback: {0}")]
+    BadCallback(&'static str),
+    /// The provider redirected with an error (e.g. `access_denied`).
+    #[error("the provider returned the error {0:?}")]
+    ProviderError(String),
+    /// Code exchange or token verification failed.
+    #[error(transparent)]
+    SignIn(#[from] oidc::Error),
+    /// The identity is verified but not allowed.
+    #[error("refused {account:?}: {reason}")]
+    Refused {
+        /// The account as the provider named it.
+        account: Option<String>,
+        /// Why.
+        reason: Refusal,
+    },
+    /// Creating the key failed.
+    #[error("issuing a key failed: {0}")]
+    Issue(keys::Error),
+    /// An on-demand cleanup failed.
+    #[error("cleanup failed: {0}")]
+    Sweep(keys::Error),
+    /// A page failed to render.
+    #[error("rendering failed: {0}")]
+    Render(#[from] askama::Error),
+}
+
+/// What the person sees.
+struct Public {
+    status: StatusCode,
+    title: &'static str,
+    message: String,
+    hint: Option<&'static str>,
+    sign_in_again: bool,
+    retry_after: Option<u64>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    message: &'a str,
+    hint: Option<&'a str>,
+    sign_in_again: bool,
+    request_id: &'a str,
+}
+
+fn public(error: &HttpError) -> Public {
+    let page = |status, title, message: &str| Public {
+        status,
+        title,
+        message: message.to_owned(),
+        hint: None,
+        sign_in_again: false,
+        retry_after: None,
+    };
+    let sign_in = |status, title, message: &str| Public {
+        sign_in_again: true,
+        ..page(status, title, message)
+    };
+    let admin = "The server could not create your key. This is not your fault; the operator has the details in the log.";
+    match error {
+        HttpError::NoLoginInProgress => sign_in(
+            StatusCode::BAD_REQUEST,
+            "No sign-in in progress",
+            "This browser has no sign-in in progress, or it expired. Start again from the beginning.",
+        ),
+        HttpError::LoginExpired => sign_in(
+            StatusCode::BAD_REQUEST,
+            "Sign-in expired",
+            "The sign-in took too long. Start again.",
+        ),
+        HttpError::StateMismatch | HttpError::BadCallback(_) => sign_in(
+            StatusCode::BAD_REQUEST,
+            "Sign-in could not be completed",
+            "The answer from the sign-in provider does not belong to this browser's sign-in. Start again.",
+        ),
+        HttpError::ProviderError(code) => sign_in(
+            StatusCode::BAD_REQUEST,
+            "Sign-in was not completed",
+            &format!("The sign-in provider did not sign you in ({code})."),
+        ),
+        HttpError::SignIn(oidc::Error::CodeRefused { .. }) => sign_in(
+            StatusCode::BAD_REQUEST,
+            "Sign-in could not be completed",
+            "The sign-in provider refused the sign-in code; it may have been used already or expired. Start again.",
+        ),
+        HttpError::SignIn(oidc::Error::InvalidToken(_)) => sign_in(
+            StatusCode::UNAUTHORIZED,
+            "Identity could not be verified",
+            "The identity the sign-in provider sent could not be verified, so no key was issued.",
+        ),
+        HttpError::SignIn(oidc::Error::Unreachable(_)) => Public {
+            hint: Some("Try again in a minute."),
+            ..sign_in(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in provider unavailable",
+                "The sign-in provider could not be reached.",
+            )
+        },
+        HttpError::SignIn(oidc::Error::ClientRefused(_)) => page(
+            StatusCode::BAD_GATEWAY,
+            "Server misconfigured",
+            "The sign-in provider refused this server's client credentials. Tell the operator (CLIENT_ID / CLIENT_SECRET).",
+        ),
+        HttpError::Refused { account, reason } => Public {
+            hint: Some(
+                "If you should have access, ask the operator of this server to add your account or your organisation's domain to the allow-list.",
+            ),
+            ..page(
+                StatusCode::FORBIDDEN,
+                "No key for this account",
+                &format!(
+                    "The account {} cannot get a key: {reason}.",
+                    account.as_deref().unwrap_or("(no email address)")
+                ),
+            )
+        },
+        HttpError::Issue(error) | HttpError::Sweep(error) => match error {
+            keys::Error::OpenAi(openai::Error::RateLimited { retry_after, .. }) => Public {
+                retry_after: Some(retry_after.map_or(30, |d| d.as_secs().max(1))),
+                hint: Some("Try again in a little while."),
+                ..page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OpenAI is busy",
+                    "OpenAI is limiting how fast keys can be created right now.",
+                )
+            },
+            keys::Error::OpenAi(openai::Error::Timeout) => Public {
+                hint: Some("Try again in a minute."),
+                ..page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "OpenAI did not answer",
+                    "OpenAI did not answer in time. No key was issued.",
+                )
+            },
+            keys::Error::OpenAi(
+                openai::Error::Unauthorized { .. } | openai::Error::Forbidden { .. },
+            ) => Public {
+                hint: Some("Operator: check OPENAI_MANAGEMENT_KEY (an admin key, sk-admin-…)."),
+                ..page(StatusCode::BAD_GATEWAY, "OpenAI refused the server", admin)
+            },
+            keys::Error::OpenAi(openai::Error::NotFound { .. }) => Public {
+                hint: Some("Operator: check OPENAI_PROJECT_ID / DEFAULT_PROJECT_NAME."),
+                ..page(StatusCode::BAD_GATEWAY, "OpenAI project not found", admin)
+            },
+            keys::Error::AmbiguousProject { .. } => Public {
+                hint: Some("Operator: several projects share the name; set OPENAI_PROJECT_ID."),
+                ..page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Server misconfigured",
+                    admin,
+                )
+            },
+            _ => Public {
+                hint: Some("Try again in a minute."),
+                ..page(StatusCode::BAD_GATEWAY, "OpenAI failed", admin)
+            },
+        },
+        HttpError::Render(_) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "The page could not be shown.",
+        ),
+    }
+}
+
+/// Carries the error from the handler to [`render_error_pages`].
+#[derive(Clone)]
+struct Carried(Arc<HttpError>);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        response.extensions_mut().insert(Carried(Arc::new(self)));
+        response
+    }
+}
+
+/// Renders carried errors as pages and logs their cause, once.
+pub(super) async fn render_error_pages(
+    State(_state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let response = next.run(request).await;
+    let Some(Carried(error)) = response.extensions().get::<Carried>().cloned() else {
+        return response;
+    };
+    let shown = public(&error);
+    if shown.status.is_server_error() {
+        tracing::error!(error = %error, status = shown.status.as_u16(), "request failed");
+    } else {
+        tracing::warn!(error = %error, status = shown.status.as_u16(), "request refused");
+    }
+    let page = ErrorPage {
+        title: shown.title,
+        message: &shown.message,
+        hint: shown.hint,
+        sign_in_again: shown.sign_in_again,
+        request_id: &request_id,
+    };
+    let body = page
+        .render()
+        .unwrap_or_else(|_| format!("{}\n", shown.title));
+    let mut rendered = (shown.status, Html(body)).into_response();
+    // Keep what the handler set (e.g. a cookie removal).
+    for (name, value) in response.headers() {
+        if name == header::SET_COOKIE {
+            rendered.headers_mut().append(name, value.clone());
+        }
+    }
+    let headers = rendered.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(seconds) = shown.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    rendered
+}

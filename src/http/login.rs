@@ -1,0 +1,198 @@
+//! Sign-in: `/` starts the authorization-code flow, `/oauth2/callback`
+//! finishes it and shows a fresh key. The per-login secrets travel in an
+//! encrypted, short-lived cookie, so any replica can finish a login that
+//! another started.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum_extra::extract::PrivateCookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use secrecy::ExposeSecret as _;
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, HttpError, LOGIN_TTL};
+use crate::oidc::LoginSecrets;
+
+const COOKIE: &str = "oks_login";
+const SECURE_COOKIE: &str = "__Host-oks_login";
+/// Longest `code` or `state` accepted; real ones are far shorter.
+const MAX_PARAM_LEN: usize = 2048;
+
+#[derive(Serialize, Deserialize)]
+struct LoginCookie {
+    #[serde(flatten)]
+    secrets: LoginSecrets,
+    /// Unix seconds when the login started.
+    started: u64,
+}
+
+fn cookie_name(state: &AppState) -> &'static str {
+    if state.secure_cookies {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
+fn login_cookie(state: &AppState, value: String, max_age: Duration) -> Cookie<'static> {
+    Cookie::build((cookie_name(state), value))
+        .path("/")
+        .http_only(true)
+        .secure(state.secure_cookies)
+        .same_site(SameSite::Lax)
+        .max_age(max_age.try_into().unwrap_or_default())
+        .build()
+}
+
+fn unix_now(state: &AppState) -> u64 {
+    state
+        .clock
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Starts a sign-in: new secrets in the cookie, redirect to the provider.
+pub(super) async fn start(
+    State(state): State<AppState>,
+    jar: PrivateCookieJar,
+) -> Result<Response, HttpError> {
+    let secrets = LoginSecrets::generate();
+    let url = state.provider.authorization_url(&secrets).await?;
+    let cookie = LoginCookie {
+        secrets,
+        started: unix_now(&state),
+    };
+    let value = serde_json::to_string(&cookie).expect("the login cookie always serialises");
+    let jar = jar.add(login_cookie(&state, value, LOGIN_TTL));
+    // 302, as the Go original and every OAuth client answers.
+    let location = HeaderValue::from_str(url.as_str()).map_err(|_| {
+        HttpError::SignIn(crate::oidc::Error::Unreachable(
+            "the authorization URL is not a valid header".into(),
+        ))
+    })?;
+    let headers = [
+        (header::LOCATION, location),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((jar, (StatusCode::FOUND, headers)).into_response())
+}
+
+/// The provider's redirect back. Every field optional so that each problem
+/// gets its own clear page rather than a generic rejection.
+#[derive(Deserialize)]
+pub(super) struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "key.html")]
+struct KeyPage<'a> {
+    owner: &'a str,
+    key: &'a str,
+    expires_utc: String,
+    expires_unix: i64,
+    lifetime: String,
+    enforced_by_openai: bool,
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Finishes a sign-in: checks the state against the cookie, exchanges the
+/// code, verifies the identity, checks the allow-list, issues a key.
+pub(super) async fn callback(
+    State(state): State<AppState>,
+    jar: PrivateCookieJar,
+    Query(callback): Query<Callback>,
+) -> Result<(PrivateCookieJar, Response), (PrivateCookieJar, HttpError)> {
+    // The login cookie is single use: whatever happens next, it goes.
+    let cookie = jar.get(cookie_name(&state));
+    let jar = jar.remove(login_cookie(&state, String::new(), Duration::ZERO));
+    match finish(&state, cookie, callback).await {
+        Ok(response) => Ok((jar, response)),
+        Err(error) => Err((jar, error)),
+    }
+}
+
+async fn finish(
+    state: &AppState,
+    cookie: Option<Cookie<'static>>,
+    callback: Callback,
+) -> Result<Response, HttpError> {
+    let login: LoginCookie = cookie
+        .and_then(|c| serde_json::from_str(c.value()).ok())
+        .ok_or(HttpError::NoLoginInProgress)?;
+    if unix_now(state).saturating_sub(login.started) > LOGIN_TTL.as_secs() {
+        return Err(HttpError::LoginExpired);
+    }
+    let returned_state = callback
+        .state
+        .ok_or(HttpError::BadCallback("no state parameter"))?;
+    if returned_state.len() > MAX_PARAM_LEN
+        || !constant_time_eq(&returned_state, &login.secrets.state)
+    {
+        return Err(HttpError::StateMismatch);
+    }
+    if let Some(error) = callback.error {
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        return Err(HttpError::ProviderError(code));
+    }
+    let code = callback
+        .code
+        .filter(|c| !c.is_empty() && c.len() <= MAX_PARAM_LEN)
+        .ok_or(HttpError::BadCallback("no usable code parameter"))?;
+
+    let now = state.clock.now();
+    let identity = state.provider.sign_in(&code, &login.secrets, now).await?;
+    let email = state
+        .allow
+        .decide(&identity)
+        .map_err(|reason| HttpError::Refused {
+            account: identity.email_claim.clone(),
+            reason,
+        })?;
+    tracing::Span::current().record("user.email", email.as_str());
+
+    let issued = state
+        .keys
+        .issue(&email, now)
+        .await
+        .map_err(HttpError::Issue)?;
+    let expires = UNIX_EPOCH + Duration::from_secs(u64::try_from(issued.expires_at).unwrap_or(0));
+    let lifetime = Duration::from_secs(
+        u64::try_from(issued.expires_at)
+            .unwrap_or(0)
+            .saturating_sub(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+    );
+    let page = KeyPage {
+        owner: email.as_str(),
+        key: issued.value.expose_secret(),
+        expires_utc: humantime::format_rfc3339_seconds(expires).to_string(),
+        expires_unix: issued.expires_at,
+        lifetime: humantime::format_duration(lifetime).to_string(),
+        enforced_by_openai: issued.enforced_by_openai,
+    };
+    let body = page.render()?;
+    let mut response = Html(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}

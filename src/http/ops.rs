@@ -1,0 +1,42 @@
+//! Operator routes: on-demand cleanup (`/revoke`, as in the Go original) and
+//! health checks.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::{AppState, HttpError};
+use crate::keys::SweepReport;
+
+/// Runs a cleanup now (or joins the running one) and answers its counts.
+pub(super) async fn revoke(State(state): State<AppState>) -> Result<Json<SweepReport>, HttpError> {
+    state
+        .cleanup
+        .run_now()
+        .await
+        .map(Json)
+        .map_err(HttpError::Sweep)
+}
+
+/// The process is alive.
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready once the provider's discovery and the Admin API answered at least
+/// once.
+pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let discovery = state.provider.was_reached();
+    let admin_api = state.keys.was_reached();
+    let status = if discovery && admin_api {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "discovery": discovery, "admin_api": admin_api })),
+    )
+}

@@ -1,0 +1,264 @@
+//! A typed client for the parts of the OpenAI Admin API the server uses:
+//! projects and project service accounts. It knows nothing of the web; its
+//! error type says what happened upstream so that callers can decide.
+
+mod error;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+pub use error::Error;
+
+/// The largest page the list endpoints serve.
+pub const PAGE_SIZE: u32 = 100;
+
+/// An OpenAI project.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Project {
+    /// `proj_…`
+    pub id: String,
+    /// Display name; not unique.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `active` or `archived`.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// A project service account as listed (no key information).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServiceAccount {
+    /// `svc_acct_…` (opaque).
+    pub id: String,
+    /// The name it was created with.
+    #[serde(default)]
+    pub name: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// The key returned, once, by the create call.
+#[derive(Debug, Deserialize)]
+pub struct CreatedKey {
+    /// `key_…`
+    pub id: String,
+    /// The secret. Never logged, never stored.
+    pub value: SecretString,
+    /// When OpenAI stops accepting it (absent on older API versions).
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// The answer to a service-account create.
+#[derive(Debug, Deserialize)]
+pub struct CreatedServiceAccount {
+    /// `svc_acct_…`
+    pub id: String,
+    /// The name it was created with.
+    #[serde(default)]
+    pub name: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+    /// The initial key; `None` when created without one.
+    #[serde(default)]
+    pub api_key: Option<CreatedKey>,
+}
+
+/// One page of a cursor-paginated list.
+#[derive(Debug, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub data: Vec<T>,
+    /// Whether another page follows.
+    #[serde(default)]
+    pub has_more: bool,
+    /// Cursor for the next page.
+    #[serde(default)]
+    pub last_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CreateServiceAccount<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_seconds: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct CreateProject<'a> {
+    name: &'a str,
+}
+
+/// Admin API client: one connection pool, the admin key, a timeout per call.
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: Url,
+    key: SecretString,
+}
+
+impl AdminClient {
+    /// A client for `base` (e.g. `https://api.openai.com/v1`). `http` should
+    /// have its timeout set and redirects off.
+    pub fn new(http: reqwest::Client, base: &Url, key: SecretString) -> Self {
+        let mut base = base.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Self { http, base, key }
+    }
+
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
+        let mut url = self
+            .base
+            .join(path)
+            .expect("relative API paths always join onto the base URL");
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.key.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(Error::from_transport)?;
+        let status = response.status();
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response.bytes().await.map_err(Error::from_transport)?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+                message: e.to_string(),
+                request_id,
+            })
+        } else {
+            Err(Error::from_response(
+                status,
+                &bytes,
+                request_id,
+                retry_after,
+            ))
+        }
+    }
+
+    /// One page of active projects.
+    pub async fn list_projects(&self, after: Option<&str>) -> Result<Page<Project>, Error> {
+        let limit = PAGE_SIZE.to_string();
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(after) = after {
+            query.push(("after", after));
+        }
+        let url = self.url("organization/projects", &query);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// Creates a project.
+    pub async fn create_project(&self, name: &str) -> Result<Project, Error> {
+        let url = self.url("organization/projects", &[]);
+        self.call(Method::POST, url, Some(&CreateProject { name }))
+            .await
+    }
+
+    /// Reads one project (to check a configured id).
+    pub async fn retrieve_project(&self, project_id: &str) -> Result<Project, Error> {
+        let url = self.url(&format!("organization/projects/{project_id}"), &[]);
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// Creates a service account and its key. **Not idempotent**: never
+    /// retry this blindly after an ambiguous failure.
+    pub async fn create_service_account(
+        &self,
+        project_id: &str,
+        name: &str,
+        expires_in_seconds: Option<u64>,
+    ) -> Result<CreatedServiceAccount, Error> {
+        let url = self.url(
+            &format!("organization/projects/{project_id}/service_accounts"),
+            &[],
+        );
+        let body = CreateServiceAccount {
+            name,
+            expires_in_seconds,
+        };
+        self.call(Method::POST, url, Some(&body)).await
+    }
+
+    /// One page of a project's service accounts.
+    pub async fn list_service_accounts(
+        &self,
+        project_id: &str,
+        after: Option<&str>,
+    ) -> Result<Page<ServiceAccount>, Error> {
+        let limit = PAGE_SIZE.to_string();
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(after) = after {
+            query.push(("after", after));
+        }
+        let url = self.url(
+            &format!("organization/projects/{project_id}/service_accounts"),
+            &query,
+        );
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// Deletes a service account, which revokes its keys. A 404 comes back
+    /// as [`Error::NotFound`]; cleanup treats it as done.
+    pub async fn delete_service_account(
+        &self,
+        project_id: &str,
+        service_account_id: &str,
+    ) -> Result<(), Error> {
+        #[derive(Deserialize)]
+        struct Deleted {}
+        let url = self.url(
+            &format!("organization/projects/{project_id}/service_accounts/{service_account_id}"),
+            &[],
+        );
+        let _: Deleted = self.call(Method::DELETE, url, None::<&()>).await?;
+        Ok(())
+    }
+}
+
+impl Error {
+    /// The HTTP status OpenAI answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
+            Self::Forbidden { .. } => Some(StatusCode::FORBIDDEN),
+            Self::NotFound { .. } => Some(StatusCode::NOT_FOUND),
+            Self::BadRequest { .. } => Some(StatusCode::BAD_REQUEST),
+            Self::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            Self::Api { status, .. } => StatusCode::from_u16(*status).ok(),
+            Self::Timeout | Self::Transport { .. } | Self::Decode { .. } => None,
+        }
+    }
+}

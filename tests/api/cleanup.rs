@@ -1,0 +1,182 @@
+//! Cleanup: only this server's expired accounts go; everything else stays.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use sandbox::Sandbox;
+use sandbox::oidc::Identity;
+use sandbox::openai::{Fault, FaultKind, SeedAccount};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn own(expires_at: i64, owner: &str) -> String {
+    format!("oks.{expires_at}.abc123.{owner}")
+}
+
+async fn revoke(app: &TestApp) -> Value {
+    let response = app.client.post(app.url("/revoke")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never held");
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_its_own_expired_accounts() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let project = sandbox.openai.create_project("personal");
+    let now = sandbox.clock.unix();
+    let foreign = [
+        "alice@example.com",
+        "ks:alice@example.com:1764000000",
+        "oks.123.ABCDEF.x@example.com",
+        "my-ci-bot",
+        "oks.1.abc123.Upper@Example.com",
+    ];
+    let mut seeds: Vec<SeedAccount> = foreign
+        .iter()
+        .map(|n| SeedAccount::new(*n, now - 400_000).expiring_at(now - 300_000))
+        .collect();
+    seeds.push(SeedAccount::new(
+        own(now - 10, "old@example.com"),
+        now - 3_600,
+    ));
+    seeds.push(SeedAccount::new(
+        own(now + 1_800, "live@example.com"),
+        now - 1_800,
+    ));
+    sandbox
+        .openai
+        .seed_service_accounts(&project, seeds)
+        .unwrap();
+
+    let app = TestApp::spawn_on(sandbox, Options::default()).await;
+    // The startup sweep removes the expired one.
+    wait_until(|| {
+        app.accounts()
+            .iter()
+            .all(|a| !a.name.contains("old@example.com"))
+    })
+    .await;
+
+    app.sandbox.clock.advance(Duration::from_secs(2 * 3_600));
+    let report = revoke(&app).await;
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert_eq!(report["kept"], 0, "{report}");
+    assert_eq!(report["foreign"], 5, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+
+    let mut left: Vec<String> = app.accounts().into_iter().map(|a| a.name).collect();
+    left.sort();
+    let mut expected: Vec<String> = foreign.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    assert_eq!(left, expected, "every foreign account survives");
+}
+
+#[tokio::test]
+async fn an_issued_key_dies_at_expiry_and_its_account_is_then_deleted() {
+    let app = TestApp::spawn_with(Options::default().set("EXPIRATION", "60")).await;
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    let key = page.key();
+    assert_eq!(models_status(&app, &key).await, StatusCode::OK);
+    let report = revoke(&app).await;
+    assert_eq!(report["kept"], 1, "not due yet: {report}");
+    assert_eq!(app.accounts().len(), 1);
+
+    app.sandbox.clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        models_status(&app, &key).await,
+        StatusCode::UNAUTHORIZED,
+        "OpenAI itself refuses the expired key"
+    );
+    let report = revoke(&app).await;
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert!(app.accounts().is_empty());
+    app.assert_no_secrets_logged(&[&key]);
+}
+
+#[tokio::test]
+async fn concurrent_revokes_share_one_sweep() {
+    let app = TestApp::spawn().await;
+    // Returns once no sweep is running.
+    revoke(&app).await;
+    app.sandbox
+        .openai
+        .set_latency(Duration::from_millis(300), Duration::ZERO);
+    let before = app.openai_calls(SA_LIST);
+    let reports = futures::future::join_all((0..5).map(|_| revoke(&app))).await;
+    assert_eq!(reports.len(), 5);
+    assert_eq!(
+        app.openai_calls(SA_LIST) - before,
+        1,
+        "one list for five requests"
+    );
+    let get = app.get("/revoke").await;
+    assert_eq!(get.status(), StatusCode::OK, "GET /revoke works too");
+}
+
+#[tokio::test]
+async fn a_failed_delete_does_not_stop_the_sweep_and_a_404_counts_as_done() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let project = sandbox.openai.create_project("personal");
+    let app = TestApp::spawn_on(sandbox, Options::default()).await;
+    // Returns once no sweep is running.
+    revoke(&app).await;
+
+    let now = app.sandbox.clock.unix();
+    let seeds = (0..4)
+        .map(|i| SeedAccount::new(own(now - 5, &format!("u{i}@example.com")), now - 100))
+        .collect();
+    app.sandbox
+        .openai
+        .seed_service_accounts(&project, seeds)
+        .unwrap();
+    app.sandbox
+        .openai
+        .push_fault(Fault::new(FaultKind::status(500)).method("DELETE").times(1));
+    app.sandbox
+        .openai
+        .push_fault(Fault::new(FaultKind::status(404)).method("DELETE").times(1));
+    let report = revoke(&app).await;
+    assert_eq!(report["failed"], 1, "{report}");
+    assert_eq!(report["deleted"], 3, "{report}");
+    assert_eq!(report["already_gone"], 1, "{report}");
+
+    let report = revoke(&app).await;
+    assert_eq!(report["failed"], 0, "{report}");
+    let left: Vec<_> = app.accounts().into_iter().map(|a| a.name).collect();
+    // The 404 one was never really deleted by the fake (the fault answered
+    // instead), so at most it remains as due and goes on this sweep.
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn the_sweep_pages_through_hundreds_of_accounts() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let project = sandbox.openai.create_project("personal");
+    let now = sandbox.clock.unix();
+    let mut seeds: Vec<SeedAccount> = (0..250)
+        .map(|i| SeedAccount::new(own(now - 1, &format!("u{i}@example.com")), now - 100))
+        .collect();
+    seeds.extend((0..50).map(|i| SeedAccount::new(format!("foreign-{i}"), now - 1_000_000)));
+    sandbox
+        .openai
+        .seed_service_accounts(&project, seeds)
+        .unwrap();
+    let app = TestApp::spawn_on(sandbox, Options::default()).await;
+    wait_until(|| app.accounts().len() == 50).await;
+    assert!(
+        app.accounts()
+            .iter()
+            .all(|a| a.name.starts_with("foreign-"))
+    );
+}

@@ -1,0 +1,156 @@
+//! The binary's configuration handling, as an operator meets it: exit
+//! codes, one line per problem, secrets never echoed, `.env` support.
+
+use std::process::{Command, Output};
+
+use sandbox::Sandbox;
+
+const BIN: &str = env!("CARGO_BIN_EXE_openai-key-server");
+const ADMIN_KEY: &str = "sk-admin-TOPSECRETadminKEY1234567890";
+const CLIENT_SECRET: &str = "GOCSPX-TOPSECRETclientSECRET";
+
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.env_clear().current_dir(dir).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("oks-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const GOOD: &[(&str, &str)] = &[
+    ("ALLOWED_DOMAINS", "example.com"),
+    ("OPENAI_MANAGEMENT_KEY", ADMIN_KEY),
+    ("CLIENT_ID", "1234-abc.apps.googleusercontent.com"),
+    ("CLIENT_SECRET", CLIENT_SECRET),
+    ("REDIRECT_URI", "https://keys.example.com/oauth2/callback"),
+];
+
+#[test]
+fn check_config_prints_the_effective_settings_with_secrets_redacted() {
+    let dir = temp_dir("check-ok");
+    let output = run(&dir, &["check-config"], GOOD);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("ALLOWED_DOMAINS=example.com"));
+    assert!(stdout.contains("DEFAULT_PROJECT_NAME=personal"));
+    assert!(stdout.contains("EXPIRATION=86400"));
+    assert!(stdout.contains("OPENAI_MANAGEMENT_KEY=[REDACTED]"));
+    assert!(!stdout.contains(ADMIN_KEY) && !stdout.contains(CLIENT_SECRET));
+}
+
+#[test]
+fn bad_settings_exit_2_with_one_line_per_problem_and_no_secret() {
+    let dir = temp_dir("check-bad");
+    let mut env = GOOD.to_vec();
+    env.extend([
+        ("EXPIRATION", "0"),
+        ("PORT", "http"),
+        ("REDIRECT_URI", "https://keys.example.com/wrong"),
+    ]);
+    let output = run(&dir, &["check-config"], &env);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for var in ["EXPIRATION:", "PORT:", "REDIRECT_URI:"] {
+        assert!(stderr.contains(var), "{var} missing from {stderr}");
+    }
+    assert!(!stderr.contains(ADMIN_KEY) && !stderr.contains(CLIENT_SECRET));
+
+    // `serve` refuses to start on the same settings, with the same code.
+    let output = run(&dir, &[], &env);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn settings_are_read_from_a_dot_env_file_and_a_malformed_one_is_an_error() {
+    let dir = temp_dir("dotenv");
+    let body: String = GOOD.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(dir.join(".env"), body).unwrap();
+    let output = run(&dir, &["check-config"], &[("PORT", "9999")]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("PORT=9999"),
+        "the environment wins over .env"
+    );
+    assert!(stdout.contains("ALLOWED_DOMAINS=example.com"));
+
+    std::fs::write(dir.join(".env"), "ALLOWED_DOMAINS='unterminated\n").unwrap();
+    let output = run(&dir, &["check-config"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(".env"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_cleanup_command_sweeps_once_and_reports() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let project = sandbox.openai.create_project("personal");
+    let now = sandbox.clock.unix();
+    sandbox
+        .openai
+        .seed_service_accounts(
+            &project,
+            vec![
+                sandbox::openai::SeedAccount::new(
+                    format!("oks.{}.abc123.old@example.com", now - 10),
+                    now - 100,
+                ),
+                sandbox::openai::SeedAccount::new("someone-else", now - 100_000),
+            ],
+        )
+        .unwrap();
+    let admin_key = sandbox.openai.admin_key();
+    let base = sandbox.openai_base_url();
+    let issuer = sandbox.oidc_issuer_url();
+    let dir = temp_dir("cleanup-cmd");
+    let env: Vec<(&'static str, String)> = vec![
+        ("ALLOWED_DOMAINS", "example.com".into()),
+        ("OPENAI_MANAGEMENT_KEY", admin_key.clone()),
+        ("CLIENT_ID", "x".into()),
+        ("CLIENT_SECRET", "y".into()),
+        (
+            "REDIRECT_URI",
+            "http://127.0.0.1:8080/oauth2/callback".into(),
+        ),
+        ("OPENAI_ADMIN_BASE_URL", base),
+        ("OIDC_ISSUER_URL", issuer),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run(&dir, &["cleanup"], &env)
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["deleted"], 1);
+    assert_eq!(report["foreign"], 1);
+    let left: Vec<_> = sandbox
+        .openai
+        .service_accounts(&project)
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(left, ["someone-else"]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(&admin_key));
+}

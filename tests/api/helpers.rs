@@ -1,0 +1,337 @@
+//! `TestApp`: a sandbox plus a key server wired to it on loopback, with a
+//! cookie-keeping client that does not follow redirects, and helpers that
+//! walk the sign-in flow hop by hop.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use openai_key_server::Application;
+use openai_key_server::clock::Clock;
+use openai_key_server::config::Config;
+use reqwest::StatusCode;
+use reqwest::header::{CACHE_CONTROL, LOCATION};
+use sandbox::Sandbox;
+use sandbox::oidc::Identity;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Every log line the servers of this test binary wrote, at trace level.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(Arc::clone(&buffer));
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("trace,hyper=info,hyper_util=info,h2=info,rustls=info,reqwest=debug")
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+/// All captured log text so far.
+pub(crate) fn logs() -> String {
+    String::from_utf8_lossy(
+        &capture_logs()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
+}
+
+/// Settings a test may change before the server starts.
+pub(crate) struct Options {
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) openai: sandbox::openai::Config,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let env = [
+            ("ALLOWED_USERS", "bob@gmail.com"),
+            ("ALLOWED_DOMAINS", "example.com"),
+            ("EXPIRATION", "3600"),
+            ("CLEANUP_INTERVAL", "86400"),
+            ("TIMEOUT", "2"),
+            ("LOG_FORMAT", "json"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Self {
+            env,
+            openai: sandbox::openai::Config::default(),
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn set(mut self, var: &str, value: &str) -> Self {
+        self.env.insert(var.to_owned(), value.to_owned());
+        self
+    }
+}
+
+pub(crate) struct TestApp {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) addr: SocketAddr,
+    pub(crate) client: reqwest::Client,
+    pub(crate) admin_key: String,
+    pub(crate) client_secret: String,
+    project_id: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// What a completed sign-in left on the page.
+pub(crate) struct KeyPage {
+    pub(crate) status: StatusCode,
+    pub(crate) body: String,
+    pub(crate) headers: reqwest::header::HeaderMap,
+}
+
+impl KeyPage {
+    /// The key in the read-only field.
+    pub(crate) fn key(&self) -> String {
+        let start = self
+            .body
+            .find("id=\"key\"")
+            .unwrap_or_else(|| panic!("no key field on the page:\n{}", self.body));
+        let rest = &self.body[start..];
+        let value = rest.find("value=\"").expect("the key field has a value") + 7;
+        let end = rest[value..].find('"').expect("the value is quoted");
+        rest[value..value + end].to_owned()
+    }
+}
+
+impl TestApp {
+    pub(crate) async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub(crate) async fn spawn_with(mut options: Options) -> Self {
+        let openai = std::mem::take(&mut options.openai);
+        let sandbox = Sandbox::builder()
+            .openai(openai)
+            .start()
+            .await
+            .expect("the sandbox starts");
+        Self::spawn_on(sandbox, options).await
+    }
+
+    /// A server on a sandbox the test prepared first.
+    pub(crate) async fn spawn_on(sandbox: Sandbox, options: Options) -> Self {
+        capture_logs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let redirect_uri = format!("http://{addr}/oauth2/callback");
+        sandbox.oidc.allow_redirect_uri(&redirect_uri);
+
+        let mut env: HashMap<String, String> = sandbox
+            .env(&redirect_uri)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        env.extend(options.env);
+        let project_id = env.get("OPENAI_PROJECT_ID").cloned();
+        let config = Config::from_lookup(|var| env.get(var).cloned()).expect("valid test config");
+        let clock = sandbox.clock.clone();
+        let app = Application::build_with(config, listener, Clock::from_fn(move || clock.now()))
+            .expect("the server builds");
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let admin_key = sandbox.openai.admin_key();
+        let client_secret = sandbox.oidc.client_secret();
+        Self {
+            sandbox,
+            addr,
+            client,
+            admin_key,
+            client_secret,
+            project_id,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// `GET /`: must redirect to the provider. Returns the authorization URL.
+    pub(crate) async fn start_sign_in(&self) -> String {
+        let response = self.get("/").await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "GET / should redirect"
+        );
+        location(&response)
+    }
+
+    /// Follows the provider's authorization URL (an identity must be queued
+    /// or auto-approved) and returns the callback URL it redirects to.
+    pub(crate) async fn authorize(&self, authorization_url: &str) -> String {
+        let response = self.client.get(authorization_url).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "the provider should redirect back: {}",
+            response.text().await.unwrap_or_default()
+        );
+        location(&response)
+    }
+
+    /// Follows any URL and returns the page.
+    pub(crate) async fn open(&self, url: &str) -> KeyPage {
+        let response = self.client.get(url).send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap();
+        KeyPage {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// The whole flow as `identity`: `/` → provider → callback → page.
+    pub(crate) async fn sign_in_as(&self, identity: Identity) -> KeyPage {
+        self.sandbox.oidc.queue_identity(identity);
+        let authorization = self.start_sign_in().await;
+        let callback = self.authorize(&authorization).await;
+        self.open(&callback).await
+    }
+
+    /// The project the server uses, once it exists.
+    pub(crate) fn project_id(&self) -> Option<String> {
+        self.project_id.clone().or_else(|| {
+            self.sandbox
+                .openai
+                .find_project_by_name("personal")
+                .map(|p| p.id)
+        })
+    }
+
+    /// Service accounts in the server's project.
+    pub(crate) fn accounts(&self) -> Vec<sandbox::openai::ServiceAccountView> {
+        self.project_id()
+            .map(|id| self.sandbox.openai.service_accounts(&id))
+            .unwrap_or_default()
+    }
+
+    /// Calls to the fake OpenAI by `"METHOD /route"`.
+    pub(crate) fn openai_calls(&self, key: &str) -> u64 {
+        self.sandbox.openai.journal().count(key)
+    }
+
+    /// Waits until the startup sweep has run (it creates the project).
+    pub(crate) async fn wait_for_startup_sweep(&self) {
+        for _ in 0..200 {
+            if self.openai_calls(SA_LIST) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the startup sweep never listed service accounts");
+    }
+
+    /// Asserts that none of the secrets of this app, nor `more`, appear in
+    /// any captured log line.
+    pub(crate) fn assert_no_secrets_logged(&self, more: &[&str]) {
+        let logs = logs();
+        for secret in [self.admin_key.as_str(), self.client_secret.as_str()]
+            .into_iter()
+            .chain(more.iter().copied())
+        {
+            assert!(!secret.is_empty());
+            assert!(
+                !logs.contains(secret),
+                "a secret ({}…) appears in the logs",
+                &secret[..6.min(secret.len())]
+            );
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+pub(crate) const SA_LIST: &str = "GET /v1/organization/projects/{project_id}/service_accounts";
+pub(crate) const SA_CREATE: &str = "POST /v1/organization/projects/{project_id}/service_accounts";
+pub(crate) const SA_DELETE: &str =
+    "DELETE /v1/organization/projects/{project_id}/service_accounts/{service_account_id}";
+pub(crate) const PROJECT_LIST: &str = "GET /v1/organization/projects";
+pub(crate) const PROJECT_CREATE: &str = "POST /v1/organization/projects";
+
+pub(crate) fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(LOCATION)
+        .unwrap_or_else(|| panic!("no Location header on {}", response.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+pub(crate) fn assert_no_store(headers: &reqwest::header::HeaderMap) {
+    let value = headers
+        .get(CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(value.contains("no-store"), "Cache-Control is {value:?}");
+}
+
+/// Calls the sandbox's `/v1/models` with `key`, returning the status.
+pub(crate) async fn models_status(app: &TestApp, key: &str) -> StatusCode {
+    reqwest::Client::new()
+        .get(format!("{}/models", app.sandbox.openai_base_url()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real server over HTTP against the sandbox, driven
+//! as a browser would, asserting what a person or an attacker sees and what
+//! the sandbox recorded.
+
+mod cleanup;
+mod config;
+mod failures;
+mod helpers;
+mod signin;

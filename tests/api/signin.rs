@@ -1,0 +1,339 @@
+//! The sign-in-to-key flow: who gets a key, who does not, and what the
+//! sandbox saw.
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, SET_COOKIE};
+use sandbox::oidc::Identity;
+use url::Url;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn an_allowed_user_gets_a_working_key_whose_account_carries_owner_and_expiry() {
+    let app = TestApp::spawn().await;
+
+    let page = app.sign_in_as(Identity::consumer("Bob@Gmail.com")).await;
+
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_no_store(&page.headers);
+    let csp = page.headers[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let key = page.key();
+    assert!(key.starts_with("sk-svcacct-"), "{key}");
+    assert!(page.body.contains(&format!("export OPENAI_API_KEY={key}")));
+    assert!(page.body.contains("bob@gmail.com"));
+    assert!(
+        !page.body.contains("http://") || !page.body.contains("cdn"),
+        "no external resource"
+    );
+
+    let accounts = app.accounts();
+    assert_eq!(accounts.len(), 1);
+    let account = &accounts[0];
+    let parts: Vec<&str> = account.name.splitn(4, '.').collect();
+    assert_eq!(parts[0], "oks");
+    assert_eq!(parts[3], "bob@gmail.com");
+    let name_expiry: i64 = parts[1].parse().unwrap();
+    let key_expiry = account.keys[0]
+        .expires_at
+        .expect("OpenAI enforces the expiry");
+    assert!(
+        (key_expiry - name_expiry).abs() <= 2,
+        "{key_expiry} vs {name_expiry}"
+    );
+    let expected = app.sandbox.clock.unix() + 3600;
+    assert!((key_expiry - expected).abs() <= 2);
+    let shown = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(key_expiry as u64),
+    )
+    .to_string();
+    assert!(
+        page.body.contains(&shown),
+        "the page shows OpenAI's expiry {shown}"
+    );
+
+    assert_eq!(models_status(&app, &key).await, StatusCode::OK);
+    app.assert_no_secrets_logged(&[&key]);
+}
+
+#[tokio::test]
+async fn a_workspace_account_of_an_allowed_domain_gets_a_key() {
+    let app = TestApp::spawn().await;
+    let page = app
+        .sign_in_as(Identity::workspace("alice@example.com"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(models_status(&app, &page.key()).await, StatusCode::OK);
+    assert!(app.accounts()[0].name.ends_with(".alice@example.com"));
+    app.assert_no_secrets_logged(&[&page.key()]);
+}
+
+#[tokio::test]
+async fn the_authorization_request_carries_state_nonce_and_s256_pkce() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/").await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "plain http in tests: {cookie}");
+    let url = Url::parse(&location(&response)).unwrap();
+    let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert!(url.as_str().starts_with(&app.sandbox.oidc_issuer_url()));
+    assert_eq!(query["response_type"], "code");
+    assert_eq!(query["scope"], "openid email");
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert!(query["state"].len() >= 32 && query["nonce"].len() >= 32);
+    assert!(query["code_challenge"].len() == 43);
+    // The login secrets are encrypted in the cookie, not readable.
+    assert!(!cookie.contains(&query["state"]));
+}
+
+#[tokio::test]
+async fn an_unlisted_user_gets_403_and_nothing_is_created() {
+    let app = TestApp::spawn().await;
+    app.wait_for_startup_sweep().await;
+    let page = app.sign_in_as(Identity::consumer("eve@evil.test")).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(
+        page.body.contains("eve@evil.test"),
+        "says which account: {}",
+        page.body
+    );
+    assert!(page.body.contains("allow-list"), "says whom to ask");
+    assert!(page.body.contains("Request id"));
+    assert_eq!(app.accounts().len(), 0);
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+}
+
+#[tokio::test]
+async fn a_personal_account_with_a_company_address_is_refused() {
+    let app = TestApp::spawn().await;
+    // mallory@example.com without hd: a consumer account on the company address.
+    let page = app
+        .sign_in_as(Identity::consumer("mallory@example.com"))
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    // hd of another domain.
+    let other = Identity::workspace("mallory@example.com").with_hd(Some("evil.test"));
+    let page = app.sign_in_as(other).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+    assert!(app.accounts().is_empty());
+}
+
+#[tokio::test]
+async fn an_unverified_email_is_refused_even_when_listed() {
+    let app = TestApp::spawn().await;
+    let page = app
+        .sign_in_as(Identity::consumer("bob@gmail.com").unverified())
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("not verified"));
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+}
+
+#[tokio::test]
+async fn a_mismatched_state_is_a_clear_400_with_a_way_back() {
+    let app = TestApp::spawn().await;
+    app.sandbox
+        .oidc
+        .queue_identity(Identity::consumer("bob@gmail.com"));
+    let authorization = app.start_sign_in().await;
+    let callback = app.authorize(&authorization).await;
+    let mut url = Url::parse(&callback).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" {
+                "forged".to_owned()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+
+    let page = app.open(url.as_str()).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(
+        page.headers.get("location").is_none(),
+        "never a redirect loop"
+    );
+    assert!(page.body.contains("href=\"/\""), "offers to sign in again");
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+}
+
+#[tokio::test]
+async fn a_callback_without_a_login_cookie_is_refused() {
+    let app = TestApp::spawn().await;
+    app.sandbox
+        .oidc
+        .queue_identity(Identity::consumer("bob@gmail.com"));
+    let authorization = app.start_sign_in().await;
+    let callback = app.authorize(&authorization).await;
+    // Another browser (no cookie) opens the callback.
+    let other = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = other.get(&callback).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("No sign-in in progress")
+    );
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+}
+
+#[tokio::test]
+async fn a_code_cannot_be_used_twice() {
+    let app = TestApp::spawn().await;
+    app.sandbox
+        .oidc
+        .queue_identity(Identity::consumer("bob@gmail.com"));
+    let authorization = app.start_sign_in().await;
+    let callback = app.authorize(&authorization).await;
+    let first = app.open(&callback).await;
+    assert_eq!(first.status, StatusCode::OK);
+
+    // Replaying the same callback URL: the login cookie is gone.
+    let replay = app.open(&callback).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+
+    // Replaying the old code inside a fresh login: the provider refuses it.
+    let fresh = Url::parse(&app.start_sign_in().await).unwrap();
+    let state = fresh
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let old_code = Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let mut forged = Url::parse(&app.url("/oauth2/callback")).unwrap();
+    forged
+        .query_pairs_mut()
+        .append_pair("code", &old_code)
+        .append_pair("state", &state);
+    let page = app.open(forged.as_str()).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+    assert_eq!(
+        app.openai_calls(SA_CREATE),
+        1,
+        "only the first sign-in created an account"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_error_is_shown_plainly() {
+    let app = TestApp::spawn().await;
+    app.sandbox.oidc.deny_next();
+    let authorization = app.start_sign_in().await;
+    let callback = app.authorize(&authorization).await;
+    assert!(callback.contains("error=access_denied"));
+    let page = app.open(&callback).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("access_denied"));
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+}
+
+#[tokio::test]
+async fn a_forged_id_token_gets_no_key() {
+    let app = TestApp::spawn().await;
+    app.sandbox
+        .oidc
+        .override_next_token(sandbox::oidc::TokenOverride::signing(
+            sandbox::oidc::Signing::AlgNone,
+        ));
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+}
+
+#[tokio::test]
+async fn the_project_is_created_when_missing_and_looked_up_once() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+        assert_eq!(page.status, StatusCode::OK);
+    }
+    assert_eq!(app.openai_calls(PROJECT_CREATE), 1);
+    assert_eq!(app.openai_calls(PROJECT_LIST), 1);
+    assert_eq!(app.openai_calls(SA_CREATE), 3);
+    assert_eq!(app.accounts().len(), 3);
+    let names: std::collections::HashSet<_> = app.accounts().into_iter().map(|a| a.name).collect();
+    assert_eq!(names.len(), 3, "every account name is unique");
+}
+
+#[tokio::test]
+async fn an_existing_project_is_reused_and_archived_ones_are_ignored() {
+    let sandbox = sandbox::Sandbox::start().await.unwrap();
+    let archived = sandbox.openai.create_project("personal");
+    sandbox.openai.archive_project(&archived).unwrap();
+    let live = sandbox.openai.create_project("personal");
+    let app = TestApp::spawn_on(sandbox, Options::default()).await;
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(app.openai_calls(PROJECT_CREATE), 0);
+    assert_eq!(app.sandbox.openai.service_accounts(&live).len(), 1);
+}
+
+#[tokio::test]
+async fn a_configured_project_id_skips_the_name_lookup() {
+    let sandbox = sandbox::Sandbox::start().await.unwrap();
+    let team = sandbox.openai.create_project("team");
+    let app = TestApp::spawn_on(sandbox, Options::default().set("OPENAI_PROJECT_ID", &team)).await;
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(app.openai_calls(PROJECT_LIST), 0);
+    assert_eq!(app.openai_calls(PROJECT_CREATE), 0);
+    assert_eq!(app.sandbox.openai.service_accounts(&team).len(), 1);
+}
+
+#[tokio::test]
+async fn health_and_readiness_report_what_was_reached() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    app.wait_for_startup_sweep().await;
+    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        ready = app.get("/readyz").await.status();
+        if ready == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_wrong_methods_405_with_security_headers() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/nope").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+    let response = app
+        .client
+        .delete(app.url("/oauth2/callback"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
