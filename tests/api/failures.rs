@@ -25,7 +25,10 @@ async fn a_wrong_admin_key_gives_a_clear_error_page_and_no_key() {
     assert_eq!(page.status, StatusCode::BAD_GATEWAY);
     assert!(page.body.contains("OPENAI_MANAGEMENT_KEY"), "{}", page.body);
     assert!(page.body.contains("Request id"));
-    assert!(!page.body.contains(wrong) && !page.body.contains("sk-svcacct"), "no key on the page");
+    assert!(
+        !page.body.contains(wrong) && !page.body.contains("sk-svcacct"),
+        "no key on the page"
+    );
     assert!(
         app.sandbox
             .openai

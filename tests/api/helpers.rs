@@ -327,6 +327,7 @@ pub(crate) fn assert_no_store(headers: &reqwest::header::HeaderMap) {
 
 /// Calls the sandbox's `/v1/models` with `key`, returning the status.
 pub(crate) async fn models_status(app: &TestApp, key: &str) -> StatusCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
         .get(format!("{}/models", app.sandbox.openai_base_url()))
         .bearer_auth(key)

@@ -47,6 +47,7 @@ impl Idp {
             .start()
             .await
             .expect("the sandbox starts");
+        install_crypto();
         let http = Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -337,6 +338,31 @@ async fn discovery_points_every_endpoint_at_the_fake_origin() {
         "{client_id}"
     );
     assert!(idp.sandbox.oidc.client_secret().starts_with("GOCSPX-"));
+}
+
+#[tokio::test]
+async fn discovery_overrides_add_change_and_remove_fields() {
+    let idp = Idp::start_with(Config {
+        discovery_overrides: claims(json!({
+            "authorization_response_iss_parameter_supported": true,
+            "scopes_supported": ["openid"],
+            "device_authorization_endpoint": null,
+        })),
+        ..Config::default()
+    })
+    .await;
+
+    let document = idp
+        .get_json(&idp.url("/.well-known/openid-configuration"))
+        .await;
+
+    assert_eq!(
+        document["authorization_response_iss_parameter_supported"],
+        true
+    );
+    assert_eq!(document["scopes_supported"], json!(["openid"]));
+    assert!(document.get("device_authorization_endpoint").is_none());
+    assert_eq!(document["token_endpoint"], idp.url("/token"));
 }
 
 #[tokio::test]
@@ -1242,6 +1268,17 @@ async fn the_bare_issuer_form_drops_the_scheme_from_iss_only() {
         .get_json(&format!("{issuer}/.well-known/openid-configuration"))
         .await;
     assert_eq!(document["issuer"], issuer);
+
+    idp.sandbox.oidc.set_issuer_form(IssuerForm::Alternate);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let token = idp
+            .id_token_for(Identity::workspace("alice@example.com"))
+            .await;
+        seen.push(decode(&token).claims["iss"].as_str().unwrap().to_owned());
+    }
+    let bare = issuer.trim_start_matches("http://").to_owned();
+    assert_eq!(seen, [issuer.clone(), bare, issuer]);
 }
 
 #[tokio::test]
@@ -1458,4 +1495,10 @@ async fn github_tokens_carry_workflow_claims_and_verify_only_with_the_github_jwk
         .await
         .unwrap();
     assert_eq!(sign_in.status(), StatusCode::BAD_REQUEST);
+}
+
+/// reqwest is built with `rustls-no-provider` in a workspace build (the key
+/// server's choice), so a provider must be installed before any client.
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

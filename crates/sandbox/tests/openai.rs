@@ -40,7 +40,10 @@ impl Api {
         let admin = sandbox.openai.admin_key();
         Self {
             sandbox,
-            client: reqwest::Client::new(),
+            client: {
+                install_crypto();
+                reqwest::Client::new()
+            },
             admin,
         }
     }
@@ -1112,6 +1115,7 @@ async fn a_hanging_answer_leaves_the_client_to_time_out() {
             .method("POST")
             .path("/service_accounts"),
     );
+    install_crypto();
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
         .build()
@@ -1473,4 +1477,10 @@ async fn ten_thousand_seeded_accounts_are_made_fast_and_page_completely() {
         .await;
     assert_eq!(keys.body["data"].as_array().unwrap().len(), 50);
     assert_eq!(keys.body["has_more"], false);
+}
+
+/// reqwest is built with `rustls-no-provider` in a workspace build (the key
+/// server's choice), so a provider must be installed before any client.
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
