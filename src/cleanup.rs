@@ -70,8 +70,15 @@ impl Cleanup {
     /// Sweeps at start and then every interval until `shutdown` turns true.
     pub async fn run_until(self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            if let Err(error) = self.run_now().await {
-                tracing::warn!(%error, "sweep failed; retrying at the next interval");
+            // A sweep in progress does not hold up shutdown: deletes are
+            // idempotent, and the next start sweeps again.
+            tokio::select! {
+                outcome = self.run_now() => {
+                    if let Err(error) = outcome {
+                        tracing::warn!(%error, "sweep failed; retrying at the next interval");
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop) => break,
             }
             tokio::select! {
                 () = tokio::time::sleep(self.interval) => {}

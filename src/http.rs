@@ -109,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/assets/app.css", get(assets::css))
         .route("/assets/app.js", get(assets::js))
+        .route("/favicon.ico", get(assets::favicon))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             error::render_error_pages,

@@ -26,3 +26,8 @@ pub(super) async fn js() -> impl IntoResponse {
         JS,
     )
 }
+
+/// No icon; answering 204 keeps browsers from logging a 404 on every page.
+pub(super) async fn favicon() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
+}

@@ -154,3 +154,69 @@ async fn the_cleanup_command_sweeps_once_and_reports() {
     assert_eq!(left, ["someone-else"]);
     assert!(!String::from_utf8_lossy(&output.stderr).contains(&admin_key));
 }
+
+// Multi-threaded: the test blocks a thread reading the child's log while
+// the sandbox must keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_cleanly_on_sigterm_and_sigint() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+
+    for signal in ["TERM", "INT"] {
+        let sandbox = Sandbox::start().await.unwrap();
+        let dir = temp_dir(&format!("signal-{signal}"));
+        let mut child = Command::new(BIN)
+            .env_clear()
+            .current_dir(&dir)
+            .env("ALLOWED_DOMAINS", "example.com")
+            .env("OPENAI_MANAGEMENT_KEY", sandbox.openai.admin_key())
+            .env("CLIENT_ID", sandbox.oidc.client_id())
+            .env("CLIENT_SECRET", sandbox.oidc.client_secret())
+            .env("REDIRECT_URI", "http://127.0.0.1:8080/oauth2/callback")
+            .env("OPENAI_ADMIN_BASE_URL", sandbox.openai_base_url())
+            .env("OIDC_ISSUER_URL", sandbox.oidc_issuer_url())
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("PORT", "0")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let recv = |what: &str| -> String {
+            loop {
+                let line = rx
+                    .recv_timeout(std::time::Duration::from_secs(20))
+                    .unwrap_or_else(|_| panic!("no log line saying {what:?}"));
+                if line.contains(what) {
+                    return line;
+                }
+            }
+        };
+        let listening: serde_json::Value = serde_json::from_str(&recv("listening")).unwrap();
+        let addr = listening["addr"].as_str().unwrap().to_owned();
+        let health = crate::helpers::plain_client()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), reqwest::StatusCode::OK);
+
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        recv("shutting down");
+        recv("stopped");
+        let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(exit.success(), "SIG{signal}: {exit:?}");
+    }
+}

@@ -41,11 +41,13 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = Capture(Arc::clone(&buffer));
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("trace,hyper=info,hyper_util=info,h2=info,rustls=info,reqwest=debug")
-            .with_writer(move || writer.clone())
-            .try_init();
+        openai_key_server::telemetry::init_with(
+            openai_key_server::config::LogFormat::Json,
+            tracing_subscriber::EnvFilter::new(
+                "trace,hyper=info,hyper_util=info,h2=info,rustls=info,reqwest=debug",
+            ),
+            move || writer.clone(),
+        );
         buffer
     })
     .clone()
@@ -76,6 +78,7 @@ impl Default for Options {
             ("CLEANUP_INTERVAL", "86400"),
             ("TIMEOUT", "2"),
             ("LOG_FORMAT", "json"),
+            ("SESSION_SECRET", SESSION_SECRET),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -165,6 +168,7 @@ impl TestApp {
             let _ = rx.await;
         }));
 
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
@@ -275,9 +279,13 @@ impl TestApp {
     /// any captured log line.
     pub(crate) fn assert_no_secrets_logged(&self, more: &[&str]) {
         let logs = logs();
-        for secret in [self.admin_key.as_str(), self.client_secret.as_str()]
-            .into_iter()
-            .chain(more.iter().copied())
+        for secret in [
+            self.admin_key.as_str(),
+            self.client_secret.as_str(),
+            SESSION_SECRET,
+        ]
+        .into_iter()
+        .chain(more.iter().copied())
         {
             assert!(!secret.is_empty());
             assert!(
@@ -299,6 +307,10 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// Base64 of 48 bytes; scanned for in the logs like every other secret.
+pub(crate) const SESSION_SECRET: &str =
+    "c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktNDgtYnl0ZXMtbG9uZy4uLi4u";
 
 pub(crate) const SA_LIST: &str = "GET /v1/organization/projects/{project_id}/service_accounts";
 pub(crate) const SA_CREATE: &str = "POST /v1/organization/projects/{project_id}/service_accounts";
@@ -326,9 +338,18 @@ pub(crate) fn assert_no_store(headers: &reqwest::header::HeaderMap) {
 }
 
 /// Calls the sandbox's `/v1/models` with `key`, returning the status.
-pub(crate) async fn models_status(app: &TestApp, key: &str) -> StatusCode {
+/// A client with no cookies that does not follow redirects: another browser.
+pub(crate) fn plain_client() -> reqwest::Client {
+    // reqwest is built without a default TLS provider (see lib.rs).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub(crate) async fn models_status(app: &TestApp, key: &str) -> StatusCode {
+    plain_client()
         .get(format!("{}/models", app.sandbox.openai_base_url()))
         .bearer_auth(key)
         .send()

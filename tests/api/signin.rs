@@ -179,10 +179,7 @@ async fn a_callback_without_a_login_cookie_is_refused() {
     let authorization = app.start_sign_in().await;
     let callback = app.authorize(&authorization).await;
     // Another browser (no cookie) opens the callback.
-    let other = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let other = plain_client();
     let response = other.get(&callback).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert!(
@@ -336,4 +333,38 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_security_headers() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn each_request_is_one_json_log_line_with_id_route_status_latency_and_user() {
+    let app = TestApp::spawn().await;
+    let page = app
+        .sign_in_as(Identity::workspace("logline@example.com"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    let logs = logs();
+    let line = logs
+        .lines()
+        .filter(|l| l.contains("\"answered\"") && l.contains("logline@example.com"))
+        .last()
+        .unwrap_or_else(|| panic!("no request line with the user"));
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(value["status"], 200, "{line}");
+    assert!(value["latency_ms"].as_f64().is_some(), "{line}");
+    let span = &value["span"];
+    assert_eq!(span["route"], "/oauth2/callback", "{line}");
+    assert_eq!(span["request_id"].as_str().unwrap().len(), 32, "{line}");
+    assert_eq!(
+        page.headers["x-request-id"].to_str().unwrap(),
+        span["request_id"].as_str().unwrap()
+    );
+    let audit = logs
+        .lines()
+        .find(|l| l.contains("\"audit\":\"issued\"") && l.contains("logline@example.com"))
+        .expect("an audit line for the issuance");
+    let audit: serde_json::Value = serde_json::from_str(audit).unwrap();
+    assert!(audit["service_account.id"].as_str().is_some(), "{audit}");
+    assert!(audit["key.id"].as_str().is_some(), "{audit}");
+    assert!(audit["expires_at"].as_i64().is_some(), "{audit}");
+    app.assert_no_secrets_logged(&[&page.key()]);
 }
