@@ -345,8 +345,7 @@ async fn each_request_is_one_json_log_line_with_id_route_status_latency_and_user
     let logs = logs();
     let line = logs
         .lines()
-        .filter(|l| l.contains("\"answered\"") && l.contains("logline@example.com"))
-        .last()
+        .rfind(|l| l.contains("\"answered\"") && l.contains("logline@example.com"))
         .unwrap_or_else(|| panic!("no request line with the user"));
     let value: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(value["status"], 200, "{line}");
