@@ -1,9 +1,12 @@
-//! The background cleanup around [`Keys::sweep`]: a sweep at start, then
-//! one every `CLEANUP_INTERVAL`, and on demand (`/revoke`), with concurrent
-//! demands sharing one run.
+//! The background cleanup around [`Keys`]: deletion driven by the expiries
+//! themselves. Each full sweep learns when our accounts expire; the task
+//! sleeps until the earliest, deletes what is due without listing, and
+//! sleeps again. A newly issued key re-arms the timer at once. A full sweep
+//! runs at start, then at least every safety-net period, and on demand
+//! (`/revoke`), with concurrent demands sharing one run.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, watch};
 
@@ -18,23 +21,33 @@ pub type Outcome = Result<SweepReport, crate::keys::Error>;
 pub struct Cleanup {
     keys: Keys,
     clock: Clock,
-    interval: Duration,
+    full_period: Duration,
     running: Arc<Mutex<Option<broadcast::Sender<Outcome>>>>,
 }
 
+/// How often every replica lists all accounts: `CLEANUP_INTERVAL`, but at
+/// least twice per key lifetime, so that each replica learns of every key
+/// (including those another replica issued) before it expires, and deletes
+/// it on time even if that replica is gone.
+pub fn full_sweep_period(interval: Duration, ttl: Duration) -> Duration {
+    interval.min((ttl / 2).max(Duration::from_secs(1)))
+}
+
 impl Cleanup {
-    /// Sweeps `keys` every `interval`, reading time from `clock`.
-    pub fn new(keys: Keys, clock: Clock, interval: Duration) -> Self {
+    /// Sweeps `keys`, reading time from `clock`, listing everything at least
+    /// every `full_period`.
+    pub fn new(keys: Keys, clock: Clock, full_period: Duration) -> Self {
         Self {
             keys,
             clock,
-            interval,
+            full_period,
             running: Arc::default(),
         }
     }
 
-    /// Runs a sweep now, or joins the one already running. The sweep runs in
-    /// its own task, so a caller that goes away does not cut it short.
+    /// Runs a full sweep now, or joins the one already running. The sweep
+    /// runs in its own task, so a caller that goes away does not cut it
+    /// short.
     pub async fn run_now(&self) -> Outcome {
         let mut receiver = {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
@@ -67,24 +80,74 @@ impl Cleanup {
         })
     }
 
-    /// Sweeps at start and then every interval until `shutdown` turns true.
+    /// Sweeps until `shutdown` turns true: a full sweep at start and every
+    /// full period, and the due accounts at each expiry in between.
     pub async fn run_until(self, mut shutdown: watch::Receiver<bool>) {
+        let mut jumps = self.clock.jumps();
+        let mut next_full: Option<SystemTime> = None;
         loop {
+            let now = self.clock.now();
+            let full = next_full.is_none_or(|t| now >= t);
+            let work = async {
+                if full {
+                    self.run_now().await
+                } else {
+                    self.keys.delete_due(now).await
+                }
+            };
             // A sweep in progress does not hold up shutdown: deletes are
             // idempotent, and the next start sweeps again.
-            tokio::select! {
-                outcome = self.run_now() => {
-                    if let Err(error) = outcome {
-                        tracing::warn!(%error, "sweep failed; retrying at the next interval");
-                    }
-                }
+            let outcome = tokio::select! {
+                outcome = work => outcome,
                 _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            match outcome {
+                Ok(report) if report.failed > 0 && !full => {
+                    // Retried already inside the sweep; leave them to the next
+                    // full sweep rather than spin on them.
+                    self.keys.forget_due(now);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "sweep failed; retrying at the next full sweep");
+                }
             }
+            if full {
+                next_full = Some(now + self.full_period);
+            }
+
+            let mut wake = next_full.unwrap_or(now);
+            if let Some(expiry) = self.keys.next_expiry() {
+                let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(expiry).unwrap_or(0));
+                wake = wake.min(at);
+            }
+            let delay = wake.duration_since(self.clock.now()).unwrap_or_default();
             tokio::select! {
-                () = tokio::time::sleep(self.interval) => {}
+                () = tokio::time::sleep(delay) => {}
+                () = self.keys.rearmed() => {}
+                _ = jumps.changed() => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
         tracing::debug!("cleanup stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_replica_lists_at_least_twice_per_key_lifetime() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(full_sweep_period(hour, Duration::from_secs(86_400)), hour);
+        assert_eq!(
+            full_sweep_period(hour, Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            full_sweep_period(hour, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 }

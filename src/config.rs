@@ -57,6 +57,10 @@ pub mod vars {
     pub const SESSION_SECRET: &str = "SESSION_SECRET";
     /// `json` or `pretty`.
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
+    /// Deletes a sweep starts with at once.
+    pub const CLEANUP_CONCURRENCY: &str = "CLEANUP_CONCURRENCY";
+    /// Whether to delete the Go original's expired accounts too.
+    pub const CLEANUP_LEGACY_ACCOUNTS: &str = "CLEANUP_LEGACY_ACCOUNTS";
 }
 
 /// Google's documented issuer, and the scheme-less form its tokens may carry.
@@ -141,6 +145,11 @@ pub struct Config {
     pub cleanup_interval: Duration,
     /// Timeout of every outgoing call, and the grace period at shutdown.
     pub timeout: Duration,
+    /// Deletes a sweep starts with at once; it grows while OpenAI keeps up.
+    pub cleanup_concurrency: usize,
+    /// Also delete the Go original's accounts (bare-email names) older than
+    /// `expiration`.
+    pub cleanup_legacy_accounts: bool,
     /// The OIDC issuer whose discovery document is used.
     pub oidc_issuer: Url,
     /// Every `iss` value accepted in ID tokens.
@@ -418,6 +427,33 @@ impl Config {
         let expiration = r.seconds(vars::EXPIRATION, 86_400, MAX_EXPIRATION_SECS);
         let cleanup_interval = r.seconds(vars::CLEANUP_INTERVAL, 3_600, MAX_EXPIRATION_SECS);
         let timeout = r.seconds(vars::TIMEOUT, 10, 600);
+        let cleanup_concurrency = match r.get(vars::CLEANUP_CONCURRENCY) {
+            None => 8,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => n,
+                _ => {
+                    r.problem(
+                        vars::CLEANUP_CONCURRENCY,
+                        format!("must be a whole number from 1 to 256, not {raw:?} (default 8)"),
+                    );
+                    8
+                }
+            },
+        };
+        let cleanup_legacy_accounts = match r.get(vars::CLEANUP_LEGACY_ACCOUNTS).as_deref() {
+            None => false,
+            Some(raw) => match raw.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    r.problem(
+                        vars::CLEANUP_LEGACY_ACCOUNTS,
+                        format!("must be true or false, not {raw:?} (default false)"),
+                    );
+                    false
+                }
+            },
+        };
 
         let issuer_raw = r
             .get(vars::OIDC_ISSUER_URL)
@@ -502,6 +538,8 @@ impl Config {
                     expiration,
                     cleanup_interval,
                     timeout,
+                    cleanup_concurrency,
+                    cleanup_legacy_accounts,
                     oidc_issuer,
                     accepted_issuers,
                     openai_base_url,
@@ -556,6 +594,14 @@ impl Config {
                 self.cleanup_interval.as_secs().to_string(),
             ),
             (vars::TIMEOUT, self.timeout.as_secs().to_string()),
+            (
+                vars::CLEANUP_CONCURRENCY,
+                self.cleanup_concurrency.to_string(),
+            ),
+            (
+                vars::CLEANUP_LEGACY_ACCOUNTS,
+                self.cleanup_legacy_accounts.to_string(),
+            ),
             (vars::OIDC_ISSUER_URL, self.oidc_issuer.to_string()),
             (vars::OIDC_ACCEPTED_ISSUERS, self.accepted_issuers.join(",")),
             (

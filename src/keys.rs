@@ -3,25 +3,41 @@
 //! store: every account this server creates carries its owner and expiry in
 //! its name, so any replica, even one that just restarted, knows what is due.
 
+mod deleter;
+mod index;
 mod name;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use secrecy::SecretString;
-use tokio::sync::{OnceCell, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, OnceCell, mpsc};
 use tracing::instrument;
 
 use crate::config::ProjectSelector;
 use crate::identity::EmailAddress;
-use crate::openai::{self, AdminClient};
+use crate::openai::{self, AdminClient, Page, ServiceAccount};
 
+use deleter::{Due, Fate, MAX_ATTEMPTS};
+use index::Index;
 pub use name::{AccountName, PREFIX};
 
-/// How many deletes a sweep runs at once.
-pub const DELETE_CONCURRENCY: usize = 8;
+/// How the keys of one project are issued and swept.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Which project.
+    pub project: ProjectSelector,
+    /// Lifetime of every key.
+    pub ttl: Duration,
+    /// Deletes a sweep starts with at once (`CLEANUP_CONCURRENCY`).
+    pub concurrency: usize,
+    /// The most deletes at once while OpenAI keeps up.
+    pub max_concurrency: usize,
+    /// Also delete the Go original's accounts (bare-email names) older than
+    /// `ttl` (`CLEANUP_LEGACY_ACCOUNTS`).
+    pub legacy_cleanup: bool,
+}
 
 /// A key just created for someone. Shown once, never stored.
 #[derive(Debug)]
@@ -63,6 +79,9 @@ pub enum Error {
 /// What one sweep did; logged as one line and returned by `/revoke`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SweepReport {
+    /// `full` (listed every account) or `due` (deleted what the schedule
+    /// said was due, without listing).
+    pub kind: &'static str,
     /// Accounts listed, ours or not.
     pub listed: usize,
     /// List pages fetched.
@@ -77,6 +96,14 @@ pub struct SweepReport {
     pub kept: usize,
     /// Accounts not created by this server, left alone.
     pub foreign: usize,
+    /// Accounts of the Go original deleted (with `CLEANUP_LEGACY_ACCOUNTS`).
+    pub legacy_deleted: usize,
+    /// Calls retried after a 429, 5xx or timeout.
+    pub retries: usize,
+    /// 429 answers seen.
+    pub rate_limited: usize,
+    /// Admin API calls made (lists and deletes, retries included).
+    pub admin_calls: usize,
     /// The earliest expiry among the kept accounts (Unix seconds).
     pub next_expiry: Option<i64>,
     /// Wall time the sweep took.
@@ -101,12 +128,15 @@ pub struct Keys {
 #[derive(Debug)]
 struct Inner {
     admin: AdminClient,
-    project: ProjectSelector,
+    settings: Settings,
     project_id: OnceCell<String>,
-    ttl: Duration,
     /// Names of accounts whose create failed ambiguously: delete them on the
     /// next sweep whatever their expiry, since their key was never shown.
     orphans: Mutex<HashSet<String>>,
+    /// Our live accounts by expiry: the schedule of deletions.
+    index: Mutex<Index>,
+    /// Wakes the scheduler when the schedule gains an earlier expiry.
+    rearm: Notify,
     reached: std::sync::atomic::AtomicBool,
 }
 
@@ -115,19 +145,58 @@ fn unix(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether a failed call may succeed if tried again.
+fn retryable(error: &openai::Error) -> bool {
+    matches!(error, openai::Error::RateLimited { .. })
+        || error.is_ambiguous()
+        || matches!(error, openai::Error::Api { status: 409, .. })
+}
+
+/// What the listing half of a sweep found.
+#[derive(Default)]
+struct Listing {
+    listed: usize,
+    pages: usize,
+    kept: Vec<(String, AccountName)>,
+    foreign: usize,
+    retries: usize,
+    rate_limited: usize,
+    calls: usize,
+    error: Option<openai::Error>,
+}
+
 impl Keys {
-    /// Keys in the configured project, each living `ttl`.
-    pub fn new(admin: AdminClient, project: ProjectSelector, ttl: Duration) -> Self {
+    /// Keys in the configured project.
+    pub fn new(admin: AdminClient, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 admin,
-                project,
+                settings,
                 project_id: OnceCell::new(),
-                ttl,
                 orphans: Mutex::default(),
+                index: Mutex::default(),
+                rearm: Notify::new(),
                 reached: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.inner
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn orphans(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.inner
+            .orphans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True once an Admin API call succeeded.
@@ -143,6 +212,23 @@ impl Keys {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The earliest expiry among our accounts that this replica knows of.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.index().earliest()
+    }
+
+    /// How many live keys `owner` holds, as far as this replica knows (the
+    /// last full listing plus what it issued since).
+    pub fn live_keys_for(&self, owner: &EmailAddress, now: SystemTime) -> usize {
+        self.index().live_for(owner.as_str(), unix(now))
+    }
+
+    /// Completes when the schedule changed (a key was issued), so that the
+    /// scheduler re-arms its timer.
+    pub async fn rearmed(&self) {
+        self.inner.rearm.notified().await;
+    }
+
     /// The project id: configured, or found by name (created when missing)
     /// once and then cached for the life of the process.
     pub async fn project_id(&self) -> Result<&str, Error> {
@@ -150,7 +236,7 @@ impl Keys {
             .inner
             .project_id
             .get_or_try_init(|| async {
-                match &self.inner.project {
+                match &self.inner.settings.project {
                     ProjectSelector::Id(id) => Ok(id.clone()),
                     ProjectSelector::Name(name) => self.find_or_create_project(name).await,
                 }
@@ -201,7 +287,7 @@ impl Keys {
     #[instrument(skip_all, fields(owner = %owner))]
     pub async fn issue(&self, owner: &EmailAddress, now: SystemTime) -> Result<IssuedKey, Error> {
         let project_id = self.project_id().await?.to_owned();
-        let ttl = self.inner.ttl.as_secs();
+        let ttl = self.inner.settings.ttl.as_secs();
         let name = AccountName::new(owner.clone(), unix(now).saturating_add_unsigned(ttl));
         let encoded = name.encode();
         let admin = &self.inner.admin;
@@ -240,39 +326,34 @@ impl Keys {
             // Should not happen; do not leave a keyless account behind.
             if let Err(error) = admin.delete_service_account(&project_id, &created.id).await {
                 tracing::warn!(%error, service_account.id = %created.id, "could not delete a service account created without a key");
-                self.remember_orphan(&encoded);
+                self.orphans().insert(encoded);
             }
             return Err(Error::NoKeyReturned);
         };
         let expires_at = key.expires_at.unwrap_or(name.expires_at);
+        let enforced_by_openai = enforced && key.expires_at.is_some();
+        self.index().insert(created.id.clone(), name);
+        self.inner.rearm.notify_one();
         tracing::info!(
             audit = "issued",
             owner = %owner,
             service_account.id = %created.id,
             key.id = %key.id,
             expires_at,
-            enforced_by_openai = enforced && key.expires_at.is_some(),
+            enforced_by_openai,
             "issued a key"
         );
         Ok(IssuedKey {
             value: key.value,
             expires_at,
-            enforced_by_openai: enforced && key.expires_at.is_some(),
+            enforced_by_openai,
             service_account_id: created.id,
             key_id: key.id,
         })
     }
 
-    fn remember_orphan(&self, name: &str) {
-        self.inner
-            .orphans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned());
-    }
-
     async fn reconcile_failed_create(&self, project_id: &str, name: &str) {
-        self.remember_orphan(name);
+        self.orphans().insert(name.to_owned());
         let admin = &self.inner.admin;
         let mut after: Option<String> = None;
         loop {
@@ -290,11 +371,7 @@ impl Keys {
                 match admin.delete_service_account(project_id, &account.id).await {
                     Ok(()) | Err(openai::Error::NotFound { .. }) => {
                         tracing::info!(audit = "deleted", service_account.id = %account.id, reason = "failed create", "deleted the account of a failed create");
-                        self.inner
-                            .orphans
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(name);
+                        self.orphans().remove(name);
                     }
                     Err(error) => {
                         tracing::warn!(%error, service_account.id = %account.id, "could not delete the account of a failed create; the next sweep will");
@@ -309,55 +386,92 @@ impl Keys {
         }
     }
 
-    /// One sweep: list every account of the project, delete ours that are
-    /// due (expired, or orphaned by a failed create), leave everything else
-    /// alone. Carries on past failed deletes; a 404 counts as done.
-    #[instrument(skip_all)]
-    pub async fn sweep(&self, now: SystemTime) -> Result<SweepReport, Error> {
-        let started = Instant::now();
-        let project_id = self.project_id().await?.to_owned();
-        let now_unix = unix(now);
-        let admin = &self.inner.admin;
-        let orphans = self
-            .inner
-            .orphans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+    /// One page of the account list, retried on 429, 5xx and timeouts.
+    async fn list_page(
+        &self,
+        project_id: &str,
+        after: Option<&str>,
+        listing: &mut Listing,
+    ) -> Result<Page<ServiceAccount>, openai::Error> {
+        let mut attempt = 0;
+        loop {
+            listing.calls += 1;
+            match self
+                .inner
+                .admin
+                .list_service_accounts(project_id, after)
+                .await
+            {
+                Ok(page) => return Ok(page),
+                Err(error) if retryable(&error) && attempt + 1 < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    listing.retries += 1;
+                    let wait = match &error {
+                        openai::Error::RateLimited { retry_after, .. } => {
+                            listing.rate_limited += 1;
+                            retry_after.unwrap_or_else(|| deleter::backoff(attempt))
+                        }
+                        _ => deleter::backoff(attempt),
+                    };
+                    tracing::debug!(%error, wait_ms = wait.as_millis(), "retrying a list page");
+                    tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
 
-        let mut report = SweepReport::default();
-        let mut due: Vec<(String, AccountName)> = Vec::new();
+    /// Lists every account, sending the due ones to `due` as they are found.
+    async fn list_all(&self, project_id: &str, now: i64, due: &mpsc::Sender<Due>) -> Listing {
+        let orphans = self.orphans().clone();
+        let legacy = self.inner.settings.legacy_cleanup;
+        let ttl = i64::try_from(self.inner.settings.ttl.as_secs()).unwrap_or(i64::MAX);
+        let mut listing = Listing::default();
         let mut after: Option<String> = None;
         loop {
-            let page = match admin
-                .list_service_accounts(&project_id, after.as_deref())
+            let page = match self
+                .list_page(project_id, after.as_deref(), &mut listing)
                 .await
             {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(%error, "listing service accounts failed part-way");
-                    report.list_error = Some(error.to_string());
+                    listing.error = Some(error);
                     break;
                 }
             };
-            report.pages += 1;
-            report.listed += page.data.len();
+            listing.pages += 1;
+            listing.listed += page.data.len();
             for account in page.data {
-                match AccountName::parse(&account.name) {
-                    None => report.foreign += 1,
-                    Some(name)
-                        if name.expires_at <= now_unix || orphans.contains(&account.name) =>
-                    {
-                        due.push((account.id, name));
+                let job = match AccountName::parse(&account.name) {
+                    Some(name) if name.expires_at <= now || orphans.contains(&account.name) => {
+                        Due::new(
+                            account.id,
+                            account.name,
+                            name.owner.to_string(),
+                            name.expires_at,
+                        )
                     }
                     Some(name) => {
-                        report.kept += 1;
-                        report.next_expiry = Some(
-                            report
-                                .next_expiry
-                                .map_or(name.expires_at, |e| e.min(name.expires_at)),
-                        );
+                        listing.kept.push((account.id, name));
+                        continue;
                     }
+                    // The Go original named accounts after the bare email and
+                    // expired them by creation time.
+                    None if legacy
+                        && EmailAddress::parse(&account.name).is_ok()
+                        && account.created_at.saturating_add(ttl) <= now =>
+                    {
+                        let expired = account.created_at.saturating_add(ttl);
+                        Due::new(account.id, account.name.clone(), account.name, expired)
+                    }
+                    None => {
+                        listing.foreign += 1;
+                        continue;
+                    }
+                };
+                if due.send(job).await.is_err() {
+                    break;
                 }
             }
             match (page.has_more, page.last_id) {
@@ -365,67 +479,162 @@ impl Keys {
                 _ => break,
             }
         }
-        if report.pages > 0 {
+        listing
+    }
+
+    /// Deletes what arrives on `jobs`, updating the schedule and logging
+    /// each deletion; fills in the report's delete counts.
+    async fn delete(&self, project_id: &str, jobs: mpsc::Receiver<Due>, report: &mut SweepReport) {
+        let settings = &self.inner.settings;
+        let mut legacy_deleted = 0;
+        let tally = deleter::run(
+            &self.inner.admin,
+            project_id,
+            settings.concurrency,
+            settings.max_concurrency,
+            jobs,
+            |job, fate| match fate {
+                Fate::Deleted | Fate::AlreadyGone => {
+                    if AccountName::parse(&job.name).is_none() {
+                        legacy_deleted += 1;
+                    }
+                    if matches!(fate, Fate::Deleted) {
+                        tracing::info!(audit = "deleted", owner = %job.owner, service_account.id = %job.id, expires_at = job.expires_at, "deleted an expired service account");
+                    }
+                    self.index().remove(&job.id);
+                    self.orphans().remove(&job.name);
+                }
+                Fate::Failed(error) => {
+                    tracing::warn!(%error, owner = %job.owner, service_account.id = %job.id, "could not delete an expired service account; the next sweep retries");
+                }
+            },
+        )
+        .await;
+        report.deleted += tally.deleted;
+        report.already_gone += tally.already_gone;
+        report.failed += tally.failed;
+        report.retries += tally.retries;
+        report.rate_limited += tally.rate_limited;
+        report.admin_calls += tally.calls;
+        report.legacy_deleted += legacy_deleted;
+    }
+
+    /// A full sweep: list every account of the project, delete ours that are
+    /// due (expired, or orphaned by a failed create) while listing goes on,
+    /// leave everything else alone, and rebuild the schedule from what was
+    /// listed. Carries on past failed deletes; a 404 counts as done.
+    #[instrument(skip_all)]
+    pub async fn sweep(&self, now: SystemTime) -> Result<SweepReport, Error> {
+        let started = Instant::now();
+        let project_id = self.project_id().await?.to_owned();
+        let now_unix = unix(now);
+        let since = self.index().seq();
+        let (tx, rx) = mpsc::channel(1024);
+        let mut report = SweepReport {
+            kind: "full",
+            ..SweepReport::default()
+        };
+        let (listing, ()) = tokio::join!(
+            async {
+                let listing = self.list_all(&project_id, now_unix, &tx).await;
+                drop(tx);
+                listing
+            },
+            self.delete(&project_id, rx, &mut report)
+        );
+        if listing.pages > 0 {
             self.mark_reached();
         }
-
-        let limit = Arc::new(Semaphore::new(DELETE_CONCURRENCY));
-        let mut deletes = JoinSet::new();
-        for (id, name) in due {
-            let admin = admin.clone();
-            let project_id = project_id.clone();
-            let limit = Arc::clone(&limit);
-            deletes.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let result = admin.delete_service_account(&project_id, &id).await;
-                (id, name, result)
-            });
-        }
-        while let Some(joined) = deletes.join_next().await {
-            let Ok((id, name, result)) = joined else {
-                report.failed += 1;
-                continue;
-            };
-            match result {
-                Ok(()) => {
-                    report.deleted += 1;
-                    tracing::info!(audit = "deleted", owner = %name.owner, service_account.id = %id, expires_at = name.expires_at, "deleted an expired service account");
-                }
-                Err(openai::Error::NotFound { .. }) => {
-                    report.deleted += 1;
-                    report.already_gone += 1;
-                }
-                Err(error) => {
-                    report.failed += 1;
-                    tracing::warn!(%error, owner = %name.owner, service_account.id = %id, "could not delete an expired service account; the next sweep retries");
-                    continue;
-                }
+        report.listed = listing.listed;
+        report.pages = listing.pages;
+        report.foreign = listing.foreign;
+        report.kept = listing.kept.len();
+        report.retries += listing.retries;
+        report.rate_limited += listing.rate_limited;
+        report.admin_calls += listing.calls;
+        report.list_error = listing.error.as_ref().map(ToString::to_string);
+        if listing.error.is_none() {
+            self.index().replace(listing.kept, since);
+        } else {
+            // A partial listing must not forget accounts it did not reach.
+            let mut index = self.index();
+            for (id, name) in listing.kept {
+                index.insert(id, name);
             }
-            self.inner
-                .orphans
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&name.encode());
         }
         // Orphans past their expiry are covered by the normal rule.
-        self.inner
-            .orphans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.orphans()
             .retain(|n| AccountName::parse(n).is_some_and(|a| a.expires_at > now_unix));
-
-        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(
-            sweep.listed = report.listed,
-            sweep.pages = report.pages,
-            sweep.deleted = report.deleted,
-            sweep.already_gone = report.already_gone,
-            sweep.failed = report.failed,
-            sweep.kept = report.kept,
-            sweep.foreign = report.foreign,
-            duration_ms = report.duration_ms,
-            "sweep finished"
-        );
+        report.next_expiry = self.next_expiry();
+        report.duration_ms = elapsed_ms(started);
+        log_report(&report);
         Ok(report)
     }
+
+    /// Deletes the accounts the schedule says are due, without listing: what
+    /// the scheduler runs at each expiry.
+    #[instrument(skip_all)]
+    pub async fn delete_due(&self, now: SystemTime) -> Result<SweepReport, Error> {
+        let started = Instant::now();
+        let project_id = self.project_id().await?.to_owned();
+        let due = self.index().due(unix(now));
+        let mut report = SweepReport {
+            kind: "due",
+            ..SweepReport::default()
+        };
+        if due.is_empty() {
+            report.next_expiry = self.next_expiry();
+            return Ok(report);
+        }
+        let (tx, rx) = mpsc::channel(due.len());
+        for (id, name) in due {
+            let owner = name.owner.to_string();
+            let expires_at = name.expires_at;
+            // The channel holds them all; it cannot be full or closed here.
+            let _ = tx.try_send(Due::new(id, name.encode(), owner, expires_at));
+        }
+        drop(tx);
+        self.delete(&project_id, rx, &mut report).await;
+        if report.failed > 0 {
+            // Keep failed ones from spinning the scheduler: they stay in the
+            // index, and are retried at the next full sweep.
+            tracing::warn!(
+                sweep.failed = report.failed,
+                "some due accounts could not be deleted"
+            );
+        }
+        report.next_expiry = self.next_expiry();
+        report.duration_ms = elapsed_ms(started);
+        log_report(&report);
+        Ok(report)
+    }
+
+    /// Forgets accounts of the schedule that are due but whose deletion
+    /// failed, so that the scheduler does not retry them in a tight loop;
+    /// the next full sweep finds them again.
+    pub fn forget_due(&self, now: SystemTime) {
+        let mut index = self.index();
+        for (id, _) in index.due(unix(now)) {
+            index.remove(&id);
+        }
+    }
+}
+
+fn log_report(report: &SweepReport) {
+    tracing::info!(
+        sweep.kind = report.kind,
+        sweep.listed = report.listed,
+        sweep.pages = report.pages,
+        sweep.deleted = report.deleted,
+        sweep.already_gone = report.already_gone,
+        sweep.failed = report.failed,
+        sweep.kept = report.kept,
+        sweep.foreign = report.foreign,
+        sweep.legacy_deleted = report.legacy_deleted,
+        sweep.retries = report.retries,
+        sweep.rate_limited = report.rate_limited,
+        sweep.admin_calls = report.admin_calls,
+        duration_ms = report.duration_ms,
+        "sweep finished"
+    );
 }

@@ -70,6 +70,8 @@ fn defaults_match_the_go_original() {
     assert_eq!(config.openai_base_url.as_str(), "https://api.openai.com/v1");
     assert_eq!(config.log_format, LogFormat::Json);
     assert!(config.session_secret.is_none());
+    assert_eq!(config.cleanup_concurrency, 8);
+    assert!(!config.cleanup_legacy_accounts);
 }
 
 #[test]
@@ -115,6 +117,9 @@ fn bad_numbers_and_durations_are_refused_with_the_variable_named() {
         (vars::TIMEOUT, "ten"),
         (vars::BIND_ADDRESS, "localhost:80"),
         (vars::LOG_FORMAT, "xml"),
+        (vars::CLEANUP_CONCURRENCY, "0"),
+        (vars::CLEANUP_CONCURRENCY, "many"),
+        (vars::CLEANUP_LEGACY_ACCOUNTS, "maybe"),
     ] {
         let err = parse(&with(&[(var, value)])).unwrap_err();
         assert_eq!(problem_vars(&err), [var], "{var}={value}");

@@ -142,7 +142,8 @@ async fn a_failed_delete_does_not_stop_the_sweep_and_a_404_counts_as_done() {
         .unwrap();
     app.sandbox
         .openai
-        .push_fault(Fault::new(FaultKind::status(500)).method("DELETE").times(1));
+        // A refusal that retrying cannot fix (a 500 would be retried at once).
+        .push_fault(Fault::new(FaultKind::status(403)).method("DELETE").times(1));
     app.sandbox
         .openai
         .push_fault(Fault::new(FaultKind::status(404)).method("DELETE").times(1));

@@ -98,7 +98,11 @@ impl Options {
 }
 
 pub(crate) struct TestApp {
-    pub(crate) sandbox: Sandbox,
+    pub(crate) sandbox: Arc<Sandbox>,
+    /// The server's clock (the sandbox's, seen through the server).
+    pub(crate) clock: Clock,
+    /// The settings it was started with, for replicas.
+    env: HashMap<String, String>,
     pub(crate) addr: SocketAddr,
     pub(crate) client: reqwest::Client,
     pub(crate) admin_key: String,
@@ -146,23 +150,39 @@ impl TestApp {
 
     /// A server on a sandbox the test prepared first.
     pub(crate) async fn spawn_on(sandbox: Sandbox, options: Options) -> Self {
-        capture_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let redirect_uri = format!("http://{addr}/oauth2/callback");
         sandbox.oidc.allow_redirect_uri(&redirect_uri);
-
         let mut env: HashMap<String, String> = sandbox
             .env(&redirect_uri)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         env.extend(options.env);
+        Self::start(Arc::new(sandbox), listener, env).await
+    }
+
+    /// Another replica: same sandbox, same settings (public redirect URI and
+    /// session secret included), its own listener and process state.
+    pub(crate) async fn replica(&self) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start(Arc::clone(&self.sandbox), listener, self.env.clone()).await
+    }
+
+    async fn start(
+        sandbox: Arc<Sandbox>,
+        listener: TcpListener,
+        env: HashMap<String, String>,
+    ) -> Self {
+        capture_logs();
+        let addr = listener.local_addr().unwrap();
         let project_id = env.get("OPENAI_PROJECT_ID").cloned();
         let config = Config::from_lookup(|var| env.get(var).cloned()).expect("valid test config");
-        let clock = sandbox.clock.clone();
-        let app = Application::build_with(config, listener, Clock::from_fn(move || clock.now()))
-            .expect("the server builds");
+        let virtual_clock = sandbox.clock.clone();
+        let clock = Clock::from_fn(move || virtual_clock.now());
+        let app =
+            Application::build_with(config, listener, clock.clone()).expect("the server builds");
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async move {
             let _ = rx.await;
@@ -179,6 +199,8 @@ impl TestApp {
         let client_secret = sandbox.oidc.client_secret();
         Self {
             sandbox,
+            clock,
+            env,
             addr,
             client,
             admin_key,
@@ -250,6 +272,19 @@ impl TestApp {
                 .find_project_by_name("personal")
                 .map(|p| p.id)
         })
+    }
+
+    /// Moves the virtual clock forward and tells the server it jumped.
+    pub(crate) fn advance(&self, by: Duration) {
+        self.sandbox.clock.advance(by);
+        self.clock.jumped();
+    }
+
+    /// Stops this server at once, as if its process died.
+    pub(crate) fn kill(mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
     }
 
     /// Service accounts in the server's project.

@@ -4,6 +4,7 @@
 
 mod cleanup;
 mod config;
+mod expiry;
 mod failures;
 mod helpers;
 mod signin;
