@@ -34,6 +34,13 @@ pub enum Refusal {
         /// The allowed domain of the address.
         domain: String,
     },
+    /// The address is listed, but the provider does not manage it (a Google
+    /// account on a non-Gmail address without `hd`), so it cannot vouch that
+    /// the person still owns it.
+    #[error(
+        "the address is listed, but it belongs to a personal account that the identity provider does not manage; sign in with the organisation's account"
+    )]
+    Unmanaged,
     /// Neither the address nor its domain is on the allow-list.
     #[error("the account is not on the allow-list")]
     NotAllowed,
@@ -50,13 +57,31 @@ impl AllowList {
     /// provider's `hd` claim names that same domain: the domain of an email
     /// alone proves nothing, since anyone can register a personal account
     /// with any address.
-    pub fn decide(&self, identity: &Identity) -> Result<EmailAddress, Refusal> {
+    ///
+    /// A listed address counts only when the provider is authoritative for
+    /// it, unless `trust_unmanaged`: for Google that means a Gmail address,
+    /// or an `hd` claim equal to the address's domain. Anyone can register a
+    /// personal Google account with any address they once received mail at,
+    /// and keep it after losing the mailbox.
+    pub fn decide(
+        &self,
+        identity: &Identity,
+        trust_unmanaged: bool,
+    ) -> Result<EmailAddress, Refusal> {
         let email = identity.email.as_ref().ok_or(Refusal::NoEmail)?;
         if !identity.email_verified {
             return Err(Refusal::EmailNotVerified);
         }
         if self.users.contains(email) {
-            return Ok(email.clone());
+            let managed = matches!(email.domain(), "gmail.com" | "googlemail.com")
+                || identity
+                    .hosted_domain
+                    .as_deref()
+                    .is_some_and(|hd| hd.eq_ignore_ascii_case(email.domain()));
+            if managed || trust_unmanaged {
+                return Ok(email.clone());
+            }
+            return Err(Refusal::Unmanaged);
         }
         let Ok(domain) = Domain::parse(email.domain()) else {
             return Err(Refusal::NotAllowed);
@@ -93,6 +118,30 @@ mod tests {
         }
     }
 
+    impl AllowList {
+        fn decide_t(&self, identity: &Identity) -> Result<EmailAddress, Refusal> {
+            self.decide(identity, false)
+        }
+    }
+
+    #[test]
+    fn a_listed_address_without_a_managing_provider_needs_trust_unmanaged() {
+        let allow = list(&["carol@corp.test", "bob@gmail.com"], &[]);
+        let carol = who("carol@corp.test", true, None);
+        assert_eq!(allow.decide(&carol, false), Err(Refusal::Unmanaged));
+        assert!(allow.decide(&carol, true).is_ok());
+        assert!(
+            allow
+                .decide(&who("carol@corp.test", true, Some("corp.test")), false)
+                .is_ok()
+        );
+        assert!(
+            allow
+                .decide(&who("bob@gmail.com", true, None), false)
+                .is_ok()
+        );
+    }
+
     fn who(email: &str, verified: bool, hd: Option<&str>) -> Identity {
         Identity {
             subject: "1".into(),
@@ -106,7 +155,7 @@ mod tests {
     #[test]
     fn a_listed_user_is_allowed_whatever_the_case() {
         let allow = list(&["Bob@Gmail.com"], &[]);
-        assert!(allow.decide(&who("BOB@gmail.COM", true, None)).is_ok());
+        assert!(allow.decide_t(&who("BOB@gmail.COM", true, None)).is_ok());
     }
 
     #[test]
@@ -114,23 +163,23 @@ mod tests {
         let allow = list(&[], &["example.com"]);
         assert!(
             allow
-                .decide(&who("a@example.com", true, Some("example.com")))
+                .decide_t(&who("a@example.com", true, Some("example.com")))
                 .is_ok()
         );
         assert!(
             allow
-                .decide(&who("a@example.com", true, Some("EXAMPLE.com")))
+                .decide_t(&who("a@example.com", true, Some("EXAMPLE.com")))
                 .is_ok()
         );
         assert_eq!(
-            allow.decide(&who("a@example.com", true, None)),
+            allow.decide_t(&who("a@example.com", true, None)),
             Err(Refusal::NotManagedByDomain {
                 domain: "example.com".into()
             })
         );
         assert!(
             allow
-                .decide(&who("a@example.com", true, Some("evil.test")))
+                .decide_t(&who("a@example.com", true, Some("evil.test")))
                 .is_err()
         );
     }
@@ -139,7 +188,7 @@ mod tests {
     fn an_unverified_address_is_refused_even_when_listed() {
         let allow = list(&["a@example.com"], &["example.com"]);
         assert_eq!(
-            allow.decide(&who("a@example.com", false, Some("example.com"))),
+            allow.decide_t(&who("a@example.com", false, Some("example.com"))),
             Err(Refusal::EmailNotVerified)
         );
     }
@@ -154,7 +203,7 @@ mod tests {
         ] {
             let domain = email.split('@').nth(1).unwrap();
             assert!(
-                allow.decide(&who(email, true, Some(domain))).is_err(),
+                allow.decide_t(&who(email, true, Some(domain))).is_err(),
                 "{email} was admitted"
             );
         }
@@ -170,7 +219,7 @@ mod tests {
             let allow = list(&[], &["example.com"]);
             let domain = format!("{prefix}example.com{}", suffix.clone().unwrap_or_default());
             let email = format!("{local}@{domain}");
-            let decision = allow.decide(&who(&email, true, Some(&domain)));
+            let decision = allow.decide_t(&who(&email, true, Some(&domain)));
             let exact = prefix.is_empty() && suffix.is_none();
             prop_assert_eq!(decision.is_ok(), exact);
         }

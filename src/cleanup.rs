@@ -25,6 +25,15 @@ pub struct Cleanup {
     running: Arc<Mutex<Option<broadcast::Sender<Outcome>>>>,
 }
 
+/// Empties the "sweep running" slot when dropped.
+struct ClearOnDrop(Arc<Mutex<Option<broadcast::Sender<Outcome>>>>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
 /// How often every replica lists all accounts: `CLEANUP_INTERVAL`, but at
 /// least twice per key lifetime, so that each replica learns of every key
 /// (including those another replica issued) before it expires, and deletes
@@ -58,14 +67,14 @@ impl Cleanup {
                 *running = Some(sender.clone());
                 let this = self.clone();
                 tokio::spawn(async move {
+                    // Cleared even if the sweep panics, so that no later
+                    // caller waits for a sweep that will never report.
+                    let slot = ClearOnDrop(Arc::clone(&this.running));
                     let outcome = this.keys.sweep(this.clock.now()).await;
                     // Clear the slot before sending: whoever subscribed
                     // before this point gets the outcome, whoever comes after
                     // starts a fresh sweep.
-                    this.running
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
+                    drop(slot);
                     let _ = sender.send(outcome);
                 });
                 receiver

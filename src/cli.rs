@@ -71,19 +71,42 @@ pub fn main() -> ExitCode {
 /// the settings, printing every problem and returning the exit code on
 /// failure.
 fn load_config() -> Result<Config, ExitCode> {
-    match dotenvy::dotenv() {
-        Ok(_) => {}
-        Err(error) if error.not_found() => {}
+    // Only the working directory's `.env`: dotenvy's own search walks up
+    // the parents, which could pick up a stranger's file.
+    let path = std::env::current_dir().map(|dir| dir.join(".env"));
+    match path.map(dotenvy::from_path) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) if error.not_found() => {}
+        Ok(Err(dotenvy::Error::LineParse(line, _))) => {
+            // The parse error quotes the line, which may hold a secret: name
+            // only the variable.
+            let name = line
+                .trim_start()
+                .trim_start_matches("export ")
+                .split('=')
+                .next()
+                .map(str::trim)
+                .filter(|n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+                .unwrap_or("one line");
+            eprintln!(
+                ".env: the line setting {name} cannot be parsed; check its quoting (NAME=value, one per line)"
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+        Ok(Err(error)) => {
+            eprintln!(".env: cannot be read: {error}");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
         Err(error) => {
-            eprintln!("error: the .env file in the working directory cannot be read: {error}");
+            eprintln!(".env: the working directory cannot be read: {error}");
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     }
     Config::from_env().map_err(|error| {
-        eprintln!("error: the configuration is not valid:");
-        for problem in &error.problems {
-            eprintln!("  {}: {}", problem.var, problem.message);
-        }
+        // One line per problem, naming the variable first.
+        eprintln!("{error}");
         ExitCode::from(EXIT_CONFIG)
     })
 }

@@ -55,6 +55,11 @@ pub mod vars {
     pub const OPENAI_PROJECT_ID: &str = "OPENAI_PROJECT_ID";
     /// Base64 key for the encrypted cookies.
     pub const SESSION_SECRET: &str = "SESSION_SECRET";
+    /// Whether a listed address is trusted without the provider vouching
+    /// that it manages it (Google: no `hd`, not Gmail).
+    pub const ALLOW_UNMANAGED_EMAILS: &str = "ALLOW_UNMANAGED_EMAILS";
+    /// The Go original's JWKS URL; no longer used (keys come from discovery).
+    pub const GOOGLE_TOKEN_AUDIENCE: &str = "GOOGLE_TOKEN_AUDIENCE";
     /// `json` or `pretty`.
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     /// Deletes a sweep starts with at once.
@@ -133,6 +138,9 @@ pub struct Config {
     pub client_secret: SecretString,
     /// Where the provider sends the browser back (path [`CALLBACK_PATH`]).
     pub redirect_uri: Url,
+    /// The same, exactly as configured: sent to the provider verbatim,
+    /// since providers compare it character for character.
+    pub redirect_uri_text: String,
     /// The OpenAI project for issued keys.
     pub project: ProjectSelector,
     /// Address to listen on.
@@ -161,6 +169,11 @@ pub struct Config {
     pub session_secret: Option<SessionSecret>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Trust a listed address that the provider does not manage (see
+    /// [`crate::access::AllowList::decide`]).
+    pub allow_unmanaged_emails: bool,
+    /// Things that are not errors but deserve a line in the log at start.
+    pub warnings: Vec<String>,
 }
 
 /// One thing wrong with the environment.
@@ -316,6 +329,23 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 impl Config {
     /// Reads the process environment. Load `.env` before calling this.
     pub fn from_env() -> Result<Self, Error> {
@@ -372,6 +402,7 @@ impl Config {
         });
         let client_secret = r.required_secret(vars::CLIENT_SECRET, "GOCSPX-…");
 
+        let redirect_raw = r.get(vars::REDIRECT_URI).unwrap_or_default();
         let redirect_uri = match r.get(vars::REDIRECT_URI) {
             None => {
                 r.problem(
@@ -426,7 +457,7 @@ impl Config {
 
         let expiration = r.seconds(vars::EXPIRATION, 86_400, MAX_EXPIRATION_SECS);
         let cleanup_interval = r.seconds(vars::CLEANUP_INTERVAL, 3_600, MAX_EXPIRATION_SECS);
-        let timeout = r.seconds(vars::TIMEOUT, 10, 600);
+        let timeout = r.seconds(vars::TIMEOUT, 10, 3_600);
         let cleanup_concurrency = match r.get(vars::CLEANUP_CONCURRENCY) {
             None => 8,
             Some(raw) => match raw.parse::<usize>() {
@@ -442,28 +473,38 @@ impl Config {
         };
         let cleanup_legacy_accounts = match r.get(vars::CLEANUP_LEGACY_ACCOUNTS).as_deref() {
             None => false,
-            Some(raw) => match raw.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => {
-                    r.problem(
-                        vars::CLEANUP_LEGACY_ACCOUNTS,
-                        format!("must be true or false, not {raw:?} (default false)"),
-                    );
-                    false
-                }
-            },
+            Some(raw) => parse_bool(raw).unwrap_or_else(|| {
+                r.problem(
+                    vars::CLEANUP_LEGACY_ACCOUNTS,
+                    format!("must be true or false, not {raw:?} (default false)"),
+                );
+                false
+            }),
         };
 
-        let issuer_raw = r
-            .get(vars::OIDC_ISSUER_URL)
-            .or_else(|| r.get(vars::GOOGLE_TOKEN_ISSUER_URL))
-            .unwrap_or_else(|| GOOGLE_ISSUER.to_owned());
-        let oidc_issuer = r.url(vars::OIDC_ISSUER_URL, &issuer_raw);
+        let (issuer_var, issuer_raw) = match (
+            r.get(vars::OIDC_ISSUER_URL),
+            r.get(vars::GOOGLE_TOKEN_ISSUER_URL),
+        ) {
+            (Some(url), _) => (vars::OIDC_ISSUER_URL, url),
+            (None, Some(url)) => (vars::GOOGLE_TOKEN_ISSUER_URL, url),
+            (None, None) => (vars::OIDC_ISSUER_URL, GOOGLE_ISSUER.to_owned()),
+        };
+        let oidc_issuer = r.url(issuer_var, &issuer_raw);
+        let is_google = issuer_raw.trim_end_matches('/') == GOOGLE_ISSUER;
+        // The issuer as configured, and without its scheme: Google documents
+        // that its tokens may say `accounts.google.com`, and a token's
+        // signature is checked against this issuer's own keys, so the bare
+        // form of the same issuer admits no one else.
         let mut accepted_issuers = vec![issuer_raw.trim_end_matches('/').to_owned()];
-        if accepted_issuers[0] == GOOGLE_ISSUER {
-            // Google documents both forms of its issuer in ID tokens.
+        let bare = accepted_issuers[0]
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_owned();
+        if is_google {
             accepted_issuers.push(GOOGLE_ISSUER_BARE.to_owned());
+        } else if bare != accepted_issuers[0] {
+            accepted_issuers.push(bare);
         }
         for extra in r.list(vars::OIDC_ACCEPTED_ISSUERS) {
             if !accepted_issuers.contains(&extra) {
@@ -510,6 +551,35 @@ impl Config {
             }
         };
 
+        let allow_unmanaged_emails = match r.get(vars::ALLOW_UNMANAGED_EMAILS).as_deref() {
+            // Google documents that it is not authoritative for a non-Gmail
+            // address without `hd`; other providers have no such claim.
+            None => !is_google,
+            Some(raw) => parse_bool(raw).unwrap_or_else(|| {
+                r.problem(
+                    vars::ALLOW_UNMANAGED_EMAILS,
+                    format!("must be true or false, not {raw:?}"),
+                );
+                false
+            }),
+        };
+        let mut warnings = Vec::new();
+        if r.get(vars::GOOGLE_TOKEN_AUDIENCE).is_some() {
+            warnings.push(format!(
+                "{} is ignored: the signing keys come from the issuer's discovery document",
+                vars::GOOGLE_TOKEN_AUDIENCE
+            ));
+        }
+        if let Some(url) = &redirect_uri
+            && url.scheme() == "http"
+            && !is_loopback(url)
+        {
+            warnings.push(format!(
+                "{} is plain http on a non-loopback host: sign-in cookies are sent unencrypted; serve it over https",
+                vars::REDIRECT_URI
+            ));
+        }
+
         let log_format = match r.get(vars::LOG_FORMAT).as_deref() {
             None | Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
@@ -531,6 +601,7 @@ impl Config {
                     management_key,
                     client_id,
                     client_secret,
+                    redirect_uri_text: redirect_raw,
                     redirect_uri,
                     project,
                     bind_address,
@@ -545,6 +616,8 @@ impl Config {
                     openai_base_url,
                     session_secret,
                     log_format,
+                    allow_unmanaged_emails,
+                    warnings,
                 })
             }
             _ => Err(Error {

@@ -41,6 +41,9 @@ pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 pub struct AppState {
     /// Who may have a key.
     pub allow: Arc<AllowList>,
+    /// Whether listed addresses are trusted without the provider managing
+    /// them.
+    pub allow_unmanaged_emails: bool,
     /// The OIDC relying party.
     pub provider: Provider,
     /// Issuing and sweeping.
@@ -117,6 +120,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state);
 
     let layers = ServiceBuilder::new()
+        // Our ids only: a client-chosen id could impersonate another
+        // request's in the log.
+        .map_request(|mut request: Request| {
+            request.headers_mut().remove(REQUEST_ID);
+            request
+        })
         .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
         .layer(
             TraceLayer::new_for_http()

@@ -212,6 +212,15 @@ impl Keys {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Checks that the Admin API answers (for readiness): resolves the
+    /// project and reads it.
+    pub async fn probe(&self) -> Result<(), Error> {
+        let project_id = self.project_id().await?.to_owned();
+        self.inner.admin.retrieve_project(&project_id).await?;
+        self.mark_reached();
+        Ok(())
+    }
+
     /// The earliest expiry among our accounts that this replica knows of.
     pub fn next_expiry(&self) -> Option<i64> {
         self.index().earliest()
@@ -284,7 +293,8 @@ impl Keys {
     /// after a timeout or 5xx the account may exist. Then it is looked up by
     /// its unique name and deleted (its key can never be shown), and
     /// remembered for the next sweep in case it appears later.
-    #[instrument(skip_all, fields(owner = %owner))]
+    // No span of its own: its log lines belong to the request's span, which
+    // carries the request id and the signed-in user.
     pub async fn issue(&self, owner: &EmailAddress, now: SystemTime) -> Result<IssuedKey, Error> {
         let project_id = self.project_id().await?.to_owned();
         let ttl = self.inner.settings.ttl.as_secs();
@@ -296,9 +306,19 @@ impl Keys {
         let mut result = admin
             .create_service_account(&project_id, &encoded, Some(ttl))
             .await;
+        // Only an API that does not know the field at all; a range or an
+        // organisation policy refusing our value must stay an error.
         if let Err(openai::Error::BadRequest { message, param, .. }) = &result
             && (param.as_deref() == Some("expires_in_seconds")
                 || message.contains("expires_in_seconds"))
+            && [
+                "unrecognized",
+                "unknown",
+                "not permitted",
+                "additional propert",
+            ]
+            .iter()
+            .any(|m| message.to_ascii_lowercase().contains(m))
         {
             // An older API that does not know `expires_in_seconds`: nothing
             // was created, so one retry without it is safe. The key then dies
@@ -332,7 +352,8 @@ impl Keys {
         };
         let expires_at = key.expires_at.unwrap_or(name.expires_at);
         let enforced_by_openai = enforced && key.expires_at.is_some();
-        self.index().insert(created.id.clone(), name);
+        self.index()
+            .insert(created.id.clone(), name, Some(key.id.clone()));
         self.inner.rearm.notify_one();
         tracing::info!(
             audit = "issued",
@@ -370,7 +391,15 @@ impl Keys {
             if let Some(account) = page.data.iter().find(|a| a.name == name) {
                 match admin.delete_service_account(project_id, &account.id).await {
                     Ok(()) | Err(openai::Error::NotFound { .. }) => {
-                        tracing::info!(audit = "deleted", service_account.id = %account.id, reason = "failed create", "deleted the account of a failed create");
+                        let parsed = AccountName::parse(name);
+                        tracing::info!(
+                            audit = "deleted",
+                            owner = parsed.as_ref().map(|n| n.owner.to_string()).unwrap_or_default(),
+                            service_account.id = %account.id,
+                            expires_at = parsed.map_or(0, |n| n.expires_at),
+                            reason = "failed create",
+                            "deleted the account of a failed create"
+                        );
                         self.orphans().remove(name);
                     }
                     Err(error) => {
@@ -499,7 +528,19 @@ impl Keys {
                         legacy_deleted += 1;
                     }
                     if matches!(fate, Fate::Deleted) {
-                        tracing::info!(audit = "deleted", owner = %job.owner, service_account.id = %job.id, expires_at = job.expires_at, "deleted an expired service account");
+                        let key_id = job
+                            .key_id
+                            .clone()
+                            .or_else(|| self.index().key_id(&job.id))
+                            .unwrap_or_default();
+                        tracing::info!(
+                            audit = "deleted",
+                            owner = %job.owner,
+                            service_account.id = %job.id,
+                            key.id = %key_id,
+                            expires_at = job.expires_at,
+                            "deleted an expired service account"
+                        );
                     }
                     self.index().remove(&job.id);
                     self.orphans().remove(&job.name);
@@ -559,7 +600,7 @@ impl Keys {
             // A partial listing must not forget accounts it did not reach.
             let mut index = self.index();
             for (id, name) in listing.kept {
-                index.insert(id, name);
+                index.insert(id, name, None);
             }
         }
         // Orphans past their expiry are covered by the normal rule.
@@ -587,11 +628,13 @@ impl Keys {
             return Ok(report);
         }
         let (tx, rx) = mpsc::channel(due.len());
-        for (id, name) in due {
+        for (id, name, key_id) in due {
             let owner = name.owner.to_string();
             let expires_at = name.expires_at;
+            let mut job = Due::new(id, name.encode(), owner, expires_at);
+            job.key_id = key_id;
             // The channel holds them all; it cannot be full or closed here.
-            let _ = tx.try_send(Due::new(id, name.encode(), owner, expires_at));
+            let _ = tx.try_send(job);
         }
         drop(tx);
         self.delete(&project_id, rx, &mut report).await;
@@ -614,7 +657,7 @@ impl Keys {
     /// the next full sweep finds them again.
     pub fn forget_due(&self, now: SystemTime) {
         let mut index = self.index();
-        for (id, _) in index.due(unix(now)) {
+        for (id, ..) in index.due(unix(now)) {
             index.remove(&id);
         }
     }

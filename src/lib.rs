@@ -95,6 +95,9 @@ impl Application {
     /// Wires everything on an already bound listener and a given clock (tests
     /// and the demo pass the sandbox's virtual clock).
     pub fn build_with(config: Config, listener: TcpListener, clock: Clock) -> anyhow::Result<Self> {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         let http = http_client(&config)?;
         let provider = Provider::new(
             http.clone(),
@@ -103,7 +106,7 @@ impl Application {
                 accepted_issuers: config.accepted_issuers.clone(),
                 client_id: config.client_id.clone(),
                 client_secret: config.client_secret.clone(),
-                redirect_uri: config.redirect_uri.clone(),
+                redirect_uri: config.redirect_uri_text.clone(),
             },
         );
         let keys = keys_for(&config, http);
@@ -123,6 +126,7 @@ impl Application {
         };
         let state = AppState {
             allow: Arc::new(config.allow.clone()),
+            allow_unmanaged_emails: config.allow_unmanaged_emails,
             provider,
             keys,
             cleanup,

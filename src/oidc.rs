@@ -101,8 +101,9 @@ pub struct Settings {
     pub client_id: String,
     /// OAuth client secret.
     pub client_secret: SecretString,
-    /// The registered redirect URI.
-    pub redirect_uri: Url,
+    /// The registered redirect URI, exactly as configured: providers compare
+    /// it character for character, so it is never re-serialised.
+    pub redirect_uri: String,
 }
 
 /// The relying party: discovery and keys are fetched once and cached.
@@ -190,7 +191,7 @@ impl Provider {
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.inner.settings.client_id)
-            .append_pair("redirect_uri", self.inner.settings.redirect_uri.as_str())
+            .append_pair("redirect_uri", &self.inner.settings.redirect_uri)
             .append_pair("scope", "openid email")
             .append_pair("state", &secrets.state)
             .append_pair("nonce", &secrets.nonce)
@@ -278,10 +279,16 @@ impl Provider {
         now: SystemTime,
     ) -> Result<Identity, Error> {
         let metadata = self.metadata().await?;
+        // The discovery document's issuer exactly as written (a trailing
+        // slash included), plus the configured forms.
+        let mut issuers = self.inner.settings.accepted_issuers.clone();
+        if !issuers.contains(&metadata.issuer) {
+            issuers.push(metadata.issuer.clone());
+        }
         verify::verify(
             id_token,
             &verify::Expectations {
-                accepted_issuers: &self.inner.settings.accepted_issuers,
+                accepted_issuers: &issuers,
                 client_id: &self.inner.settings.client_id,
                 nonce,
             },

@@ -176,6 +176,12 @@ fn public(error: &HttpError) -> Public {
                 hint: Some("Operator: check OPENAI_PROJECT_ID / DEFAULT_PROJECT_NAME."),
                 ..page(StatusCode::BAD_GATEWAY, "OpenAI project not found", admin)
             },
+            keys::Error::OpenAi(openai::Error::BadRequest { .. }) => Public {
+                hint: Some(
+                    "Operator: OpenAI refused the request (for example an organisation key-lifetime policy shorter than EXPIRATION, or an archived project); the log has its message.",
+                ),
+                ..page(StatusCode::BAD_GATEWAY, "OpenAI refused the request", admin)
+            },
             keys::Error::AmbiguousProject { .. } => Public {
                 hint: Some("Operator: several projects share the name; set OPENAI_PROJECT_ID."),
                 ..page(

@@ -6,7 +6,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -14,6 +14,7 @@ use axum_extra::extract::PrivateCookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use super::{AppState, HttpError, LOGIN_TTL};
 use crate::oidc::LoginSecrets;
@@ -85,11 +86,33 @@ pub(super) async fn start(
 
 /// The provider's redirect back. Every field optional so that each problem
 /// gets its own clear page rather than a generic rejection.
-#[derive(Deserialize)]
-pub(super) struct Callback {
+#[derive(Default)]
+struct Callback {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+}
+
+impl Callback {
+    /// Parses the query by hand: a repeated parameter is an attack or a
+    /// bug, never something to pick one value of; unknown parameters
+    /// (`scope`, `authuser`, `hd`, `iss`, …) are ignored.
+    fn parse(query: Option<&str>) -> Result<Self, HttpError> {
+        let mut callback = Self::default();
+        for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match name.as_ref() {
+                "code" => &mut callback.code,
+                "state" => &mut callback.state,
+                "error" => &mut callback.error,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(HttpError::BadCallback("a parameter is repeated"));
+            }
+            *slot = Some(value.into_owned());
+        }
+        Ok(callback)
+    }
 }
 
 #[derive(Template)]
@@ -116,11 +139,15 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 pub(super) async fn callback(
     State(state): State<AppState>,
     jar: PrivateCookieJar,
-    Query(callback): Query<Callback>,
+    RawQuery(query): RawQuery,
 ) -> Result<(PrivateCookieJar, Response), (PrivateCookieJar, HttpError)> {
     // The login cookie is single use: whatever happens next, it goes.
     let cookie = jar.get(cookie_name(&state));
     let jar = jar.remove(login_cookie(&state, String::new(), Duration::ZERO));
+    let callback = match Callback::parse(query.as_deref()) {
+        Ok(callback) => callback,
+        Err(error) => return Err((jar, error)),
+    };
     match finish(&state, cookie, callback).await {
         Ok(response) => Ok((jar, response)),
         Err(error) => Err((jar, error)),
@@ -163,18 +190,29 @@ async fn finish(
     let identity = state.provider.sign_in(&code, &login.secrets, now).await?;
     let email = state
         .allow
-        .decide(&identity)
+        .decide(&identity, state.allow_unmanaged_emails)
         .map_err(|reason| HttpError::Refused {
             account: identity.email_claim.clone(),
             reason,
         })?;
     tracing::Span::current().record("user.email", email.as_str());
 
-    let issued = state
-        .keys
-        .issue(&email, now)
-        .await
-        .map_err(HttpError::Issue)?;
+    // In its own task: if the browser goes away mid-create, the create and
+    // its reconciliation still finish instead of being cut off half-way.
+    let keys = state.keys.clone();
+    let owner = email.clone();
+    let issued = tokio::spawn(
+        async move { keys.issue(&owner, now).await }.instrument(tracing::Span::current()),
+    )
+    .await
+    .map_err(|_| {
+        HttpError::Issue(crate::keys::Error::OpenAi(
+            crate::openai::Error::Transport {
+                message: "the issuing task stopped".into(),
+            },
+        ))
+    })?
+    .map_err(HttpError::Issue)?;
     let expires = UNIX_EPOCH + Duration::from_secs(u64::try_from(issued.expires_at).unwrap_or(0));
     let lifetime = Duration::from_secs(
         u64::try_from(issued.expires_at)

@@ -26,10 +26,11 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 /// Ready once the provider's discovery and the Admin API answered at least
-/// once.
+/// once; until then each call tries them again, so that a server that
+/// started while either was down becomes ready without a restart.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let discovery = state.provider.was_reached();
-    let admin_api = state.keys.was_reached();
+    let discovery = state.provider.was_reached() || state.provider.metadata().await.is_ok();
+    let admin_api = state.keys.was_reached() || state.keys.probe().await.is_ok();
     let status = if discovery && admin_api {
         StatusCode::OK
     } else {

@@ -25,6 +25,8 @@ pub(crate) struct Due {
     pub(crate) name: String,
     pub(crate) owner: String,
     pub(crate) expires_at: i64,
+    /// The key's id, when known (for the audit line).
+    pub(crate) key_id: Option<String>,
     attempts: u32,
 }
 
@@ -35,6 +37,7 @@ impl Due {
             name,
             owner,
             expires_at,
+            key_id: None,
             attempts: 0,
         }
     }

@@ -10,6 +10,8 @@ use super::AccountName;
 #[derive(Debug, Clone)]
 struct Entry {
     name: AccountName,
+    /// The key's id, when this replica issued it (a listing shows none).
+    key_id: Option<String>,
     /// Insertion sequence, so that a full listing keeps entries issued
     /// while it ran.
     seq: u64,
@@ -30,16 +32,19 @@ impl Index {
     }
 
     /// Adds or refreshes one account.
-    pub(crate) fn insert(&mut self, id: String, name: AccountName) {
+    pub(crate) fn insert(&mut self, id: String, name: AccountName, key_id: Option<String>) {
         self.seq += 1;
+        let mut key_id = key_id;
         if let Some(old) = self.entries.get(&id) {
             self.by_expiry.remove(&(old.name.expires_at, id.clone()));
+            key_id = key_id.or_else(|| old.key_id.clone());
         }
         self.by_expiry.insert((name.expires_at, id.clone()));
         self.entries.insert(
             id,
             Entry {
                 name,
+                key_id,
                 seq: self.seq,
             },
         );
@@ -63,10 +68,16 @@ impl Index {
             .filter(|(_, e)| e.seq > since)
             .map(|(id, e)| (id.clone(), e.name.clone()))
             .collect();
+        let mut key_ids: HashMap<String, String> = self
+            .entries
+            .iter_mut()
+            .filter_map(|(id, e)| e.key_id.take().map(|k| (id.clone(), k)))
+            .collect();
         self.by_expiry.clear();
         self.entries.clear();
         for (id, name) in listed.into_iter().chain(recent) {
-            self.insert(id, name);
+            let key_id = key_ids.remove(&id);
+            self.insert(id, name, key_id);
         }
     }
 
@@ -76,12 +87,21 @@ impl Index {
     }
 
     /// Accounts whose expiry is at or before `now`.
-    pub(crate) fn due(&self, now: i64) -> Vec<(String, AccountName)> {
+    pub(crate) fn due(&self, now: i64) -> Vec<(String, AccountName, Option<String>)> {
         self.by_expiry
             .iter()
             .take_while(|(at, _)| *at <= now)
-            .filter_map(|(_, id)| self.entries.get(id).map(|e| (id.clone(), e.name.clone())))
+            .filter_map(|(_, id)| {
+                self.entries
+                    .get(id)
+                    .map(|e| (id.clone(), e.name.clone(), e.key_id.clone()))
+            })
             .collect()
+    }
+
+    /// The key id of an account, when known.
+    pub(crate) fn key_id(&self, id: &str) -> Option<String> {
+        self.entries.get(id).and_then(|e| e.key_id.clone())
     }
 
     /// How many accounts `owner` has that are still live at `now`.
@@ -111,17 +131,18 @@ mod tests {
     #[test]
     fn due_accounts_come_out_in_expiry_order_and_a_listing_keeps_recent_issues() {
         let mut index = Index::default();
-        index.insert("b".into(), name(20));
-        index.insert("a".into(), name(10));
-        index.insert("c".into(), name(30));
+        index.insert("b".into(), name(20), None);
+        index.insert("a".into(), name(10), Some("key_a".into()));
+        index.insert("c".into(), name(30), None);
         assert_eq!(index.earliest(), Some(10));
-        let due: Vec<_> = index.due(20).into_iter().map(|(id, _)| id).collect();
+        let due: Vec<_> = index.due(20).into_iter().map(|(id, ..)| id).collect();
         assert_eq!(due, ["a", "b"]);
+        assert_eq!(index.key_id("a").as_deref(), Some("key_a"));
 
         let since = index.seq();
-        index.insert("d".into(), name(40));
+        index.insert("d".into(), name(40), None);
         index.replace(vec![("x".into(), name(50))], since);
-        let mut ids: Vec<_> = index.due(100).into_iter().map(|(id, _)| id).collect();
+        let mut ids: Vec<_> = index.due(100).into_iter().map(|(id, ..)| id).collect();
         ids.sort();
         assert_eq!(ids, ["d", "x"], "listing replaced old entries but kept d");
         index.remove("d");

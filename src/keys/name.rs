@@ -12,8 +12,13 @@ use crate::identity::EmailAddress;
 
 /// Marks accounts created by this server.
 pub const PREFIX: &str = "oks.";
+/// Length of the nonces this server writes.
 const NONCE_LEN: usize = 6;
 const NONCE_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+/// Nonces read back may be a little more varied ("a few random
+/// characters"), so that another implementation of the scheme, or an older
+/// version of this one, still has its accounts cleaned up.
+const NONCE_READ_LEN: std::ops::RangeInclusive<usize> = 4..=32;
 
 /// A decoded account name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +62,11 @@ impl AccountName {
             return None;
         }
         let expires_at = expiry.parse::<i64>().ok()?;
-        if nonce.len() != NONCE_LEN || !nonce.bytes().all(|b| NONCE_ALPHABET.contains(&b)) {
+        if !NONCE_READ_LEN.contains(&nonce.len())
+            || !nonce
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             return None;
         }
         let owner = EmailAddress::parse(owner).ok()?;
@@ -100,8 +109,9 @@ mod tests {
             "ks:alice@example.com:1764000000",
             "oks.1764115200.k3f9q2.Alice@example.com",
             "oks.01764115200.k3f9q2.alice@example.com",
-            "oks.1764115200.K3F9Q2.alice@example.com",
-            "oks.1764115200.k3f9q.alice@example.com",
+            "oks.1764115200.k3f.alice@example.com",
+            "oks.1764115200.k3f9q2k3f9q2k3f9q2k3f9q2k3f9q2k3f9q2.alice@example.com",
+            "oks.1764115200.k3f9!2.alice@example.com",
             "oks.-1.k3f9q2.alice@example.com",
             "oks.1764115200.k3f9q2.",
             "oks.1764115200.k3f9q2.alice@example.com ",

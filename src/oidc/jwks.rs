@@ -76,16 +76,17 @@ impl Jwks {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let fresh = cache.fresh_until.is_some_and(|t| now < t);
         let stale_ok = cache.fresh_until.is_some_and(|t| now < t + STALE_GRACE);
+        // Any fetch, successful or not, starts the floor period: neither an
+        // unknown kid nor a provider outage may turn every token into a
+        // request to the provider.
         let floor_passed = cache
             .last_fetch
             .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= REFETCH_FLOOR);
         match cache.keys.get(kid) {
             Some(key) if fresh => Lookup::Found(key.clone()),
-            // Known key but stale cache: refresh, falling back to it.
             Some(key) if !floor_passed && stale_ok => Lookup::Found(key.clone()),
-            Some(_) => Lookup::Missing { may_fetch: true },
-            None => Lookup::Missing {
-                may_fetch: !fresh || floor_passed,
+            _ => Lookup::Missing {
+                may_fetch: floor_passed,
             },
         }
     }

@@ -48,8 +48,7 @@ struct Claims {
     #[serde(default)]
     azp: Option<String>,
     exp: i64,
-    #[serde(default)]
-    iat: Option<i64>,
+    iat: i64,
     #[serde(default)]
     nbf: Option<i64>,
     #[serde(default)]
@@ -114,21 +113,22 @@ pub(super) async fn verify(
     if claims.exp <= now - skew {
         return Err(reject("the token has expired"));
     }
-    if claims.iat.is_some_and(|iat| iat > now + skew) {
+    if claims.iat > now + skew {
         return Err(reject("the token was issued in the future"));
     }
     if claims.nbf.is_some_and(|nbf| nbf > now + skew) {
         return Err(reject("the token is not valid yet"));
     }
-    let several_audiences = matches!(&claims.aud, Audience::Many(list) if list.len() > 1);
-    match &claims.azp {
-        Some(azp) if azp != expect.client_id => {
-            return Err(reject("the token was issued to another party (azp)"));
-        }
-        None if several_audiences => {
-            return Err(reject("the token has several audiences and no azp"));
-        }
-        _ => {}
+    // Every audience must be trusted, and we trust only ourselves.
+    if matches!(&claims.aud, Audience::Many(list) if list.iter().any(|a| a != expect.client_id)) {
+        return Err(reject("the token is also meant for another audience"));
+    }
+    if claims
+        .azp
+        .as_deref()
+        .is_some_and(|azp| azp != expect.client_id)
+    {
+        return Err(reject("the token was issued to another party (azp)"));
     }
     if claims.nonce.as_deref() != Some(expect.nonce) {
         return Err(reject("the token's nonce does not match this sign-in"));

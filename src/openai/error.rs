@@ -102,17 +102,19 @@ enum ErrorField {
 /// that OpenAI's "Incorrect API key provided: sk-adm***…" never lands in a
 /// log line or a page.
 pub(crate) fn mask_keys(message: &str) -> String {
-    message
-        .split(' ')
-        .map(|word| {
-            if word.trim_start_matches(['(', '"', '\'']).starts_with("sk-") {
-                "sk-[REDACTED]"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("sk-") {
+        out.push_str(&rest[..at]);
+        out.push_str("sk-[REDACTED]");
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ')' | ']' | '}'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Error {
@@ -221,6 +223,15 @@ mod tests {
         assert!(
             matches!(err, Error::Forbidden { ref message, .. } if message == "You have insufficient permissions")
         );
+    }
+
+    #[test]
+    fn keys_are_masked_wherever_they_stand() {
+        assert_eq!(
+            mask_keys("bad key:sk-admin-abc123, (sk-proj-x) \"sk-1\" ok"),
+            "bad key:sk-[REDACTED], (sk-[REDACTED]) \"sk-[REDACTED]\" ok"
+        );
+        assert_eq!(mask_keys("nothing here"), "nothing here");
     }
 
     #[test]

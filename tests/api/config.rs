@@ -61,14 +61,20 @@ fn bad_settings_exit_2_with_one_line_per_problem_and_no_secret() {
     let output = run(&dir, &["check-config"], &env);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for var in ["EXPIRATION:", "PORT:", "REDIRECT_URI:"] {
-        assert!(stderr.contains(var), "{var} missing from {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per problem: {stderr}");
+    for (line, var) in lines.iter().zip(["REDIRECT_URI:", "PORT:", "EXPIRATION:"]) {
+        assert!(line.starts_with(var), "{line} should name {var}");
     }
     assert!(!stderr.contains(ADMIN_KEY) && !stderr.contains(CLIENT_SECRET));
 
     // `serve` refuses to start on the same settings, with the same code.
     let output = run(&dir, &[], &env);
     assert_eq!(output.status.code(), Some(2));
+}
+
+fn body_for_parent() -> String {
+    GOOD.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
 #[test]
@@ -89,10 +95,33 @@ fn settings_are_read_from_a_dot_env_file_and_a_malformed_one_is_an_error() {
     );
     assert!(stdout.contains("ALLOWED_DOMAINS=example.com"));
 
-    std::fs::write(dir.join(".env"), "ALLOWED_DOMAINS='unterminated\n").unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        format!("ALLOWED_DOMAINS=example.com\nOPENAI_MANAGEMENT_KEY=\"{ADMIN_KEY}\n"),
+    )
+    .unwrap();
     let output = run(&dir, &["check-config"], &[]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains(".env"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(".env") && stderr.contains("OPENAI_MANAGEMENT_KEY"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(ADMIN_KEY),
+        "the secret on the bad line is not echoed: {stderr}"
+    );
+
+    // A .env in a parent directory is not read.
+    std::fs::write(dir.join(".env"), body_for_parent()).unwrap();
+    let child = dir.join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    let output = run(&child, &["check-config"], &[]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "nothing is configured in child/"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

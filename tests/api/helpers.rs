@@ -329,6 +329,12 @@ impl TestApp {
                 &secret[..6.min(secret.len())]
             );
         }
+        // Whatever test wrote them: no key, client secret, ID token or
+        // access token of any kind in any line logged so far.
+        for pattern in ["sk-svcacct-", "sk-admin-", "GOCSPX-", "eyJhbGci", "ya29."] {
+            let hit = logs.lines().find(|l| l.contains(pattern));
+            assert!(hit.is_none(), "{pattern} appears in the log: {hit:?}");
+        }
     }
 }
 

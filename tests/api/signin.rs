@@ -367,3 +367,93 @@ async fn each_request_is_one_json_log_line_with_id_route_status_latency_and_user
     assert!(audit["expires_at"].as_i64().is_some(), "{audit}");
     app.assert_no_secrets_logged(&[&page.key()]);
 }
+
+#[tokio::test]
+async fn a_client_cannot_choose_its_request_id() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "chosen-by-attacker")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "chosen-by-attacker");
+    assert_eq!(id.len(), 32);
+}
+
+#[tokio::test]
+async fn a_repeated_callback_parameter_gets_the_error_page_not_a_bare_rejection() {
+    let app = TestApp::spawn().await;
+    app.start_sign_in().await;
+    let page = app.open(&app.url("/oauth2/callback?code=a&state=b&state=c")).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("Request id"), "{}", page.body);
+    assert_no_store(&page.headers);
+}
+
+#[tokio::test]
+async fn over_https_the_login_cookie_is_secure_and_host_prefixed_and_hsts_is_sent() {
+    let app = TestApp::spawn_with(
+        Options::default().set("REDIRECT_URI", "https://keys.example.test/oauth2/callback"),
+    )
+    .await;
+    let response = app.get("/").await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-oks_login="), "{cookie}");
+    for flag in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(flag), "{flag} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Domain="), "{cookie}");
+    assert!(response.headers().contains_key("strict-transport-security"));
+    let query: std::collections::HashMap<_, _> = Url::parse(&location(&response))
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(
+        query["redirect_uri"], "https://keys.example.test/oauth2/callback",
+        "the redirect URI is sent exactly as configured"
+    );
+}
+
+#[tokio::test]
+async fn a_listed_personal_account_on_a_company_address_can_be_refused() {
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("ALLOWED_USERS", "carol@corp.test")
+            .set("ALLOW_UNMANAGED_EMAILS", "false"),
+    )
+    .await;
+    let page = app.sign_in_as(Identity::consumer("carol@corp.test")).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("personal account"), "{}", page.body);
+    let page = app.sign_in_as(Identity::workspace("carol@corp.test")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+}
+
+#[tokio::test]
+async fn the_issuer_without_its_scheme_is_accepted_as_google_documents() {
+    let app = TestApp::spawn().await;
+    app.sandbox
+        .oidc
+        .set_issuer_form(sandbox::oidc::IssuerForm::Bare);
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+}
+
+#[tokio::test]
+async fn a_token_also_meant_for_another_audience_is_refused() {
+    let app = TestApp::spawn().await;
+    let client_id = app.sandbox.oidc.client_id();
+    app.sandbox
+        .oidc
+        .override_next_token(sandbox::oidc::TokenOverride::claims(serde_json::json!({
+            "aud": [client_id, "someone-else"],
+        })));
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
+    assert_eq!(app.openai_calls(SA_CREATE), 0);
+}
