@@ -1,9 +1,19 @@
 //! The sandbox's virtual clock: real time plus an offset that tests move
-//! forward instead of sleeping.
+//! forward instead of sleeping, and the control routes that move it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 /// Wall-clock time shifted by an adjustable offset, shared by both fakes so
 /// that a token's `exp` and a key's `expires_at` move together.
@@ -58,6 +68,67 @@ impl Clock {
     pub fn offset_ms(&self) -> i64 {
         self.offset_ms.load(Ordering::SeqCst)
     }
+}
+
+/// `GET /_sandbox/clock` (`{"now", "offset_ms"}`) and `POST /_sandbox/clock`
+/// with `{"advance_seconds": N}` (N ≥ 0) or `{"offset_seconds": N}`, served
+/// on every fake's port since they all share one clock. Errors use the
+/// OpenAI error shape, like the rest of the control API.
+pub fn router<S>(clock: Clock) -> Router<S> {
+    Router::new()
+        .route("/_sandbox/clock", get(read).post(change))
+        .with_state(clock)
+}
+
+fn clock_json(clock: &Clock) -> Value {
+    json!({ "now": clock.unix(), "offset_ms": clock.offset_ms() })
+}
+
+async fn read(State(clock): State<Clock>) -> Json<Value> {
+    Json(clock_json(&clock))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    advance_seconds: Option<i64>,
+    offset_seconds: Option<i64>,
+}
+
+fn refuse(message: &str, param: Option<&str>) -> Response {
+    let body = json!({"error": {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": param,
+        "code": null,
+    }});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+async fn change(State(clock): State<Clock>, body: Bytes) -> Response {
+    let change: Change = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(error) => return refuse(&format!("Invalid control request: {error}"), None),
+    };
+    match (change.advance_seconds, change.offset_seconds) {
+        (Some(secs), None) => match u64::try_from(secs) {
+            Ok(secs) => clock.advance(Duration::from_secs(secs)),
+            Err(_) => {
+                return refuse(
+                    "advance_seconds must be ≥ 0; set offset_seconds instead",
+                    Some("advance_seconds"),
+                );
+            }
+        },
+        (None, Some(secs)) => clock.set_offset_secs(secs),
+        _ => {
+            return refuse(
+                "send exactly one of advance_seconds and offset_seconds",
+                None,
+            );
+        }
+    }
+    Json(clock_json(&clock)).into_response()
 }
 
 #[cfg(test)]

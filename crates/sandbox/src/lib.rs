@@ -28,6 +28,7 @@ pub struct SandboxBuilder {
     openai_port: u16,
     oidc_port: u16,
     github_port: u16,
+    clock_offset_secs: i64,
     openai: openai::Config,
     oidc: oidc::Config,
 }
@@ -39,6 +40,7 @@ impl Default for SandboxBuilder {
             openai_port: 0,
             oidc_port: 0,
             github_port: 0,
+            clock_offset_secs: 0,
             openai: openai::Config::default(),
             oidc: oidc::Config::default(),
         }
@@ -62,6 +64,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Starts the shared virtual clock this many seconds off real time
+    /// (negative: in the past), before anything is created.
+    pub fn clock_offset_secs(mut self, secs: i64) -> Self {
+        self.clock_offset_secs = secs;
+        self
+    }
+
     /// Settings of the fake OpenAI Admin API.
     pub fn openai(mut self, config: openai::Config) -> Self {
         self.openai = config;
@@ -82,6 +91,7 @@ impl SandboxBuilder {
             self.bind
         );
         let clock = Clock::new();
+        clock.set_offset_secs(self.clock_offset_secs);
 
         let openai_listener = bind(self.bind, self.openai_port).await?;
         let oidc_listener = bind(self.bind, self.oidc_port).await?;

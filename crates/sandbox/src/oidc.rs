@@ -9,10 +9,15 @@
 //! | `GET /.well-known/openid-configuration` | discovery document |
 //! | `GET /oauth2/v3/certs` | JWKS, with Google's caching headers |
 //! | `GET, POST /o/oauth2/v2/auth` | authorization endpoint and sign-in form |
-//! | `POST /token` | authorization-code exchange |
+//! | `POST /token` | authorization-code and refresh-token grants |
 //! | `GET /v1/userinfo` | claims for a bearer access token |
-//! | `POST /revoke` | access-token revocation |
+//! | `POST /revoke` | revocation of an access or refresh token's grant |
 //! | `/_sandbox/oidc/...` | JSON control routes (see [`FakeOidc::router`]) |
+//! | `GET, POST /_sandbox/clock` | the shared virtual clock |
+//!
+//! Who signs in, in this order: the user fixture that `login_hint` names
+//! (see [`FakeOidc::fixtures`]), the next queued identity, the
+//! auto-approved one, else whoever a person types into the form.
 //!
 //! The GitHub flavour serves discovery, its JWKS at `/.well-known/jwks` and
 //! the control routes; its authorization endpoint answers 400, since
@@ -27,7 +32,7 @@ mod keys;
 mod params;
 mod token;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -230,6 +235,37 @@ impl Identity {
     }
 }
 
+/// The user fixtures of spec §8, by id; `alice2` (alice's address in a
+/// re-created Workspace: "domain resurrection") has `alice2_sub`, the others
+/// have no `sub` yet.
+fn fixtures(alice2_sub: &str) -> Vec<(&'static str, Identity)> {
+    vec![
+        (
+            "alice",
+            Identity::workspace("alice@example.com").with_name("Alice Example"),
+        ),
+        // A consumer Google account on the company's address: no `hd`.
+        ("mallory", Identity::consumer("mallory@example.com")),
+        ("bob", Identity::consumer("bob@gmail.com")),
+        ("eve", Identity::workspace("eve@evil.test")),
+        (
+            "carol",
+            Identity::workspace("carol@example.com").unverified(),
+        ),
+        // An address in a secondary domain of the example.com Workspace.
+        (
+            "dave",
+            Identity::workspace("dave@sub.example.com").with_hd(Some("example.com")),
+        ),
+        (
+            "alice2",
+            Identity::workspace("alice@example.com")
+                .with_name("Alice Example")
+                .with_sub(alice2_sub),
+        ),
+    ]
+}
+
 /// A fake OIDC provider. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
 pub struct FakeOidc {
@@ -247,6 +283,8 @@ struct Provider {
     form_default_email: Option<String>,
     form_default_hd: Option<String>,
     discovery_overrides: Map<String, Value>,
+    /// The user fixtures (Google flavour only), by id.
+    fixtures: Vec<(&'static str, Identity)>,
     clock: Clock,
     journal: Journal,
     state: Mutex<State>,
@@ -264,6 +302,7 @@ struct State {
     jwks_max_age: u64,
     jwks_fetches: u64,
     fail_jwks: u32,
+    hang_jwks: u32,
     fail_token: u32,
     fail_token_status: u16,
     issuer_form: IssuerForm,
@@ -274,6 +313,12 @@ struct State {
     codes: HashMap<String, token::Grant>,
     codes_issued: u64,
     access_tokens: HashMap<String, token::AccessGrant>,
+    refresh_tokens: HashMap<String, token::RefreshGrant>,
+    /// Subjects that already gave this client offline access: Google sends
+    /// a refresh token only on that first consent (or with
+    /// `prompt=consent`).
+    offline_consents: HashSet<String>,
+    rotate_refresh_tokens: bool,
     github_ids: HashMap<String, String>,
 }
 
@@ -298,6 +343,21 @@ impl Provider {
         } else {
             self.issuer.clone()
         }
+    }
+
+    /// The fixture a `login_hint` names: by id, else by email (the first
+    /// fixture with it, so `alice@example.com` is `alice`), else by `sub`
+    /// (Google takes an email or a `sub` as the hint). Case-insensitive.
+    fn fixture_for_hint(&self, hint: &str) -> Option<Identity> {
+        let by = |matches: &dyn Fn(&str, &Identity) -> bool| {
+            self.fixtures
+                .iter()
+                .find(|(id, identity)| matches(id, identity))
+                .map(|(_, identity)| identity.clone())
+        };
+        by(&|id, _| id.eq_ignore_ascii_case(hint))
+            .or_else(|| by(&|_, identity| identity.email.eq_ignore_ascii_case(hint)))
+            .or_else(|| by(&|_, identity| identity.sub.as_deref() == Some(hint)))
     }
 
     /// The stable 21-digit `sub` of an email (case-insensitive).
@@ -334,7 +394,7 @@ impl FakeOidc {
             .issuer
             .as_deref()
             .map_or_else(|| origin.clone(), |i| i.trim_end_matches('/').to_owned());
-        let state = State {
+        let mut state = State {
             redirect_uris: config.redirect_uris,
             queue: VecDeque::new(),
             auto_approve: None,
@@ -344,6 +404,7 @@ impl FakeOidc {
             jwks_max_age: config.jwks_max_age.as_secs(),
             jwks_fetches: 0,
             fail_jwks: 0,
+            hang_jwks: 0,
             fail_token: 0,
             fail_token_status: 500,
             issuer_form: config.issuer_form,
@@ -354,7 +415,29 @@ impl FakeOidc {
             codes: HashMap::new(),
             codes_issued: 0,
             access_tokens: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            offline_consents: HashSet::new(),
+            rotate_refresh_tokens: false,
             github_ids: HashMap::new(),
+        };
+        let fixtures = match config.kind {
+            Kind::Google => {
+                let alice_sub = Provider::sub_for(&mut state, "alice@example.com");
+                let alice2_sub = loop {
+                    let sub = format!("1{}", random_digits(20));
+                    if sub != alice_sub {
+                        break sub;
+                    }
+                };
+                let mut fixtures = fixtures(&alice2_sub);
+                for (_, identity) in &mut fixtures {
+                    if identity.sub.is_none() {
+                        identity.sub = Some(Provider::sub_for(&mut state, &identity.email));
+                    }
+                }
+                fixtures
+            }
+            Kind::GithubActions => Vec::new(),
         };
         Self {
             inner: Arc::new(Provider {
@@ -366,6 +449,7 @@ impl FakeOidc {
                 form_default_email: config.form_default_email,
                 form_default_hd: config.form_default_hd,
                 discovery_overrides: config.discovery_overrides,
+                fixtures,
                 clock,
                 journal: Journal::new(),
                 state: Mutex::new(state),
@@ -381,18 +465,26 @@ impl FakeOidc {
     /// | `POST queue-identity` | [`Identity`] | [`Self::queue_identity`] |
     /// | `POST auto-approve` | [`Identity`] or `null` | [`Self::set_auto_approve`] |
     /// | `POST allow-redirect-uri` | `{"redirect_uri"}` | [`Self::allow_redirect_uri`] |
-    /// | `POST rotate-keys` | `{"keep_old"}` | [`Self::rotate_keys`], answers `{"kid"}` |
+    /// | `POST rotate-keys` | `{"keep_old", "overlap_seconds"}` | [`Self::rotate_keys`] or [`Self::rotate_keys_with_overlap`], answers `{"kid"}` |
+    /// | `POST publish-next-key` | none | [`Self::publish_next_key`], answers `{"kid"}` |
     /// | `POST override-next-token` | [`TokenOverride`] | [`Self::override_next_token`] |
     /// | `POST deny-next` | none | [`Self::deny_next`] |
     /// | `POST jwks-max-age` | `{"seconds"}` | [`Self::set_jwks_max_age`] |
     /// | `POST fail-next-jwks` | `{"count"}` | [`Self::fail_next_jwks`] |
+    /// | `POST hang-next-jwks` | `{"count"}` | [`Self::hang_next_jwks`] |
+    /// | `POST code-ttl` | `{"seconds"}` | [`Self::set_code_ttl`] |
+    /// | `POST rotate-refresh-tokens` | `{"enabled"}` | [`Self::set_rotate_refresh_tokens`] |
     /// | `POST fail-next-token` | `{"count","status"}` | [`Self::fail_next_token`] |
     /// | `POST issuer-form` | `{"form"}` | [`Self::set_issuer_form`] |
     /// | `POST require-pkce-s256` | `{"enabled"}` | [`Self::set_require_pkce_s256`] |
     /// | `POST mint-id-token` | claims object | [`Self::mint_id_token`], answers `{"id_token"}` |
     /// | `POST github-token` | [`GithubClaims`] | [`Self::mint_github_token`], answers `{"value"}` |
+    /// | `GET fixtures` | none | the user fixtures, by id |
     /// | `GET stats` | none | fetch and code counters, kids, journal counters |
     /// | `GET journal` | none | every recorded request |
+    ///
+    /// The shared virtual clock is also served here, at `GET`/`POST
+    /// /_sandbox/clock` (see [`crate::clock::router`]).
     pub fn router(&self) -> Router {
         let provider = match self.inner.kind {
             Kind::Google => Router::new()
@@ -416,7 +508,10 @@ impl FakeOidc {
             self.inner.journal.clone(),
             journal::record,
         ));
-        provider.merge(control::router()).with_state(self.clone())
+        provider
+            .merge(control::router())
+            .merge(crate::clock::router(self.inner.clock.clone()))
+            .with_state(self.clone())
     }
 
     /// The issuer, as the discovery document states it: the configured one,
@@ -441,13 +536,15 @@ impl FakeOidc {
     }
 
     /// The next authorization request signs this identity in without a form
-    /// (queued identities go first, in order).
+    /// (queued identities go first, in order), unless its `login_hint`
+    /// names a fixture.
     pub fn queue_identity(&self, identity: Identity) {
         self.inner.lock().queue.push_back(identity);
     }
 
     /// With `Some`, every authorization request that finds the queue empty
-    /// signs this identity in; with `None`, the sign-in form is shown.
+    /// (and names no fixture in `login_hint`) signs this identity in; with
+    /// `None`, the sign-in form is shown.
     pub fn set_auto_approve(&self, identity: Option<Identity>) {
         self.inner.lock().auto_approve = identity;
     }
@@ -462,9 +559,27 @@ impl FakeOidc {
 
     /// Starts signing with a new key (new kid), published at once. With
     /// `keep_old` the previous keys stay in the JWKS; without, only the new
-    /// key is published. Returns the new kid.
+    /// key (and a key published by [`Self::publish_next_key`] since) is.
+    /// The new key is the one [`Self::publish_next_key`] published, if any.
+    /// Returns the new kid.
     pub fn rotate_keys(&self, keep_old: bool) -> String {
         self.inner.lock().keys.rotate(keep_old)
+    }
+
+    /// Like [`Self::rotate_keys`] with `keep_old`, but the previous key
+    /// leaves the JWKS once `overlap` has passed on the virtual clock, as
+    /// Google's old keys linger for a while and then go.
+    pub fn rotate_keys_with_overlap(&self, overlap: Duration) -> String {
+        let now_ms = self.inner.clock.unix_ms();
+        let until = now_ms.saturating_add(i64::try_from(overlap.as_millis()).unwrap_or(i64::MAX));
+        self.inner.lock().keys.rotate_until(until)
+    }
+
+    /// Publishes the key the next rotation will sign with, without signing
+    /// with it yet (Google publishes new keys before using them). Returns
+    /// its kid; calling it again returns the same kid.
+    pub fn publish_next_key(&self) -> String {
+        self.inner.lock().keys.publish_next()
     }
 
     /// The kid that signs tokens now.
@@ -472,9 +587,13 @@ impl FakeOidc {
         self.inner.lock().keys.current_kid().to_owned()
     }
 
-    /// The kids the JWKS publishes, current first.
+    /// The kids the JWKS publishes, current first (then a key published by
+    /// [`Self::publish_next_key`], then older ones).
     pub fn published_kids(&self) -> Vec<String> {
-        self.inner.lock().keys.published_kids()
+        let now_ms = self.inner.clock.unix_ms();
+        let mut state = self.inner.lock();
+        state.keys.expire(now_ms);
+        state.keys.published_kids()
     }
 
     /// The next token this provider issues (token endpoint or
@@ -492,6 +611,12 @@ impl FakeOidc {
     /// `max-age` of the JWKS response from now on.
     pub fn set_jwks_max_age(&self, secs: u64) {
         self.inner.lock().jwks_max_age = secs;
+    }
+
+    /// The next `n` JWKS requests never get an answer (the client has to
+    /// time out).
+    pub fn hang_next_jwks(&self, n: u32) {
+        self.inner.lock().hang_jwks = n;
     }
 
     /// How many JWKS requests arrived, failed ones included.
@@ -522,6 +647,37 @@ impl FakeOidc {
     /// Whether authorization requests need an `S256` PKCE challenge.
     pub fn set_require_pkce_s256(&self, enabled: bool) {
         self.inner.lock().require_pkce_s256 = enabled;
+    }
+
+    /// Whether a refresh-token grant also answers with a new refresh token
+    /// (revoking the one presented). Off by default, as Google does.
+    pub fn set_rotate_refresh_tokens(&self, enabled: bool) {
+        self.inner.lock().rotate_refresh_tokens = enabled;
+    }
+
+    /// The user fixtures of the spec, by id: `alice` (Workspace,
+    /// example.com), `mallory` (consumer account on mallory@example.com, no
+    /// `hd`), `bob` (bob@gmail.com), `eve` (Workspace, evil.test), `carol`
+    /// (example.com, email not verified), `dave` (dave@sub.example.com, `hd`
+    /// example.com) and `alice2` (alice@example.com again, with another
+    /// `sub`). An authorization request with `login_hint` set to a fixture
+    /// id or email signs that fixture in without the form. Empty for the
+    /// GitHub flavour.
+    pub fn fixtures(&self) -> Vec<(String, Identity)> {
+        self.inner
+            .fixtures
+            .iter()
+            .map(|(id, identity)| ((*id).to_owned(), identity.clone()))
+            .collect()
+    }
+
+    /// One user fixture by id (see [`Self::fixtures`]).
+    pub fn fixture(&self, id: &str) -> Option<Identity> {
+        self.inner
+            .fixtures
+            .iter()
+            .find(|(known, _)| *known == id)
+            .map(|(_, identity)| identity.clone())
     }
 
     /// Lifetime of codes issued from now on.

@@ -1,5 +1,5 @@
 //! Fake OpenAI Admin API: projects, project service accounts and their API
-//! keys, kept in memory and served over HTTP with the real paths, JSON
+//! keys, the organisation's admin API keys, kept in memory and served over HTTP with the real paths, JSON
 //! shapes, errors and headers, plus `GET /v1/models` where issued keys can
 //! prove they work, and a test-control API under `/_sandbox`.
 //!
@@ -143,12 +143,13 @@ impl FakeOpenAi {
             rate_limit,
             faults: config.faults.into_iter().filter(|f| f.count > 0).collect(),
         };
+        let admin_key = config.admin_key.unwrap_or_else(ids::admin_key);
         Self {
             inner: Arc::new(Inner {
-                admin_key: config.admin_key.unwrap_or_else(ids::admin_key),
+                world: Mutex::new(World::new(now, &admin_key)),
+                admin_key,
                 organization_id: ids::organization_id(),
                 journal: Journal::new(),
-                world: Mutex::new(World::new(now)),
                 knobs: Mutex::new(knobs),
                 rate_limited: AtomicU64::new(0),
                 clock,
@@ -163,10 +164,15 @@ impl FakeOpenAi {
             .route_layer(from_fn_with_state(self.clone(), layers::knobs))
             .fallback(api::invalid_url)
             .layer(from_fn_with_state(self.clone(), layers::envelope));
-        control::routes().merge(v1).with_state(self.clone())
+        control::routes(self.inner.clock.clone())
+            .merge(v1)
+            .with_state(self.clone())
     }
 
-    /// The `sk-admin-…` key it accepts.
+    /// The `sk-admin-…` key it was started with. It is listed under
+    /// `/v1/organization/admin_api_keys` like any other admin key, and (as
+    /// there) stops working if deleted; keys created through that endpoint
+    /// work too.
     pub fn admin_key(&self) -> String {
         self.inner.admin_key.clone()
     }
@@ -181,9 +187,11 @@ impl FakeOpenAi {
         &self.inner.clock
     }
 
-    /// Every `/v1` request answered, and counters by method and route
-    /// pattern (e.g. `POST /v1/organization/projects/{project_id}/service_accounts`).
-    /// A request left hanging by a fault is recorded with status 0.
+    /// Every request answered on the API's port (control routes aside), with
+    /// its body, a hash of its `Authorization` header and its
+    /// `x-request-id`, and counters by method and route pattern (e.g.
+    /// `POST /v1/organization/projects/{project_id}/service_accounts`). A
+    /// request left hanging by a fault is recorded with status 0.
     pub fn journal(&self) -> &Journal {
         &self.inner.journal
     }

@@ -1463,7 +1463,8 @@ async fn github_tokens_carry_workflow_claims_and_verify_only_with_the_github_jwk
         "octo-org/octo-repo/.github/workflows/ci.yml@refs/heads/main"
     );
     let iat = c["iat"].as_i64().unwrap();
-    assert_eq!(c["nbf"], iat);
+    assert_eq!(c["nbf"].as_i64().unwrap(), iat - 600);
+    assert_eq!(c["event_name"], "push");
     assert_eq!(c["exp"].as_i64().unwrap() - iat, 300);
     assert!(!c.contains_key("environment"));
 
@@ -1488,6 +1489,12 @@ async fn github_tokens_carry_workflow_claims_and_verify_only_with_the_github_jwk
         "ids are stable per repository"
     );
 
+    let pull =
+        github.mint_github_token(GithubClaims::new("octo-org/octo-repo", "refs/pull/7/merge"));
+    let c = decode(&pull).claims;
+    assert_eq!(c["sub"], "repo:octo-org/octo-repo:pull_request");
+    assert_eq!(c["event_name"], "pull_request");
+
     let sign_in = idp
         .http
         .get(format!("{issuer}/o/oauth2/v2/auth"))
@@ -1495,6 +1502,401 @@ async fn github_tokens_carry_workflow_claims_and_verify_only_with_the_github_jwk
         .await
         .unwrap();
     assert_eq!(sign_in.status(), StatusCode::BAD_REQUEST);
+}
+
+// ----- fixtures, refresh tokens, key lifecycle, journal, clock -----
+
+/// The default request plus `extra` parameters.
+fn with_params(idp: &Idp, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut params = idp.auth_params();
+    params.extend(
+        extra
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned())),
+    );
+    params
+}
+
+/// Signs in with `extra` parameters (nobody queued) and exchanges the code.
+async fn tokens_with(idp: &Idp, extra: &[(&'static str, &str)]) -> Value {
+    let response = idp.authorize(&with_params(idp, extra)).await;
+    assert_eq!(response.status(), StatusCode::FOUND, "{extra:?}");
+    let code = callback_params(&response)["code"].clone();
+    let response = idp.exchange(&code, Some(VERIFIER)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("token JSON")
+}
+
+#[tokio::test]
+async fn a_login_hint_naming_a_fixture_signs_it_in_without_the_form() {
+    let idp = Idp::start().await;
+    let fixtures = idp.sandbox.oidc.fixtures();
+    let ids: Vec<&str> = fixtures.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["alice", "mallory", "bob", "eve", "carol", "dave", "alice2"]
+    );
+
+    let mallory = tokens_with(&idp, &[("login_hint", "mallory")]).await;
+    let claims = decode(mallory["id_token"].as_str().unwrap()).claims;
+    assert_eq!(claims["email"], "mallory@example.com");
+    assert_eq!(claims["email_verified"], true);
+    assert!(
+        !claims.contains_key("hd"),
+        "a consumer account on the company address"
+    );
+
+    let carol = tokens_with(&idp, &[("login_hint", "CAROL")]).await;
+    let claims = decode(carol["id_token"].as_str().unwrap()).claims;
+    assert_eq!(claims["email_verified"], false);
+    assert_eq!(claims["hd"], "example.com");
+
+    let dave = tokens_with(&idp, &[("login_hint", "dave")]).await;
+    let claims = decode(dave["id_token"].as_str().unwrap()).claims;
+    assert_eq!(claims["email"], "dave@sub.example.com");
+    assert_eq!(claims["hd"], "example.com");
+
+    // alice and alice2 share an address and a domain but not a `sub`; the
+    // address alone names alice, as does a queued identity with it.
+    let by_email = tokens_with(&idp, &[("login_hint", "alice@example.com")]).await;
+    let alice2 = tokens_with(&idp, &[("login_hint", "alice2")]).await;
+    let alice = decode(by_email["id_token"].as_str().unwrap()).claims;
+    let alice2 = decode(alice2["id_token"].as_str().unwrap()).claims;
+    assert_eq!(alice["email"], alice2["email"]);
+    assert_eq!(alice["hd"], alice2["hd"]);
+    assert_ne!(alice["sub"], alice2["sub"]);
+    assert_eq!(
+        Some(alice["sub"].as_str().unwrap()),
+        idp.sandbox.oidc.fixture("alice").unwrap().sub.as_deref()
+    );
+    let queued = idp
+        .id_token_for(Identity::workspace("alice@example.com"))
+        .await;
+    assert_eq!(decode(&queued).claims["sub"], alice["sub"]);
+
+    // A hint that names nobody only fills in the form.
+    let form = idp
+        .authorize(&with_params(&idp, &[("login_hint", "zoe@example.com")]))
+        .await;
+    assert_eq!(form.status(), StatusCode::OK);
+    assert!(
+        form.text()
+            .await
+            .unwrap()
+            .contains("value=\"zoe@example.com\"")
+    );
+
+    let listed = idp.get_json(&idp.url("/_sandbox/oidc/fixtures")).await;
+    assert_eq!(listed["bob"]["email"], "bob@gmail.com");
+    assert_eq!(listed["eve"]["hd"], "evil.test");
+}
+
+#[tokio::test]
+async fn offline_access_gets_one_refresh_token_that_refreshes_until_revoked() {
+    let idp = Idp::start().await;
+    let online = tokens_with(&idp, &[("login_hint", "alice")]).await;
+    assert!(online.get("refresh_token").is_none());
+
+    let first = tokens_with(&idp, &[("login_hint", "alice"), ("access_type", "offline")]).await;
+    let refresh_token = first["refresh_token"].as_str().expect("a refresh token");
+    assert!(refresh_token.starts_with("1//"), "{refresh_token}");
+    let again = tokens_with(&idp, &[("login_hint", "alice"), ("access_type", "offline")]).await;
+    assert!(
+        again.get("refresh_token").is_none(),
+        "only on the first consent"
+    );
+    let consent = tokens_with(
+        &idp,
+        &[
+            ("login_hint", "alice"),
+            ("access_type", "offline"),
+            ("prompt", "consent"),
+        ],
+    )
+    .await;
+    assert!(
+        consent["refresh_token"].as_str().is_some(),
+        "again with prompt=consent"
+    );
+
+    let secret = idp.sandbox.oidc.client_secret();
+    let refreshed = idp
+        .token_request(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+            Some(idp.basic(&secret)),
+        )
+        .await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    let refreshed: Value = refreshed.json().await.unwrap();
+    assert_eq!(refreshed["token_type"], "Bearer");
+    assert_eq!(refreshed["expires_in"], 3599);
+    assert!(
+        refreshed.get("refresh_token").is_none(),
+        "not rotated by default"
+    );
+    assert_ne!(refreshed["access_token"], first["access_token"]);
+    let claims = decode(refreshed["id_token"].as_str().unwrap()).claims;
+    assert_eq!(claims["email"], "alice@example.com");
+    assert!(
+        !claims.contains_key("nonce"),
+        "the nonce belongs to the sign-in"
+    );
+
+    let stranger = idp
+        .token_request(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "1//0gnope"),
+            ],
+            Some(idp.basic(&secret)),
+        )
+        .await;
+    assert_eq!(
+        oauth_error(stranger).await,
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant".to_owned(),
+            "Token has been expired or revoked.".to_owned()
+        )
+    );
+    let bad_secret = idp
+        .token_request(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+            Some(idp.basic("GOCSPX-wrong")),
+        )
+        .await;
+    assert_eq!(bad_secret.status(), StatusCode::UNAUTHORIZED);
+
+    // Revoking the refresh token ends the grant: it and its access tokens.
+    let revoked = idp
+        .http
+        .post(idp.url("/revoke"))
+        .form(&[("token", refresh_token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let dead = idp
+        .token_request(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+            Some(idp.basic(&secret)),
+        )
+        .await;
+    assert_eq!(oauth_error(dead).await.1, "invalid_grant");
+    for token in [&first["access_token"], &refreshed["access_token"]] {
+        let userinfo = idp
+            .http
+            .get(idp.url("/v1/userinfo"))
+            .bearer_auth(token.as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(userinfo.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_when_the_knob_says_so() {
+    let idp = Idp::start().await;
+    let first = tokens_with(&idp, &[("login_hint", "bob"), ("access_type", "offline")]).await;
+    let old = first["refresh_token"].as_str().unwrap().to_owned();
+    let switched = idp
+        .post_json(
+            "/_sandbox/oidc/rotate-refresh-tokens",
+            &json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(switched.status(), StatusCode::NO_CONTENT);
+    let form = |token: &str| {
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", token.to_owned()),
+            ("client_id", idp.sandbox.oidc.client_id()),
+            ("client_secret", idp.sandbox.oidc.client_secret()),
+        ]
+    };
+
+    let rotated: Value = idp
+        .http
+        .post(idp.url("/token"))
+        .form(&form(&old))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new = rotated["refresh_token"]
+        .as_str()
+        .expect("a new refresh token");
+    let reused = idp
+        .http
+        .post(idp.url("/token"))
+        .form(&form(&old))
+        .send()
+        .await
+        .unwrap();
+
+    assert_ne!(new, old);
+    assert_eq!(oauth_error(reused).await.1, "invalid_grant");
+}
+
+#[tokio::test]
+async fn an_unknown_access_type_is_refused_by_redirect() {
+    let idp = Idp::start().await;
+
+    let response = idp
+        .authorize(&with_params(
+            &idp,
+            &[("login_hint", "alice"), ("access_type", "forever")],
+        ))
+        .await;
+
+    let callback = callback_params(&response);
+    assert_eq!(callback["error"], "invalid_request");
+    assert_eq!(callback["state"], STATE);
+}
+
+#[tokio::test]
+async fn a_rotation_with_an_overlap_drops_the_old_key_once_the_clock_passes_it() {
+    let idp = Idp::start().await;
+    let old_kid = idp.sandbox.oidc.current_kid();
+
+    let next_kid = idp
+        .post_json("/_sandbox/oidc/publish-next-key", &json!({}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(kids(&idp.jwks().await), [old_kid.clone(), next_kid.clone()]);
+    assert_eq!(
+        idp.sandbox.oidc.current_kid(),
+        old_kid,
+        "published, not signing yet"
+    );
+
+    let rotated = idp
+        .post_json(
+            "/_sandbox/oidc/rotate-keys",
+            &json!({"overlap_seconds": 3600}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated["kid"],
+        next_kid.as_str(),
+        "the pre-published key signs now"
+    );
+    assert_eq!(kids(&idp.jwks().await), [next_kid.clone(), old_kid.clone()]);
+
+    idp.sandbox.clock.advance(Duration::from_secs(3599));
+    assert_eq!(idp.sandbox.oidc.published_kids().len(), 2);
+    idp.sandbox.clock.advance(Duration::from_secs(1));
+    assert_eq!(kids(&idp.jwks().await), [next_kid]);
+}
+
+#[tokio::test]
+async fn a_hanging_jwks_leaves_the_client_to_time_out_then_answers() {
+    let idp = Idp::start().await;
+    let armed = idp
+        .post_json("/_sandbox/oidc/hang-next-jwks", &json!({"count": 1}))
+        .await;
+    assert_eq!(armed.status(), StatusCode::NO_CONTENT);
+
+    let hung = idp
+        .http
+        .get(idp.url("/oauth2/v3/certs"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+
+    assert!(hung.is_err_and(|e| e.is_timeout()));
+    assert_eq!(idp.jwks().await["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(idp.sandbox.oidc.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn the_journal_shows_what_the_client_sent_to_the_token_endpoint() {
+    let idp = Idp::start().await;
+    let code = idp.sign_in(Identity::workspace("alice@example.com")).await;
+    let secret = idp.sandbox.oidc.client_secret();
+
+    idp.exchange(&code, Some(VERIFIER)).await;
+
+    let entries = idp.sandbox.oidc.journal().entries();
+    let token = entries
+        .iter()
+        .find(|e| e.path == "/token")
+        .expect("the token request");
+    assert_eq!(token.status, 200);
+    assert!(token.authorized_with(&idp.basic(&secret)));
+    let form: HashMap<String, String> = token.form().into_iter().collect();
+    assert_eq!(form["code_verifier"], VERIFIER);
+    assert_eq!(form["redirect_uri"], REDIRECT_URI);
+    assert!(
+        !form.contains_key("client_secret"),
+        "client_secret_basic only"
+    );
+    let authorize = &entries[0];
+    assert_eq!(authorize.path, AUTH_PATH);
+    assert!(
+        authorize
+            .query
+            .as_deref()
+            .unwrap()
+            .contains("code_challenge=")
+    );
+    let dumped = idp.get_json(&idp.url("/_sandbox/oidc/journal")).await;
+    assert_eq!(
+        dumped["entries"][1]["authorization_sha256"],
+        sandbox::journal::authorization_hash(&idp.basic(&secret))
+    );
+}
+
+#[tokio::test]
+async fn the_shared_clock_and_the_code_lifetime_are_controlled_from_the_google_port() {
+    let idp = Idp::start().await;
+    let ttl = idp
+        .post_json("/_sandbox/oidc/code-ttl", &json!({"seconds": 30}))
+        .await;
+    assert_eq!(ttl.status(), StatusCode::NO_CONTENT);
+    let code = idp.sign_in(Identity::workspace("alice@example.com")).await;
+
+    let moved = idp
+        .post_json("/_sandbox/clock", &json!({"advance_seconds": 30}))
+        .await;
+
+    assert_eq!(moved.status(), StatusCode::OK);
+    let moved: Value = moved.json().await.unwrap();
+    assert!(moved["offset_ms"].as_i64().unwrap() >= 30_000);
+    assert_eq!(
+        idp.sandbox.clock.offset_ms(),
+        moved["offset_ms"].as_i64().unwrap()
+    );
+    let late = idp.exchange(&code, Some(VERIFIER)).await;
+    assert_eq!(oauth_error(late).await.1, "invalid_grant");
+    let github_clock = idp
+        .get_json(&format!("{}/_sandbox/clock", idp.sandbox.github.origin()))
+        .await;
+    assert_eq!(github_clock["offset_ms"], moved["offset_ms"]);
+    let refused = idp
+        .post_json("/_sandbox/clock", &json!({"advance_seconds": -1}))
+        .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
 }
 
 /// reqwest is built with `rustls-no-provider` in a workspace build (the key

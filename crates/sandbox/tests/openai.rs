@@ -783,7 +783,13 @@ async fn an_issued_key_on_an_admin_route_is_refused_for_missing_scopes() {
     let forbidden = api
         .call(Method::GET, "/organization/projects", Some(&value), None)
         .await;
-    assert_error(&forbidden, 403, "invalid_request_error", None, None);
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    // The newer spec's PermissionErrorResponse: `error` is a bare string.
+    let bare = forbidden.body["error"].as_str().expect("a bare string");
+    assert!(
+        bare.contains("Missing scopes: api.management.read"),
+        "{bare}"
+    );
 }
 
 #[tokio::test]
@@ -1477,6 +1483,306 @@ async fn ten_thousand_seeded_accounts_are_made_fast_and_page_completely() {
         .await;
     assert_eq!(keys.body["data"].as_array().unwrap().len(), 50);
     assert_eq!(keys.body["has_more"], false);
+}
+
+// ----- journal, headers, admin keys, delays -----
+
+#[tokio::test]
+async fn the_journal_records_each_body_a_hash_of_the_credential_and_the_request_id() {
+    let api = Api::start().await;
+    let project = api.default_project();
+
+    let created = api
+        .create_account(
+            &project,
+            json!({"name": "ks:journal", "expires_in_seconds": 600}),
+        )
+        .await;
+    let value = created.body["api_key"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.models(&value).await;
+    api.call(Method::GET, "/organization/projects", None, None)
+        .await;
+
+    let entries = api.sandbox.openai.journal().entries();
+    assert_eq!(entries.len(), 3);
+    let create = &entries[0];
+    assert_eq!(
+        create.route.as_deref(),
+        Some("/v1/organization/projects/{project_id}/service_accounts")
+    );
+    assert_eq!(create.status, 200);
+    assert_eq!(
+        create.json(),
+        Some(json!({"name": "ks:journal", "expires_in_seconds": 600}))
+    );
+    assert!(create.authorized_with(&format!("Bearer {}", api.admin)));
+    assert_eq!(
+        create.request_id.as_deref(),
+        created.headers["x-request-id"].to_str().ok()
+    );
+    let models = &entries[1];
+    assert_eq!(models.body, None);
+    assert_eq!(models.body_len, 0);
+    assert!(models.authorized_with(&format!("Bearer {value}")));
+    assert!(!models.authorized_with(&format!("Bearer {}", api.admin)));
+    assert_eq!(entries[2].authorization_sha256, None);
+    assert_eq!(entries[2].status, 401);
+
+    // The same over HTTP, and never a credential in the clear.
+    let dumped = api
+        .control(Method::GET, "/_sandbox/openai/journal", None)
+        .await;
+    let first = &dumped["entries"][0];
+    assert_eq!(first["method"], "POST");
+    let body: Value = serde_json::from_str(first["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["name"], "ks:journal");
+    assert_eq!(
+        first["authorization_sha256"],
+        sandbox::journal::authorization_hash(&format!("Bearer {}", api.admin))
+    );
+    let text = dumped.to_string();
+    assert!(!text.contains(&api.admin) && !text.contains(&value));
+}
+
+#[tokio::test]
+async fn a_request_left_hanging_is_journalled_with_its_body() {
+    let api = Api::start().await;
+    api.sandbox
+        .openai
+        .push_fault(Fault::new(FaultKind::Hang).method("POST"));
+    install_crypto();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+
+    let hung = impatient
+        .post(api.url("/organization/projects"))
+        .bearer_auth(&api.admin)
+        .json(&json!({"name": "never"}))
+        .send()
+        .await;
+
+    assert!(hung.is_err_and(|e| e.is_timeout()));
+    let entries = api.sandbox.openai.journal().entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].status, 0);
+    assert_eq!(entries[0].json(), Some(json!({"name": "never"})));
+    assert_eq!(
+        entries[0].route.as_deref(),
+        Some("/v1/organization/projects")
+    );
+    assert!(entries[0].request_id.is_some());
+}
+
+#[tokio::test]
+async fn answers_off_v1_also_carry_a_request_id_and_the_invalid_url_body() {
+    let api = Api::start().await;
+
+    for path in ["/", "/v1", "/v2/organization/projects"] {
+        let reply = api
+            .send(
+                api.client
+                    .get(api.control_url(path))
+                    .bearer_auth(&api.admin),
+            )
+            .await;
+
+        assert_error(&reply, 404, "invalid_request_error", None, None);
+        assert_eq!(message(&reply), format!("Invalid URL (GET {path})"));
+    }
+    let control = api
+        .client
+        .get(api.control_url("/_sandbox/openai/state"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        control.headers().get("x-request-id").is_none(),
+        "the control API is not the real API"
+    );
+}
+
+#[tokio::test]
+async fn admin_api_keys_are_listed_created_retrieved_and_deleted() {
+    let api = Api::start().await;
+
+    let listed = api.get("/organization/admin_api_keys").await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.body["object"], "list");
+    let own = &listed.body["data"][0];
+    assert_eq!(own["object"], "organization.admin_api_key");
+    assert!(is_alnum_id(own["id"].as_str().unwrap(), "key_", 16));
+    let redacted = own["redacted_value"].as_str().unwrap();
+    assert!(
+        redacted.starts_with("sk-admin...")
+            && redacted.ends_with(&api.admin[api.admin.len() - 4..])
+    );
+    assert_eq!(own["expires_at"], Value::Null);
+    assert!(
+        own["last_used_at"].as_i64().is_some(),
+        "the list call used it"
+    );
+    assert_eq!(own["owner"]["type"], "user");
+    assert_eq!(own["owner"]["object"], "organization.user");
+    assert_eq!(own["owner"]["role"], "owner");
+    assert!(!listed.text.contains(&api.admin));
+
+    let created = api
+        .post(
+            "/organization/admin_api_keys",
+            json!({"name": "ops", "expires_in_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let value = created.body["value"].as_str().unwrap().to_owned();
+    assert!(value.starts_with("sk-admin-") && value.contains("T3BlbkFJ"));
+    let now = api.sandbox.clock.unix();
+    assert!((created.body["expires_at"].as_i64().unwrap() - (now + 3600)).abs() <= 1);
+    assert_eq!(created.body["name"], "ops");
+
+    // The new key manages the organisation like the first one.
+    let with_new = api
+        .call(Method::GET, "/organization/projects", Some(&value), None)
+        .await;
+    assert_eq!(with_new.status, StatusCode::OK);
+    let retrieved = api.get(&format!("/organization/admin_api_keys/{id}")).await;
+    assert_eq!(retrieved.body["id"], id.as_str());
+    assert!(retrieved.body.get("value").is_none(), "shown once only");
+    let newest_first = api
+        .get("/organization/admin_api_keys?order=desc&limit=1")
+        .await;
+    assert_eq!(newest_first.body["data"][0]["id"], id.as_str());
+    assert_eq!(newest_first.body["has_more"], true);
+    let bad_order = api.get("/organization/admin_api_keys?order=up").await;
+    assert_error(
+        &bad_order,
+        400,
+        "invalid_request_error",
+        Some("order"),
+        Some("invalid_value"),
+    );
+    let missing_name = api.post("/organization/admin_api_keys", json!({})).await;
+    assert_error(
+        &missing_name,
+        400,
+        "invalid_request_error",
+        Some("name"),
+        Some("missing_required_parameter"),
+    );
+
+    // It expires like any key...
+    api.sandbox.clock.advance(Duration::from_secs(3600));
+    let expired = api
+        .call(Method::GET, "/organization/projects", Some(&value), None)
+        .await;
+    assert_error(
+        &expired,
+        401,
+        "invalid_request_error",
+        None,
+        Some("invalid_api_key"),
+    );
+
+    // ...and a deleted one is gone.
+    let deleted = api
+        .delete(&format!("/organization/admin_api_keys/{id}"))
+        .await;
+    assert_eq!(
+        deleted.body,
+        json!({"object": "organization.admin_api_key.deleted", "id": id, "deleted": true})
+    );
+    let again = api
+        .delete(&format!("/organization/admin_api_keys/{id}"))
+        .await;
+    assert_error(&again, 404, "invalid_request_error", None, None);
+}
+
+#[tokio::test]
+async fn deleting_the_started_admin_key_locks_it_out() {
+    let api = Api::start().await;
+    let listed = api.get("/organization/admin_api_keys").await;
+    let own_id = listed.body["data"][0]["id"].as_str().unwrap().to_owned();
+
+    let deleted = api
+        .delete(&format!("/organization/admin_api_keys/{own_id}"))
+        .await;
+
+    assert_eq!(deleted.status, StatusCode::OK);
+    let after = api.get("/organization/projects").await;
+    assert_error(
+        &after,
+        401,
+        "invalid_request_error",
+        None,
+        Some("invalid_api_key"),
+    );
+}
+
+#[tokio::test]
+async fn the_expiry_policy_covers_admin_keys_too() {
+    let api = Api::with(Config {
+        max_key_lifetime_secs: Some(600),
+        ..Config::default()
+    })
+    .await;
+
+    let unbounded = api
+        .post("/organization/admin_api_keys", json!({"name": "forever"}))
+        .await;
+    let bounded = api
+        .post(
+            "/organization/admin_api_keys",
+            json!({"name": "short", "expires_in_seconds": 600}),
+        )
+        .await;
+
+    assert_error(
+        &unbounded,
+        400,
+        "invalid_request_error",
+        Some("expires_in_seconds"),
+        Some("missing_required_parameter"),
+    );
+    assert_eq!(bounded.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_delay_fault_slows_one_matching_call_and_lets_it_take_effect() {
+    let api = Api::start().await;
+    let project = api.default_project();
+    api.sandbox.openai.push_fault(
+        Fault::new(FaultKind::Delay { ms: 300 })
+            .method("POST")
+            .path("/service_accounts"),
+    );
+
+    let started = Instant::now();
+    let slow = api
+        .create_account(&project, json!({"name": "ks:slow"}))
+        .await;
+    let slow_took = started.elapsed();
+    let started = Instant::now();
+    api.create_account(&project, json!({"name": "ks:fast"}))
+        .await;
+    let fast_took = started.elapsed();
+
+    assert_eq!(slow.status, StatusCode::OK);
+    assert!(slow_took >= Duration::from_millis(300), "{slow_took:?}");
+    assert!(fast_took < Duration::from_millis(300), "{fast_took:?}");
+    assert_eq!(api.sandbox.openai.service_accounts(&project).len(), 2);
+    let faults = api
+        .control(
+            Method::POST,
+            "/_sandbox/openai/faults",
+            Some(json!({"kind": {"type": "delay", "ms": 5}})),
+        )
+        .await;
+    assert_eq!(faults[0]["kind"], json!({"type": "delay", "ms": 5}));
 }
 
 /// reqwest is built with `rustls-no-provider` in a workspace build (the key

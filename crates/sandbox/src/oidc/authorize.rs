@@ -75,6 +75,8 @@ struct AuthRequest {
     prompt: Vec<String>,
     login_hint: Option<String>,
     hd_hint: Option<String>,
+    /// `access_type=offline`: the client asks for a refresh token.
+    offline: bool,
 }
 
 /// Why a request is refused, and whether the client may be told by redirect.
@@ -203,6 +205,11 @@ fn validate(
     if !known || (prompt.len() > 1 && prompt.iter().any(|value| value == "none")) {
         return Err(refuse("invalid_request"));
     }
+    let offline = match params.get("access_type") {
+        None | Some("online") => false,
+        Some("offline") => true,
+        Some(_) => return Err(refuse("invalid_request")),
+    };
 
     Ok(AuthRequest {
         redirect_uri: redirect_uri.to_owned(),
@@ -213,6 +220,7 @@ fn validate(
         prompt,
         login_hint: params.get("login_hint").map(str::to_owned),
         hd_hint: params.get("hd").map(str::to_owned),
+        offline,
     })
 }
 
@@ -270,8 +278,8 @@ fn pkce(params: &Params, require_s256: bool) -> Result<Option<Pkce>, ()> {
     }))
 }
 
-/// `GET /o/oauth2/v2/auth`: sign in the queued or preset identity, or show
-/// the form.
+/// `GET /o/oauth2/v2/auth`: sign in the fixture `login_hint` names, else the
+/// queued or preset identity, or show the form (spec §8's order).
 pub(super) async fn show(State(oidc): State<FakeOidc>, RawQuery(query): RawQuery) -> Response {
     let provider = &oidc.inner;
     let params = Params::parse(query.unwrap_or_default().as_bytes());
@@ -287,9 +295,12 @@ pub(super) async fn show(State(oidc): State<FakeOidc>, RawQuery(query): RawQuery
             "access_denied",
         );
     }
-    let scripted = state
-        .queue
-        .pop_front()
+    let hinted = request
+        .login_hint
+        .as_deref()
+        .and_then(|hint| provider.fixture_for_hint(hint));
+    let scripted = hinted
+        .or_else(|| state.queue.pop_front())
         .or_else(|| state.auto_approve.clone());
     if let Some(identity) = scripted {
         return grant(provider, &mut state, request, identity);
@@ -454,6 +465,8 @@ fn grant(
             expires_ms: now_ms.saturating_add(ttl_ms),
             used: false,
             access_token: None,
+            offline: request.offline,
+            consent: prompt == "consent",
         },
     );
     state.codes_issued += 1;

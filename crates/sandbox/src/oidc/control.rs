@@ -2,6 +2,8 @@
 //! [`FakeOidc`], for tests and demos that drive the fake from outside the
 //! process. No authentication: the sandbox binds loopback only.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
@@ -21,6 +23,7 @@ pub(super) fn router() -> Router<FakeOidc> {
             post(allow_redirect_uri),
         )
         .route("/_sandbox/oidc/rotate-keys", post(rotate_keys))
+        .route("/_sandbox/oidc/publish-next-key", post(publish_next_key))
         .route(
             "/_sandbox/oidc/override-next-token",
             post(override_next_token),
@@ -28,6 +31,13 @@ pub(super) fn router() -> Router<FakeOidc> {
         .route("/_sandbox/oidc/deny-next", post(deny_next))
         .route("/_sandbox/oidc/jwks-max-age", post(jwks_max_age))
         .route("/_sandbox/oidc/fail-next-jwks", post(fail_next_jwks))
+        .route("/_sandbox/oidc/hang-next-jwks", post(hang_next_jwks))
+        .route("/_sandbox/oidc/code-ttl", post(code_ttl))
+        .route(
+            "/_sandbox/oidc/rotate-refresh-tokens",
+            post(rotate_refresh_tokens),
+        )
+        .route("/_sandbox/oidc/fixtures", get(fixtures))
         .route("/_sandbox/oidc/fail-next-token", post(fail_next_token))
         .route("/_sandbox/oidc/issuer-form", post(issuer_form))
         .route("/_sandbox/oidc/require-pkce-s256", post(require_pkce_s256))
@@ -70,11 +80,22 @@ async fn allow_redirect_uri(
 struct Rotate {
     #[serde(default)]
     keep_old: bool,
+    /// Keep the old key published this long (virtual seconds), then drop
+    /// it; overrides `keep_old`.
+    #[serde(default)]
+    overlap_seconds: Option<u64>,
 }
 
 async fn rotate_keys(State(oidc): State<FakeOidc>, Json(body): Json<Rotate>) -> Response {
-    let kid = oidc.rotate_keys(body.keep_old);
+    let kid = match body.overlap_seconds {
+        Some(secs) => oidc.rotate_keys_with_overlap(Duration::from_secs(secs)),
+        None => oidc.rotate_keys(body.keep_old),
+    };
     Json(json!({ "kid": kid })).into_response()
+}
+
+async fn publish_next_key(State(oidc): State<FakeOidc>) -> Json<Value> {
+    Json(json!({ "kid": oidc.publish_next_key() }))
 }
 
 async fn override_next_token(
@@ -108,6 +129,39 @@ struct FailJwks {
 async fn fail_next_jwks(State(oidc): State<FakeOidc>, Json(body): Json<FailJwks>) -> StatusCode {
     oidc.fail_next_jwks(body.count);
     StatusCode::NO_CONTENT
+}
+
+async fn hang_next_jwks(State(oidc): State<FakeOidc>, Json(body): Json<FailJwks>) -> StatusCode {
+    oidc.hang_next_jwks(body.count);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Seconds {
+    seconds: u64,
+}
+
+async fn code_ttl(State(oidc): State<FakeOidc>, Json(body): Json<Seconds>) -> StatusCode {
+    oidc.set_code_ttl(Duration::from_secs(body.seconds));
+    StatusCode::NO_CONTENT
+}
+
+async fn rotate_refresh_tokens(
+    State(oidc): State<FakeOidc>,
+    Json(body): Json<Enabled>,
+) -> StatusCode {
+    oidc.set_rotate_refresh_tokens(body.enabled);
+    StatusCode::NO_CONTENT
+}
+
+/// `{"alice": Identity, …}`.
+async fn fixtures(State(oidc): State<FakeOidc>) -> Json<Map<String, Value>> {
+    Json(
+        oidc.fixtures()
+            .into_iter()
+            .map(|(id, identity)| (id, json!(identity)))
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]

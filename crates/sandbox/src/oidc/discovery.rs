@@ -91,16 +91,25 @@ fn github_document(origin: &str, issuer: &str) -> Value {
 pub(super) async fn jwks(State(oidc): State<FakeOidc>) -> Response {
     let provider = &oidc.inner;
     let now = provider.clock.unix();
+    let now_ms = provider.clock.unix_ms();
     let (document, max_age) = {
         let mut state = provider.lock();
         state.jwks_fetches += 1;
-        if state.fail_jwks > 0 {
+        state.keys.expire(now_ms);
+        if state.hang_jwks > 0 {
+            state.hang_jwks -= 1;
+            (None, None)
+        } else if state.fail_jwks > 0 {
             state.fail_jwks -= 1;
-            (None, 0)
+            (None, Some(0))
         } else {
             let keys: Vec<Value> = state.keys.published().map(|key| key.jwk()).collect();
-            (Some(json!({ "keys": keys })), state.jwks_max_age)
+            (Some(json!({ "keys": keys })), Some(state.jwks_max_age))
         }
+    };
+    let Some(max_age) = max_age else {
+        // No answer: the client gives up, which drops this future.
+        return std::future::pending().await;
     };
     let Some(document) = document else {
         let failure =

@@ -21,8 +21,10 @@ pub struct GithubClaims {
     #[serde(default)]
     pub audience: String,
     /// The deployment environment of the job, if any. With one, `sub` is
-    /// `repo:OWNER/REPO:environment:ENV` as GitHub does it; without,
-    /// `repo:OWNER/REPO:ref:REF`.
+    /// `repo:OWNER/REPO:environment:ENV` as GitHub does it; without, it is
+    /// `repo:OWNER/REPO:pull_request` for a pull-request ref
+    /// (`refs/pull/N/merge`, event `pull_request`) and
+    /// `repo:OWNER/REPO:ref:REF` otherwise (event `push`).
     #[serde(default)]
     pub environment: Option<String>,
     /// Merged over the generated claims; a `null` removes a claim.
@@ -90,10 +92,13 @@ pub(super) fn claims(
     } else {
         audience
     };
+    let pull_request = ref_.starts_with("refs/pull/");
     let sub = match &environment {
         Some(environment) => format!("repo:{repository}:environment:{environment}"),
+        None if pull_request => format!("repo:{repository}:pull_request"),
         None => format!("repo:{repository}:ref:{ref_}"),
     };
+    let event_name = if pull_request { "pull_request" } else { "push" };
     let repository_id = stable_id(state, format!("repo:{}", repository.to_lowercase()), 9);
     let owner_id = stable_id(state, format!("owner:{}", owner.to_lowercase()), 8);
     let actor_id = stable_id(state, format!("actor:{}", owner.to_lowercase()), 8);
@@ -132,7 +137,7 @@ pub(super) fn claims(
         "workflow": "CI",
         "head_ref": "",
         "base_ref": "",
-        "event_name": "push",
+        "event_name": event_name,
         "ref_protected": "false",
         "ref_type": ref_type,
         "workflow_ref": workflow_ref,
@@ -141,7 +146,9 @@ pub(super) fn claims(
         "job_workflow_sha": sha,
         "runner_environment": "github-hosted",
         "iss": iss,
-        "nbf": now,
+        // GitHub's documented example token has `nbf` ten minutes before
+        // `iat`.
+        "nbf": now - 600,
         "iat": now,
         "exp": now + 300,
     }) else {

@@ -124,8 +124,11 @@ impl Drop for Key {
 pub(super) struct KeyRing {
     /// Signs tokens and is published.
     current: Key,
-    /// Published but no longer signing, newest first.
-    previous: Vec<Key>,
+    /// Published, not signing yet: the next rotation signs with it.
+    next: Option<Key>,
+    /// Published but no longer signing, newest first, each with the
+    /// virtual time (Unix ms) it leaves the JWKS at, if ever.
+    previous: Vec<(Key, Option<i64>)>,
     /// Dropped from the JWKS. Kept until the provider goes so that a dropped
     /// key cannot reappear in another live provider's JWKS.
     retired: Vec<Key>,
@@ -137,6 +140,7 @@ impl KeyRing {
     pub(super) fn new() -> Self {
         Self {
             current: Key::lease(),
+            next: None,
             previous: Vec::new(),
             retired: Vec::new(),
             outsider: None,
@@ -156,20 +160,54 @@ impl KeyRing {
         self.outsider.get_or_insert_with(Key::lease)
     }
 
-    /// Switches signing to a fresh key; see [`super::FakeOidc::rotate_keys`].
+    /// Switches signing to the pre-published key or a fresh one; see
+    /// [`super::FakeOidc::rotate_keys`].
     pub(super) fn rotate(&mut self, keep_old: bool) -> String {
-        let old = std::mem::replace(&mut self.current, Key::lease());
+        let old = self.switch();
         if keep_old {
-            self.previous.insert(0, old);
+            self.previous.insert(0, (old, None));
         } else {
             self.retired.push(old);
-            self.retired.append(&mut self.previous);
+            self.retired
+                .extend(self.previous.drain(..).map(|(key, _)| key));
         }
         self.current.kid().to_owned()
     }
 
+    /// Switches signing to a new key, keeping the old one published until
+    /// `until_ms` (virtual Unix ms).
+    pub(super) fn rotate_until(&mut self, until_ms: i64) -> String {
+        let old = self.switch();
+        self.previous.insert(0, (old, Some(until_ms)));
+        self.current.kid().to_owned()
+    }
+
+    fn switch(&mut self) -> Key {
+        let new = self.next.take().unwrap_or_else(Key::lease);
+        std::mem::replace(&mut self.current, new)
+    }
+
+    /// Publishes the key the next rotation signs with (once).
+    pub(super) fn publish_next(&mut self) -> String {
+        self.next.get_or_insert_with(Key::lease).kid().to_owned()
+    }
+
+    /// Moves keys whose overlap is over at `now_ms` out of the JWKS.
+    pub(super) fn expire(&mut self, now_ms: i64) {
+        let (gone, kept): (Vec<_>, Vec<_>) = self
+            .previous
+            .drain(..)
+            .partition(|(_, until)| until.is_some_and(|until| now_ms >= until));
+        self.previous = kept;
+        self.retired.extend(gone.into_iter().map(|(key, _)| key));
+    }
+
+    /// The published keys, current first, then the pre-published one, then
+    /// the previous ones (call [`Self::expire`] first).
     pub(super) fn published(&self) -> impl Iterator<Item = &Key> {
-        std::iter::once(&self.current).chain(&self.previous)
+        std::iter::once(&self.current)
+            .chain(&self.next)
+            .chain(self.previous.iter().map(|(key, _)| key))
     }
 
     pub(super) fn published_kids(&self) -> Vec<String> {

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::authorize::Pkce;
 use super::params::{self, Params};
-use super::{FakeOidc, Identity, Provider, URL_SAFE, random_string};
+use super::{FakeOidc, Identity, Provider, State as ProviderState, URL_SAFE, random_string};
 
 /// Lifetime of access tokens, as Google reports it in `expires_in`.
 const ACCESS_TOKEN_SECS: i64 = 3599;
@@ -36,6 +36,10 @@ pub(super) struct Grant {
     /// The access token the code was exchanged for, revoked if the code is
     /// presented again.
     pub(super) access_token: Option<String>,
+    /// The request had `access_type=offline`.
+    pub(super) offline: bool,
+    /// The request had `prompt=consent`.
+    pub(super) consent: bool,
 }
 
 /// What an access token stands for.
@@ -45,6 +49,20 @@ pub(super) struct AccessGrant {
     claims: Map<String, Value>,
     expires_ms: i64,
     revoked: bool,
+    /// The refresh token of the same grant, if one was issued.
+    refresh_token: Option<String>,
+}
+
+/// What a refresh token stands for: the grant of one code exchange.
+#[derive(Debug, Clone)]
+pub(super) struct RefreshGrant {
+    client_id: String,
+    identity: Identity,
+    sub: String,
+    scope: String,
+    revoked: bool,
+    /// Every access token issued under this grant.
+    access_tokens: Vec<String>,
 }
 
 /// An RFC 6749 §5.2 error answer.
@@ -143,9 +161,7 @@ fn exchange_checked(
             "Missing required parameter: grant_type",
         )),
         Some("authorization_code") => redeem(provider, &client_id, &params),
-        // No refresh token is ever issued (the fake ignores access_type), so
-        // none can be valid.
-        Some("refresh_token") => Err(OAuthError::invalid_grant("Bad Request")),
+        Some("refresh_token") => refresh(provider, &client_id, &params),
         Some(other) => Err(OAuthError::bad_request(
             "unsupported_grant_type",
             format!("Invalid grant_type: {other}"),
@@ -258,10 +274,8 @@ fn redeem(provider: &Provider, client_id: &str, params: &Params) -> Result<Respo
     };
     if grant.used {
         // RFC 6749 §4.1.2: a code presented twice revokes what it bought.
-        if let Some(token) = grant.access_token.clone()
-            && let Some(access) = state.access_tokens.get_mut(&token)
-        {
-            access.revoked = true;
+        if let Some(token) = grant.access_token.clone() {
+            revoke_grant_of(state, &token, now_ms);
         }
         return Err(OAuthError::invalid_grant("Malformed auth code."));
     }
@@ -294,11 +308,89 @@ fn redeem(provider: &Provider, client_id: &str, params: &Params) -> Result<Respo
         _ => {}
     }
 
+    // Google sends a refresh token for `access_type=offline` only on the
+    // subject's first consent, or again with `prompt=consent`.
+    let refresh_token = (grant.offline
+        && (state.offline_consents.insert(grant.sub.clone()) || grant.consent))
+        .then(|| {
+            let token = format!("1//0g{}", random_string(100, URL_SAFE));
+            state.refresh_tokens.insert(
+                token.clone(),
+                RefreshGrant {
+                    client_id: grant.client_id.clone(),
+                    identity: grant.identity.clone(),
+                    sub: grant.sub.clone(),
+                    scope: grant.scope.clone(),
+                    revoked: false,
+                    access_tokens: Vec::new(),
+                },
+            );
+            token
+        });
+    let issued = issue(
+        provider,
+        state,
+        &Subject {
+            client_id: &grant.client_id,
+            identity: &grant.identity,
+            sub: &grant.sub,
+            nonce: grant.nonce.as_deref(),
+        },
+        now_ms,
+        refresh_token.clone(),
+    );
+    if let Some(stored) = state.codes.get_mut(code) {
+        stored.access_token = Some(issued.access_token.clone());
+    }
+    drop(guard);
+    let mut body = issued.body(&grant.scope);
+    if let Some(refresh_token) = refresh_token {
+        body["refresh_token"] = json!(refresh_token);
+    }
+    Ok(json_no_store(StatusCode::OK, &body))
+}
+
+/// Who tokens are issued to, and about whom.
+struct Subject<'a> {
+    client_id: &'a str,
+    identity: &'a Identity,
+    sub: &'a str,
+    nonce: Option<&'a str>,
+}
+
+/// A fresh access token and ID token.
+struct Issued {
+    access_token: String,
+    id_token: String,
+}
+
+impl Issued {
+    /// The token response of spec §3, without `refresh_token`.
+    fn body(&self, scope: &str) -> Value {
+        json!({
+            "access_token": self.access_token,
+            "expires_in": ACCESS_TOKEN_SECS,
+            "scope": scope,
+            "token_type": "Bearer",
+            "id_token": self.id_token,
+        })
+    }
+}
+
+/// Mints an access token (remembered for userinfo and revocation, and tied
+/// to `refresh_token`'s grant) and an ID token for `subject` at `now_ms`.
+fn issue(
+    provider: &Provider,
+    state: &mut ProviderState,
+    subject: &Subject<'_>,
+    now_ms: i64,
+    refresh_token: Option<String>,
+) -> Issued {
     let access_token = format!("ya29.a0{}", random_string(120, URL_SAFE));
     let now = now_ms.div_euclid(1000);
-    let identity = &grant.identity;
+    let identity = subject.identity;
     let mut profile = Map::new();
-    profile.insert("sub".to_owned(), json!(grant.sub));
+    profile.insert("sub".to_owned(), json!(subject.sub));
     if let Some(hd) = &identity.hd {
         profile.insert("hd".to_owned(), json!(hd));
     }
@@ -308,38 +400,118 @@ fn redeem(provider: &Provider, client_id: &str, params: &Params) -> Result<Respo
 
     let mut claims = profile.clone();
     claims.insert("iss".to_owned(), json!(provider.token_issuer(state)));
-    claims.insert("azp".to_owned(), json!(grant.client_id));
-    claims.insert("aud".to_owned(), json!(grant.client_id));
+    claims.insert("azp".to_owned(), json!(subject.client_id));
+    claims.insert("aud".to_owned(), json!(subject.client_id));
     claims.insert("at_hash".to_owned(), json!(at_hash(&access_token)));
-    if let Some(nonce) = &grant.nonce {
+    if let Some(nonce) = subject.nonce {
         claims.insert("nonce".to_owned(), json!(nonce));
     }
     claims.insert("iat".to_owned(), json!(now));
     claims.insert("exp".to_owned(), json!(now + ID_TOKEN_SECS));
     let id_token = Provider::issue_token(state, claims);
 
+    if let Some(grant) = refresh_token
+        .as_ref()
+        .and_then(|token| state.refresh_tokens.get_mut(token))
+    {
+        grant.access_tokens.push(access_token.clone());
+    }
     state.access_tokens.insert(
         access_token.clone(),
         AccessGrant {
             claims: profile,
             expires_ms: now_ms.saturating_add(ACCESS_TOKEN_SECS * 1000),
             revoked: false,
+            refresh_token,
         },
     );
-    if let Some(stored) = state.codes.get_mut(code) {
-        stored.access_token = Some(access_token.clone());
+    Issued {
+        access_token,
+        id_token,
     }
+}
+
+/// `grant_type=refresh_token`: a new access token and ID token (without
+/// `nonce`, which belongs to the sign-in) for the grant; a new refresh
+/// token only when the rotation knob is on.
+fn refresh(provider: &Provider, client_id: &str, params: &Params) -> Result<Response, OAuthError> {
+    let Some(presented) = params.get("refresh_token") else {
+        return Err(OAuthError::bad_request(
+            "invalid_request",
+            "Missing required parameter: refresh_token",
+        ));
+    };
+    let now_ms = provider.clock.unix_ms();
+    let mut guard = provider.lock();
+    let state = &mut *guard;
+    let grant = match state.refresh_tokens.get(presented) {
+        Some(grant) if !grant.revoked && grant.client_id == client_id => grant.clone(),
+        Some(grant) if !grant.revoked => return Err(OAuthError::invalid_grant("Unauthorized")),
+        _ => {
+            return Err(OAuthError::invalid_grant(
+                "Token has been expired or revoked.",
+            ));
+        }
+    };
+    let refresh_token = if state.rotate_refresh_tokens {
+        let token = format!("1//0g{}", random_string(100, URL_SAFE));
+        if let Some(old) = state.refresh_tokens.get_mut(presented) {
+            old.revoked = true;
+        }
+        state.refresh_tokens.insert(
+            token.clone(),
+            RefreshGrant {
+                access_tokens: Vec::new(),
+                ..grant.clone()
+            },
+        );
+        token
+    } else {
+        presented.to_owned()
+    };
+    let issued = issue(
+        provider,
+        state,
+        &Subject {
+            client_id: &grant.client_id,
+            identity: &grant.identity,
+            sub: &grant.sub,
+            nonce: None,
+        },
+        now_ms,
+        Some(refresh_token.clone()),
+    );
+    let rotated = state.rotate_refresh_tokens;
     drop(guard);
-    Ok(json_no_store(
-        StatusCode::OK,
-        &json!({
-            "access_token": access_token,
-            "expires_in": ACCESS_TOKEN_SECS,
-            "scope": grant.scope,
-            "token_type": "Bearer",
-            "id_token": id_token,
-        }),
-    ))
+    let mut body = issued.body(&grant.scope);
+    if rotated {
+        body["refresh_token"] = json!(refresh_token);
+    }
+    Ok(json_no_store(StatusCode::OK, &body))
+}
+
+/// Revokes the grant `token` (an access or refresh token) belongs to: the
+/// refresh token and every access token issued under it. Whether the token
+/// was live before.
+fn revoke_grant_of(state: &mut ProviderState, token: &str, now_ms: i64) -> bool {
+    let (live, refresh_token) = if let Some(access) = state.access_tokens.get_mut(token) {
+        let live = !access.revoked && now_ms < access.expires_ms;
+        access.revoked = true;
+        (live, access.refresh_token.clone())
+    } else if let Some(refresh) = state.refresh_tokens.get(token) {
+        (!refresh.revoked, Some(token.to_owned()))
+    } else {
+        return false;
+    };
+    if let Some(refresh) = refresh_token.and_then(|t| state.refresh_tokens.get_mut(&t)) {
+        refresh.revoked = true;
+        for access in std::mem::take(&mut refresh.access_tokens) {
+            if let Some(access) = state.access_tokens.get_mut(&access) {
+                access.revoked = true;
+            }
+        }
+    }
+    live
 }
 
 /// `at_hash`: base64url of the left half of SHA-256 of the access token.
@@ -380,7 +552,8 @@ pub(super) async fn userinfo(State(oidc): State<FakeOidc>, headers: HeaderMap) -
     response
 }
 
-/// `POST /revoke` with `token=` in the form body or the query.
+/// `POST /revoke` with `token=` (an access or refresh token) in the form
+/// body or the query: revokes the whole grant, as Google does.
 pub(super) async fn revoke(
     State(oidc): State<FakeOidc>,
     RawQuery(query): RawQuery,
@@ -400,12 +573,11 @@ pub(super) async fn revoke(
             .into_response();
     };
     let mut state = provider.lock();
-    match state.access_tokens.get_mut(token) {
-        Some(access) if !access.revoked && now_ms < access.expires_ms => {
-            access.revoked = true;
-            drop(state);
-            json_no_store(StatusCode::OK, &json!({}))
-        }
-        _ => OAuthError::bad_request("invalid_token", "Token expired or revoked").into_response(),
+    if revoke_grant_of(&mut state, token, now_ms) {
+        drop(state);
+        json_no_store(StatusCode::OK, &json!({}))
+    } else {
+        drop(state);
+        OAuthError::bad_request("invalid_token", "Token expired or revoked").into_response()
     }
 }

@@ -18,14 +18,16 @@ use super::request::control_body;
 use super::{
     ApiVersion, FakeOpenAi, Fault, FaultKind, ProjectView, SeedAccount, ServiceAccountView,
 };
+use crate::clock::Clock;
 
 type Answer = Result<Json<Value>, ApiError>;
 
 /// The control routes.
-pub(super) fn routes() -> Router<FakeOpenAi> {
+pub(super) fn routes(clock: Clock) -> Router<FakeOpenAi> {
     Router::new()
-        .route("/_sandbox/clock", get(clock).post(move_clock))
+        .merge(crate::clock::router(clock))
         .route("/_sandbox/openai/counters", get(counters))
+        .route("/_sandbox/openai/journal", get(journal))
         .route("/_sandbox/openai/reset-counters", post(reset_counters))
         .route(
             "/_sandbox/openai/config",
@@ -39,42 +41,6 @@ pub(super) fn routes() -> Router<FakeOpenAi> {
         .route("/_sandbox/openai/projects", post(create_project))
         .route("/_sandbox/openai/key-status", post(key_status))
         .route("/_sandbox/openai/state", get(state))
-}
-
-fn clock_json(fake: &FakeOpenAi) -> Value {
-    json!({ "now": fake.clock().unix(), "offset_ms": fake.clock().offset_ms() })
-}
-
-async fn clock(State(fake): State<FakeOpenAi>) -> Json<Value> {
-    Json(clock_json(&fake))
-}
-
-/// `{"advance_seconds": N}` (N ≥ 0) or `{"offset_seconds": N}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClockChange {
-    advance_seconds: Option<i64>,
-    offset_seconds: Option<i64>,
-}
-
-async fn move_clock(State(fake): State<FakeOpenAi>, body: Bytes) -> Answer {
-    let change: ClockChange = control_body(&body)?;
-    match (change.advance_seconds, change.offset_seconds) {
-        (Some(secs), None) => {
-            let secs = u64::try_from(secs).map_err(|_| {
-                ApiError::bad_request("advance_seconds must be ≥ 0; set offset_seconds instead")
-                    .param("advance_seconds")
-            })?;
-            fake.clock().advance(Duration::from_secs(secs));
-        }
-        (None, Some(secs)) => fake.clock().set_offset_secs(secs),
-        _ => {
-            return Err(ApiError::bad_request(
-                "send exactly one of advance_seconds and offset_seconds",
-            ));
-        }
-    }
-    Ok(Json(clock_json(&fake)))
 }
 
 /// Counters as the control API shows them.
@@ -94,6 +60,12 @@ async fn counters(State(fake): State<FakeOpenAi>) -> Json<Counters> {
         total: journal.total(),
         rate_limited: fake.rate_limited(),
     })
+}
+
+/// Every recorded request: method, path, query, route, status, body,
+/// the hash of the `Authorization` header and the request id.
+async fn journal(State(fake): State<FakeOpenAi>) -> Json<Value> {
+    Json(json!({ "entries": fake.journal().entries() }))
 }
 
 async fn reset_counters(State(fake): State<FakeOpenAi>) -> Json<Value> {
@@ -221,7 +193,10 @@ fn check_fault(fault: &Fault) -> Result<(), ApiError> {
     }
     let status = match fault.kind {
         FaultKind::Status { status, .. } | FaultKind::CommitThenFail { status } => status,
-        FaultKind::Hang | FaultKind::MalformedJson | FaultKind::CommitThenHang => 200,
+        FaultKind::Delay { .. }
+        | FaultKind::Hang
+        | FaultKind::MalformedJson
+        | FaultKind::CommitThenHang => 200,
     };
     if !(100..=599).contains(&status) {
         return Err(
@@ -309,9 +284,25 @@ async fn state(State(fake): State<FakeOpenAi>) -> Json<Value> {
             project,
         })
         .collect();
+    let admin_keys: Vec<Value> = fake
+        .world()
+        .admin_keys()
+        .iter()
+        .map(|k| {
+            json!({
+                "id": k.id,
+                "name": k.name,
+                "redacted_value": k.redacted,
+                "created_at": k.created_at,
+                "expires_at": k.expires_at,
+                "last_used_at": k.last_used_at,
+            })
+        })
+        .collect();
     Json(json!({
         "organization_id": fake.organization_id(),
         "default_project_id": fake.default_project_id(),
+        "admin_keys": admin_keys,
         "settings": current_settings(&fake),
         "faults": fake.faults(),
         "projects": projects,

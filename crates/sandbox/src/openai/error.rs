@@ -23,6 +23,9 @@ pub struct ApiError {
     param: Option<String>,
     code: Option<&'static str>,
     retry_after: Option<u64>,
+    /// Answer `{"error": "<message>"}`, the bare-string form 403 bodies
+    /// may take (`PermissionErrorResponse`).
+    bare: bool,
 }
 
 impl ApiError {
@@ -35,6 +38,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            bare: false,
         }
     }
 
@@ -94,9 +98,14 @@ impl ApiError {
         .code("invalid_api_key")
     }
 
-    /// 401 (or 403, a knob) when a key lacks a scope.
+    /// 401 (or 403, a knob) when a key lacks a scope. The 401 is the
+    /// reported `{"error": {…}}` object; the 403 uses the newer spec's
+    /// `PermissionErrorResponse` in its bare-string form, as in the one real
+    /// 403 case on record (`{"error": "You have insufficient permissions
+    /// …"}`): the spec allows either, and the string is the form a client
+    /// is likelier to mishandle, so it is the stricter test.
     pub(crate) fn missing_scope(status: StatusCode, scope: &str) -> Self {
-        Self::new(
+        let mut error = Self::new(
             status,
             INVALID_REQUEST,
             format!(
@@ -104,7 +113,9 @@ impl ApiError {
                  {scope}. Check that you have the correct role in your organization, and \
                  if you're using a restricted API key, that it has the necessary scopes."
             ),
-        )
+        );
+        error.bare = status == StatusCode::FORBIDDEN;
+        error
     }
 
     /// 404 for a path the API does not serve.
@@ -196,8 +207,12 @@ impl ApiError {
         self.code
     }
 
-    /// The JSON body, with all four keys present.
+    /// The JSON body: all four keys present, or the bare message for the
+    /// string form of a 403.
     pub fn body(&self) -> Value {
+        if self.bare {
+            return json!({ "error": self.message });
+        }
         json!({
             "error": {
                 "message": self.message,

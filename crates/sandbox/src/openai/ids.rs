@@ -48,6 +48,11 @@ pub(super) fn key_id() -> String {
     format!("key_{}", alnum(16))
 }
 
+/// `user-` + 24 alphanumerics.
+pub(super) fn user_id() -> String {
+    format!("user-{}", alnum(24))
+}
+
 /// `org-` + 24 alphanumerics.
 pub(super) fn organization_id() -> String {
     format!("org-{}", alnum(24))
@@ -92,6 +97,19 @@ pub(super) fn redact(value: &str) -> String {
         return "sk-...".to_owned();
     }
     let head: String = chars[..6].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+/// The `redacted_value` of an admin key object, e.g. `sk-admin...X9aQ`
+/// (the spec's example is `sk-admin...def`; the real number of characters
+/// shown is undocumented).
+pub(super) fn redact_admin(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() < 16 {
+        return "sk-admin...".to_owned();
+    }
+    let head: String = chars[..8].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}...{tail}")
 }

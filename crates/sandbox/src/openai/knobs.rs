@@ -87,6 +87,13 @@ pub enum FaultKind {
         #[serde(default)]
         retry_after: Option<u64>,
     },
+    /// The request is handled normally, but its answer comes `ms`
+    /// milliseconds late (on top of any added latency): one slow call, as
+    /// opposed to the latency knob that slows every call.
+    Delay {
+        /// Extra milliseconds.
+        ms: u64,
+    },
     /// No answer ever; the client has to give up. Nothing happens.
     Hang,
     /// 200 with a truncated JSON body. Nothing happens.

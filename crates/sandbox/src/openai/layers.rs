@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -21,48 +21,63 @@ use crate::journal;
 #[derive(Debug, Clone)]
 struct Route(String);
 
-/// The request id, handed from the outer layer to the inner one.
+/// The journal entry of a request not answered yet, handed from the outer
+/// layer to the inner one (which records it itself when a fault leaves the
+/// request hanging).
 #[derive(Debug, Clone)]
-struct RequestId(String);
+struct Pending(journal::Entry);
 
 /// What a truncated JSON answer looks like.
 const MALFORMED_JSON: &str = r#"{"object": "list", "data": [{"id": "#;
 
-/// Outer layer of every `/v1` request, matched or not.
+/// Outer layer of every request on the API's port except the control
+/// routes, matched or not: even an unknown path gets a request id, as every
+/// answer of the real API does.
 pub(super) async fn envelope(
     State(fake): State<FakeOpenAi>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
-    let path = request.uri().path().to_owned();
-    if !path.starts_with("/v1/") {
+    if request.uri().path().starts_with("/_sandbox/") {
         return next.run(request).await;
     }
     let started = Instant::now();
     let request_id = ids::request_id();
-    let method = request.method().to_string();
-    let query = request.uri().query().map(str::to_owned);
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
+    let Ok((parts, body)) = journal::buffer(request).await else {
+        let too_large = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "The request body is too large.",
+        );
+        return finish(&fake, too_large.into_response(), &request_id, started);
+    };
+    let mut entry = journal::Entry::capture(&parts, &body);
+    entry.request_id = Some(request_id.clone());
+    let mut request = journal::rebuild(parts, body);
+    request.extensions_mut().insert(Pending(entry.clone()));
 
     let delay = fake.knobs().latency_sample();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut response = next.run(request).await;
+    let response = next.run(request).await;
 
-    let route = response.extensions().get::<Route>().map(|r| r.0.clone());
-    fake.journal().record(journal::Entry {
-        method,
-        path,
-        query,
-        route,
-        status: response.status().as_u16(),
-    });
+    entry.route = response.extensions().get::<Route>().map(|r| r.0.clone());
+    entry.status = response.status().as_u16();
+    fake.journal().record(entry);
+    finish(&fake, response, &request_id, started)
+}
+
+/// Adds the headers every answer carries.
+fn finish(
+    fake: &FakeOpenAi,
+    mut response: Response,
+    request_id: &str,
+    started: Instant,
+) -> Response {
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert("x-request-id", value);
     }
     headers.insert("openai-processing-ms", HeaderValue::from(elapsed_ms));
@@ -87,14 +102,13 @@ pub(super) async fn knobs(
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
+    let pending = request.extensions().get::<Pending>().map(|p| p.0.clone());
+    let request_id = pending
+        .as_ref()
+        .and_then(|p| p.request_id.clone())
         .unwrap_or_default();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let query = request.uri().query().map(str::to_owned);
 
     let mut response = match fake.admit(&method, &path, route.as_deref()) {
         Err(limited) => limited.into_response(),
@@ -116,10 +130,14 @@ pub(super) async fn knobs(
                 drop(next.run(request).await);
                 ApiError::injected(status_code(status), &request_id).into_response()
             }
-            FaultKind::Hang => hang(&fake, &method, path, query, route.clone()).await,
+            FaultKind::Delay { ms } => {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                next.run(request).await
+            }
+            FaultKind::Hang => hang(&fake, pending, route.clone()).await,
             FaultKind::CommitThenHang => {
                 drop(next.run(request).await);
-                hang(&fake, &method, path, query, route.clone()).await
+                hang(&fake, pending, route.clone()).await
             }
         },
     };
@@ -137,17 +155,13 @@ fn status_code(status: u16) -> StatusCode {
 /// client gives up, which drops this future.
 async fn hang(
     fake: &FakeOpenAi,
-    method: &Method,
-    path: String,
-    query: Option<String>,
+    pending: Option<journal::Entry>,
     route: Option<String>,
 ) -> Response {
-    fake.journal().record(journal::Entry {
-        method: method.to_string(),
-        path,
-        query,
-        route,
-        status: 0,
-    });
+    if let Some(mut entry) = pending {
+        entry.route = route;
+        entry.status = 0;
+        fake.journal().record(entry);
+    }
     std::future::pending().await
 }

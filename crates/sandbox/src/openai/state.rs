@@ -96,17 +96,29 @@ impl<T> Ordered<T> {
         self.items.values()
     }
 
-    /// One page of the items `keep` accepts. An `after` id never seen here
-    /// is a 400 (stricter than silently answering an empty page).
+    /// One page of the items `keep` accepts, oldest first. An `after` id
+    /// never seen here is a 400 (stricter than silently answering an empty
+    /// page).
     pub(super) fn page(
         &self,
         params: &PageParams,
         keep: impl Fn(&T) -> bool,
     ) -> Result<Page<'_, T>, ApiError> {
-        let start = match &params.after {
-            None => Bound::Unbounded,
-            Some(after) => {
-                let seq = self
+        self.page_in_order(params, keep, false)
+    }
+
+    /// Like [`Self::page`], newest first when `descending` (then `after`
+    /// moves towards older items).
+    pub(super) fn page_in_order(
+        &self,
+        params: &PageParams,
+        keep: impl Fn(&T) -> bool,
+        descending: bool,
+    ) -> Result<Page<'_, T>, ApiError> {
+        let after = match &params.after {
+            None => None,
+            Some(after) => Some(
+                *self
                     .index
                     .get(after)
                     .or_else(|| self.gone.get(after))
@@ -115,14 +127,20 @@ impl<T> Ordered<T> {
                             "Invalid 'after': no object with id '{after}' in this list."
                         ))
                         .param("after")
-                    })?;
-                Bound::Excluded(*seq)
-            }
+                    })?,
+            ),
         };
-        let mut items: Vec<&T> = self
-            .items
-            .range((start, Bound::Unbounded))
-            .map(|(_, item)| item)
+        let range: Box<dyn Iterator<Item = &T>> = match (descending, after) {
+            (false, None) => Box::new(self.items.values()),
+            (false, Some(seq)) => Box::new(
+                self.items
+                    .range((Bound::Excluded(seq), Bound::Unbounded))
+                    .map(|(_, item)| item),
+            ),
+            (true, None) => Box::new(self.items.values().rev()),
+            (true, Some(seq)) => Box::new(self.items.range(..seq).rev().map(|(_, item)| item)),
+        };
+        let mut items: Vec<&T> = range
             .filter(|item| keep(item))
             .take(params.limit + 1)
             .collect();
@@ -179,6 +197,35 @@ impl Key {
     }
 }
 
+/// An admin API key of the organisation (`sk-admin-…`). Only a digest of
+/// the value is kept.
+#[derive(Debug, Clone)]
+pub(super) struct AdminKey {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) redacted: String,
+    pub(super) digest: Digest,
+    pub(super) created_at: i64,
+    pub(super) expires_at: Option<i64>,
+    pub(super) last_used_at: Option<i64>,
+}
+
+/// The organisation's owner: the user every admin key belongs to.
+#[derive(Debug, Clone)]
+pub(super) struct Owner {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) created_at: i64,
+}
+
+impl AdminKey {
+    /// Whether the key has expired at `now` (from the second of
+    /// `expires_at` on, like project keys).
+    pub(super) fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
 /// What a new key gets.
 #[derive(Debug, Clone)]
 pub(super) struct NewKey {
@@ -217,6 +264,10 @@ pub(super) struct World {
     default_project: String,
     /// Key value digest → (project id, key id).
     secrets: HashMap<Digest, (String, String)>,
+    admin_keys: Ordered<AdminKey>,
+    /// Admin key value digest → admin key id.
+    admin_secrets: HashMap<Digest, String>,
+    owner: Owner,
 }
 
 fn project_not_found(id: &str) -> ApiError {
@@ -231,15 +282,33 @@ fn key_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("API key {id} not found"))
 }
 
+fn admin_key_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("Admin API key {id} not found"))
+}
+
 impl World {
-    /// An organisation with only its default project.
-    pub(super) fn new(now: i64) -> Self {
+    /// An organisation with only its default project, and `admin_key` as
+    /// its one admin key.
+    pub(super) fn new(now: i64, admin_key: &str) -> Self {
         let mut world = Self {
             seq: 0,
             projects: Ordered::default(),
             default_project: String::new(),
             secrets: HashMap::new(),
+            admin_keys: Ordered::default(),
+            admin_secrets: HashMap::new(),
+            owner: Owner {
+                id: ids::user_id(),
+                name: "Sandbox Owner".to_owned(),
+                created_at: now,
+            },
         };
+        world.add_admin_key(
+            "Sandbox admin key".to_owned(),
+            admin_key.to_owned(),
+            now,
+            None,
+        );
         let id = world
             .create_project("Default Project".to_owned(), None, None, now)
             .id
@@ -583,6 +652,88 @@ impl World {
         Some(LiveKey { key, account })
     }
 
+    /// The organisation's owner.
+    pub(super) fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// All admin keys.
+    pub(super) fn admin_keys(&self) -> &Ordered<AdminKey> {
+        &self.admin_keys
+    }
+
+    fn add_admin_key(
+        &mut self,
+        name: String,
+        value: String,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> AdminKey {
+        let seq = self.next_seq();
+        let id = loop {
+            let id = ids::key_id();
+            if !self.admin_keys.knows(&id) {
+                break id;
+            }
+        };
+        let key = AdminKey {
+            id: id.clone(),
+            name,
+            redacted: ids::redact_admin(&value),
+            digest: ids::digest(&value),
+            created_at,
+            expires_at,
+            last_used_at: None,
+        };
+        self.admin_secrets.insert(key.digest, id.clone());
+        self.admin_keys.insert(seq, id, key.clone());
+        key
+    }
+
+    /// Mints a new admin key; the value exists in full only in the answer.
+    pub(super) fn create_admin_key(
+        &mut self,
+        name: String,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> (AdminKey, String) {
+        let value = ids::admin_key();
+        let key = self.add_admin_key(name, value.clone(), created_at, expires_at);
+        (key, value)
+    }
+
+    /// One admin key; 404 when unknown.
+    pub(super) fn admin_key(&self, id: &str) -> Result<&AdminKey, ApiError> {
+        self.admin_keys
+            .get(id)
+            .ok_or_else(|| admin_key_not_found(id))
+    }
+
+    /// Deletes an admin key: from now on it authenticates nothing.
+    pub(super) fn delete_admin_key(&mut self, id: &str) -> Result<(), ApiError> {
+        let key = self
+            .admin_keys
+            .remove(id)
+            .ok_or_else(|| admin_key_not_found(id))?;
+        self.admin_secrets.remove(&key.digest);
+        Ok(())
+    }
+
+    /// Whether `value` is an admin key that exists and has not expired at
+    /// `now`; a successful use is recorded in `last_used_at`.
+    pub(super) fn authenticate_admin(&mut self, value: &str, now: i64) -> bool {
+        let Some(id) = self.admin_secrets.get(&ids::digest(value)) else {
+            return false;
+        };
+        match self.admin_keys.get_mut(id) {
+            Some(key) if !key.expired(now) => {
+                key.last_used_at = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records a successful use of the key with this value.
     pub(super) fn touch(&mut self, value: &str, now: i64) {
         let Some((project_id, key_id)) = self.secrets.get(&ids::digest(value)) else {
@@ -644,7 +795,7 @@ mod tests {
 
     #[test]
     fn deleting_an_account_kills_its_keys_and_keeps_the_cursor_usable() {
-        let mut world = World::new(1000);
+        let mut world = World::new(1000, "sk-admin-test");
         let project = world.default_project_id().to_owned();
         let (first, issued) = world
             .create_account(
@@ -681,7 +832,7 @@ mod tests {
 
     #[test]
     fn keys_expire_at_their_expiry_second() {
-        let mut world = World::new(1000);
+        let mut world = World::new(1000, "sk-admin-test");
         let project = world.default_project_id().to_owned();
         let (_, issued) = world
             .create_account(
@@ -699,7 +850,7 @@ mod tests {
 
     #[test]
     fn the_default_project_cannot_be_archived_or_modified() {
-        let mut world = World::new(1000);
+        let mut world = World::new(1000, "sk-admin-test");
         let project = world.default_project_id().to_owned();
         assert!(world.archive_project(&project, 1000).is_err());
         assert!(
