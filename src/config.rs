@@ -58,6 +58,14 @@ pub mod vars {
     /// Whether a listed address is trusted without the provider vouching
     /// that it manages it (Google: no `hd`, not Gmail).
     pub const ALLOW_UNMANAGED_EMAILS: &str = "ALLOW_UNMANAGED_EMAILS";
+    /// Live keys one user may hold at once (0: no cap).
+    pub const MAX_KEYS_PER_USER: &str = "MAX_KEYS_PER_USER";
+    /// Keys one user may be issued per hour (0: no limit).
+    pub const RATE_LIMIT_PER_USER: &str = "RATE_LIMIT_PER_USER";
+    /// Sign-ins one client address may complete per hour (0: no limit).
+    pub const RATE_LIMIT_PER_IP: &str = "RATE_LIMIT_PER_IP";
+    /// `/revoke` calls one client address may make per minute (0: no limit).
+    pub const RATE_LIMIT_REVOKE: &str = "RATE_LIMIT_REVOKE";
     /// The Go original's JWKS URL; no longer used (keys come from discovery).
     pub const GOOGLE_TOKEN_AUDIENCE: &str = "GOOGLE_TOKEN_AUDIENCE";
     /// `json` or `pretty`.
@@ -172,6 +180,14 @@ pub struct Config {
     /// Trust a listed address that the provider does not manage (see
     /// [`crate::access::AllowList::decide`]).
     pub allow_unmanaged_emails: bool,
+    /// Live keys one user may hold at once (0: no cap).
+    pub max_keys_per_user: usize,
+    /// Keys one user may be issued per hour (0: no limit).
+    pub rate_limit_per_user: u32,
+    /// Sign-ins one client address may complete per hour (0: no limit).
+    pub rate_limit_per_ip: u32,
+    /// `/revoke` calls one client address may make per minute (0: no limit).
+    pub rate_limit_revoke: u32,
     /// Things that are not errors but deserve a line in the log at start.
     pub warnings: Vec<String>,
 }
@@ -295,6 +311,23 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                     ),
                 );
                 Duration::from_secs(default)
+            }
+        }
+    }
+
+    /// A whole number from 0 (off) to `max`.
+    fn count(&mut self, var: &str, default: u32, max: u32) -> u32 {
+        let Some(raw) = self.get(var) else {
+            return default;
+        };
+        match raw.parse::<u32>() {
+            Ok(n) if n <= max => n,
+            _ => {
+                self.problem(
+                    var,
+                    format!("must be a whole number from 0 (no limit) to {max}, not {raw:?} (default {default})"),
+                );
+                default
             }
         }
     }
@@ -563,6 +596,10 @@ impl Config {
                 false
             }),
         };
+        let max_keys_per_user = r.count(vars::MAX_KEYS_PER_USER, 5, 1_000);
+        let rate_limit_per_user = r.count(vars::RATE_LIMIT_PER_USER, 20, 100_000);
+        let rate_limit_per_ip = r.count(vars::RATE_LIMIT_PER_IP, 120, 1_000_000);
+        let rate_limit_revoke = r.count(vars::RATE_LIMIT_REVOKE, 10, 100_000);
         let mut warnings = Vec::new();
         if r.get(vars::GOOGLE_TOKEN_AUDIENCE).is_some() {
             warnings.push(format!(
@@ -617,6 +654,10 @@ impl Config {
                     session_secret,
                     log_format,
                     allow_unmanaged_emails,
+                    max_keys_per_user: usize::try_from(max_keys_per_user).unwrap_or(usize::MAX),
+                    rate_limit_per_user,
+                    rate_limit_per_ip,
+                    rate_limit_revoke,
                     warnings,
                 })
             }

@@ -4,8 +4,10 @@
 
 mod assets;
 mod error;
+pub mod limits;
 mod login;
 mod ops;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub cookie_key: Key,
     /// Whether cookies are `Secure` (and `__Host-` prefixed).
     pub secure_cookies: bool,
+    /// Rate limits and the per-user cap.
+    pub limits: Arc<limits::Limits>,
 }
 
 impl FromRef<AppState> for Key {
@@ -139,11 +143,15 @@ pub fn router(state: AppState) -> Router {
                         .extensions()
                         .get::<MatchedPath>()
                         .map_or("", MatchedPath::as_str);
+                    let client = serve::peer(request.extensions())
+                        .map(|addr| addr.ip().to_string())
+                        .unwrap_or_default();
                     tracing::info_span!(
                         "request",
                         request_id,
                         method = %request.method(),
                         route,
+                        client.ip = client,
                         user.email = tracing::field::Empty,
                     )
                 })

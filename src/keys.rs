@@ -232,6 +232,11 @@ impl Keys {
         self.index().live_for(owner.as_str(), unix(now))
     }
 
+    /// When the oldest of `owner`'s live keys expires (Unix seconds).
+    pub fn oldest_expiry_for(&self, owner: &EmailAddress, now: SystemTime) -> Option<i64> {
+        self.index().earliest_for(owner.as_str(), unix(now))
+    }
+
     /// Completes when the schedule changed (a key was issued), so that the
     /// scheduler re-arms its timer.
     pub async fn rearmed(&self) {

@@ -133,6 +133,21 @@ impl Application {
             clock,
             cookie_key,
             secure_cookies: config.is_https(),
+            limits: Arc::new(http::limits::Limits {
+                issue_per_user: http::limits::RateLimiter::new(
+                    config.rate_limit_per_user,
+                    std::time::Duration::from_secs(3600),
+                ),
+                sign_in_per_ip: http::limits::RateLimiter::new(
+                    config.rate_limit_per_ip,
+                    std::time::Duration::from_secs(3600),
+                ),
+                revoke_per_ip: http::limits::RateLimiter::new(
+                    config.rate_limit_revoke,
+                    std::time::Duration::from_secs(60),
+                ),
+                max_keys_per_user: config.max_keys_per_user,
+            }),
         };
         Ok(Self {
             listener,
@@ -179,7 +194,7 @@ impl Application {
         let grace = self.config.timeout;
         let router = http::router(self.state);
         let signal_tx = stop_tx.clone();
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let serve = http::serve::serve(self.listener, router, async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = signal_tx.send(true);
@@ -190,7 +205,7 @@ impl Application {
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            result = serve => result.context("serving HTTP")?,
+            () = serve => {}
             () = bounded => tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after TIMEOUT; stopping anyway"),
         }
         let _ = stop_tx.send(true);

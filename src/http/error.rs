@@ -52,6 +52,24 @@ pub enum HttpError {
     /// An on-demand cleanup failed.
     #[error("cleanup failed: {0}")]
     Sweep(keys::Error),
+    /// Too many requests from this user or address.
+    #[error("rate limited ({what}); retry in {retry_after:?}")]
+    RateLimited {
+        /// Which limit.
+        what: &'static str,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
+    /// The user already holds the most live keys allowed.
+    #[error("{owner} already holds {cap} live keys")]
+    KeyCap {
+        /// Who.
+        owner: String,
+        /// The cap.
+        cap: usize,
+        /// Until the oldest expires.
+        retry_after: std::time::Duration,
+    },
     /// A page failed to render.
     #[error("rendering failed: {0}")]
     Render(#[from] askama::Error),
@@ -194,6 +212,31 @@ fn public(error: &HttpError) -> Public {
                 hint: Some("Try again in a minute."),
                 ..page(StatusCode::BAD_GATEWAY, "OpenAI failed", admin)
             },
+        },
+        HttpError::RateLimited { retry_after, .. } => Public {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            hint: Some("Wait a little and try again."),
+            ..page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                "Too many requests came from you in a short time.",
+            )
+        },
+        HttpError::KeyCap {
+            cap, retry_after, ..
+        } => Public {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            hint: Some(
+                "Use one of the keys you already have; a new one can be issued when the oldest expires.",
+            ),
+            ..page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many live keys",
+                &format!(
+                    "You already hold {cap} keys that have not expired, the most one person may hold. The oldest expires in {}.",
+                    humantime::format_duration(*retry_after)
+                ),
+            )
         },
         HttpError::Render(_) => page(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -16,6 +16,7 @@ use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
+use super::limits::ClientIp;
 use super::{AppState, HttpError, LOGIN_TTL};
 use crate::oidc::LoginSecrets;
 
@@ -138,6 +139,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 /// code, verifies the identity, checks the allow-list, issues a key.
 pub(super) async fn callback(
     State(state): State<AppState>,
+    client: ClientIp,
     jar: PrivateCookieJar,
     RawQuery(query): RawQuery,
 ) -> Result<(PrivateCookieJar, Response), (PrivateCookieJar, HttpError)> {
@@ -148,7 +150,7 @@ pub(super) async fn callback(
         Ok(callback) => callback,
         Err(error) => return Err((jar, error)),
     };
-    match finish(&state, cookie, callback).await {
+    match finish(&state, client, cookie, callback).await {
         Ok(response) => Ok((jar, response)),
         Err(error) => Err((jar, error)),
     }
@@ -156,6 +158,7 @@ pub(super) async fn callback(
 
 async fn finish(
     state: &AppState,
+    client: ClientIp,
     cookie: Option<Cookie<'static>>,
     callback: Callback,
 ) -> Result<Response, HttpError> {
@@ -187,6 +190,16 @@ async fn finish(
         .ok_or(HttpError::BadCallback("no usable code parameter"))?;
 
     let now = state.clock.now();
+    // Before the provider is asked: a script replaying callbacks costs us
+    // token-endpoint calls.
+    state
+        .limits
+        .sign_in_per_ip
+        .check(&client.key(), now)
+        .map_err(|retry_after| HttpError::RateLimited {
+            what: "sign-ins per address",
+            retry_after,
+        })?;
     let identity = state.provider.sign_in(&code, &login.secrets, now).await?;
     let email = state
         .allow
@@ -196,6 +209,31 @@ async fn finish(
             reason,
         })?;
     tracing::Span::current().record("user.email", email.as_str());
+    state
+        .limits
+        .issue_per_user
+        .check(email.as_str(), now)
+        .map_err(|retry_after| HttpError::RateLimited {
+            what: "keys per user",
+            retry_after,
+        })?;
+    // The cap reads what this replica knows (its last full listing plus its
+    // own issues since), so it costs no Admin API call.
+    let cap = state.limits.max_keys_per_user;
+    if cap > 0 && state.keys.live_keys_for(&email, now) >= cap {
+        let oldest = state.keys.oldest_expiry_for(&email, now).unwrap_or(0);
+        let now_unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        return Err(HttpError::KeyCap {
+            owner: email.to_string(),
+            cap,
+            retry_after: Duration::from_secs(
+                u64::try_from(oldest)
+                    .unwrap_or(0)
+                    .saturating_sub(now_unix)
+                    .max(1),
+            ),
+        });
+    }
 
     // In its own task: if the browser goes away mid-create, the create and
     // its reconciliation still finish instead of being cut off half-way.

@@ -7,11 +7,24 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use super::limits::ClientIp;
 use super::{AppState, HttpError};
 use crate::keys::SweepReport;
 
 /// Runs a cleanup now (or joins the running one) and answers its counts.
-pub(super) async fn revoke(State(state): State<AppState>) -> Result<Json<SweepReport>, HttpError> {
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    client: ClientIp,
+) -> Result<Json<SweepReport>, HttpError> {
+    // Each call lists every account: cheap to ask, costly to answer.
+    state
+        .limits
+        .revoke_per_ip
+        .check(&client.key(), state.clock.now())
+        .map_err(|retry_after| HttpError::RateLimited {
+            what: "cleanups per address",
+            retry_after,
+        })?;
     state
         .cleanup
         .run_now()

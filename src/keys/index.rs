@@ -21,6 +21,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     by_expiry: BTreeSet<(i64, String)>,
+    /// Expiries per owner, for the per-user cap without a scan.
+    by_owner: HashMap<String, BTreeSet<(i64, String)>>,
     entries: HashMap<String, Entry>,
     seq: u64,
 }
@@ -35,11 +37,15 @@ impl Index {
     pub(crate) fn insert(&mut self, id: String, name: AccountName, key_id: Option<String>) {
         self.seq += 1;
         let mut key_id = key_id;
-        if let Some(old) = self.entries.get(&id) {
-            self.by_expiry.remove(&(old.name.expires_at, id.clone()));
-            key_id = key_id.or_else(|| old.key_id.clone());
+        if let Some(old) = self.entries.remove(&id) {
+            self.unlink(&id, &old);
+            key_id = key_id.or(old.key_id);
         }
         self.by_expiry.insert((name.expires_at, id.clone()));
+        self.by_owner
+            .entry(name.owner.as_str().to_owned())
+            .or_default()
+            .insert((name.expires_at, id.clone()));
         self.entries.insert(
             id,
             Entry {
@@ -50,11 +56,22 @@ impl Index {
         );
     }
 
+    fn unlink(&mut self, id: &str, entry: &Entry) {
+        let key = (entry.name.expires_at, id.to_owned());
+        self.by_expiry.remove(&key);
+        let owner = entry.name.owner.as_str();
+        if let Some(set) = self.by_owner.get_mut(owner) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_owner.remove(owner);
+            }
+        }
+    }
+
     /// Forgets one account (deleted, or found gone).
     pub(crate) fn remove(&mut self, id: &str) {
         if let Some(entry) = self.entries.remove(id) {
-            self.by_expiry
-                .remove(&(entry.name.expires_at, id.to_owned()));
+            self.unlink(id, &entry);
         }
     }
 
@@ -74,6 +91,7 @@ impl Index {
             .filter_map(|(id, e)| e.key_id.take().map(|k| (id.clone(), k)))
             .collect();
         self.by_expiry.clear();
+        self.by_owner.clear();
         self.entries.clear();
         for (id, name) in listed.into_iter().chain(recent) {
             let key_id = key_ids.remove(&id);
@@ -106,10 +124,18 @@ impl Index {
 
     /// How many accounts `owner` has that are still live at `now`.
     pub(crate) fn live_for(&self, owner: &str, now: i64) -> usize {
-        self.entries
-            .values()
-            .filter(|e| e.name.expires_at > now && e.name.owner.as_str() == owner)
-            .count()
+        self.by_owner.get(owner).map_or(0, |set| {
+            set.range((now.saturating_add(1), String::new())..).count()
+        })
+    }
+
+    /// The earliest expiry after `now` among `owner`'s accounts.
+    pub(crate) fn earliest_for(&self, owner: &str, now: i64) -> Option<i64> {
+        self.by_owner.get(owner).and_then(|set| {
+            set.range((now.saturating_add(1), String::new())..)
+                .next()
+                .map(|(at, _)| *at)
+        })
     }
 
     /// Number of accounts known.
@@ -148,5 +174,8 @@ mod tests {
         index.remove("d");
         assert_eq!(index.len(), 1);
         assert_eq!(index.live_for("a@example.com", 45), 1);
+        assert_eq!(index.live_for("a@example.com", 50), 0);
+        assert_eq!(index.earliest_for("a@example.com", 0), Some(50));
+        assert_eq!(index.live_for("b@example.com", 0), 0);
     }
 }

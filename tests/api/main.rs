@@ -2,6 +2,7 @@
 //! as a browser would, asserting what a person or an attacker sees and what
 //! the sandbox recorded.
 
+mod abuse;
 mod cleanup;
 mod config;
 mod expiry;

@@ -387,7 +387,9 @@ async fn a_client_cannot_choose_its_request_id() {
 async fn a_repeated_callback_parameter_gets_the_error_page_not_a_bare_rejection() {
     let app = TestApp::spawn().await;
     app.start_sign_in().await;
-    let page = app.open(&app.url("/oauth2/callback?code=a&state=b&state=c")).await;
+    let page = app
+        .open(&app.url("/oauth2/callback?code=a&state=b&state=c"))
+        .await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     assert!(page.body.contains("Request id"), "{}", page.body);
     assert_no_store(&page.headers);
