@@ -19,8 +19,8 @@ use url::Url;
 
 use crate::identity::Identity;
 
-pub use jwks::{Jwks, REFETCH_FLOOR};
-pub use verify::SKEW;
+pub use jwks::{Jwks, Key, REFETCH_FLOOR, parse_key_set};
+pub use verify::{Expectations, SKEW, header, verify_with_key};
 
 /// What can go wrong signing someone in. Variants are what the web layer
 /// tells apart.

@@ -26,9 +26,30 @@ const STALE_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// One usable verification key.
 #[derive(Clone)]
-pub(crate) struct Key {
+pub struct Key {
     pub(crate) algorithm: Algorithm,
     pub(crate) key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a JWKS document into the keys we would use, by `kid`; unusable
+/// keys (no `kid`, not for signatures, another algorithm) are skipped.
+pub fn parse_key_set(json: &[u8]) -> Result<HashMap<String, Key>, Error> {
+    let set: KeySet = serde_json::from_slice(json)
+        .map_err(|e| Error::Unreachable(format!("signing keys: {e}")))?;
+    Ok(set
+        .keys
+        .into_iter()
+        .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
+        .filter_map(usable_key)
+        .collect())
 }
 
 #[derive(Default)]
@@ -153,17 +174,11 @@ impl Jwks {
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| Error::Unreachable(format!("signing keys: {}", e.without_url())))?;
         let max_age = cache_lifetime(response.headers());
-        let set: KeySet = response
-            .json()
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| Error::Unreachable(format!("signing keys: {e}")))?;
-        let keys = set
-            .keys
-            .into_iter()
-            .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
-            .filter_map(usable_key)
-            .collect();
-        Ok((keys, max_age))
+            .map_err(|e| Error::Unreachable(format!("signing keys: {}", e.without_url())))?;
+        Ok((parse_key_set(&body)?, max_age))
     }
 }
 
