@@ -30,6 +30,10 @@ pub enum EmailError {
     /// Longer than the 254 characters an address may have.
     #[error("is longer than 254 characters")]
     TooLong,
+    /// A character outside ASCII: look-alikes (Cyrillic `о`, the Kelvin sign
+    /// that lower-cases to `k`) must never equal a listed address.
+    #[error("contains a character outside ASCII")]
+    NonAscii,
 }
 
 impl EmailAddress {
@@ -43,6 +47,9 @@ impl EmailAddress {
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(EmailError::Whitespace);
         }
+        if !raw.is_ascii() {
+            return Err(EmailError::NonAscii);
+        }
         let (local, domain) = raw.split_once('@').ok_or(EmailError::At)?;
         if domain.contains('@') {
             return Err(EmailError::At);
@@ -51,7 +58,7 @@ impl EmailAddress {
             return Err(EmailError::EmptyLocal);
         }
         let domain = Domain::parse(domain).map_err(EmailError::Domain)?;
-        Ok(Self(format!("{}@{}", local.to_lowercase(), domain.0)))
+        Ok(Self(format!("{}@{}", local.to_ascii_lowercase(), domain.0)))
     }
 
     /// The address as a string, lower-case.
@@ -169,6 +176,8 @@ mod tests {
             "alice@example..com",
             "alice@ex\u{0430}mple.com",
             "alice@example.com\u{0}",
+            "\u{212a}ate@gmail.com",
+            "b\u{43e}b@gmail.com",
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?} was accepted");
         }

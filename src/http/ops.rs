@@ -15,6 +15,9 @@ use crate::keys::SweepReport;
 pub(super) async fn revoke(
     State(state): State<AppState>,
     client: ClientIp,
+    // Read (and so size-checked) even though unused: a chunked body has no
+    // length for the limit layer to refuse up front.
+    _body: axum::body::Bytes,
 ) -> Result<Json<SweepReport>, HttpError> {
     // Each call lists every account: cheap to ask, costly to answer.
     state

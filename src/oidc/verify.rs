@@ -128,8 +128,7 @@ pub fn verify_with_key(
     // Lifetime is checked below against our own clock, not the library's.
     validation.validate_exp = false;
     validation.validate_nbf = false;
-    validation.required_spec_claims =
-        HashSet::from(["iss", "aud", "exp", "sub"].map(String::from));
+    validation.required_spec_claims = HashSet::from(["iss", "aud", "exp", "sub"].map(String::from));
     let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
         .map_err(|e| reject(format!("signature or claims: {e}")))?
         .claims;

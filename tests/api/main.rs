@@ -3,6 +3,7 @@
 //! the sandbox recorded.
 
 mod abuse;
+mod attacks;
 mod cleanup;
 mod config;
 mod expiry;
