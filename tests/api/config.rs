@@ -184,6 +184,52 @@ async fn the_cleanup_command_sweeps_once_and_reports() {
     assert!(!String::from_utf8_lossy(&output.stderr).contains(&admin_key));
 }
 
+#[tokio::test]
+async fn the_cleanup_command_exits_non_zero_when_a_delete_fails() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let project = sandbox.openai.create_project("personal");
+    let now = sandbox.clock.unix();
+    sandbox
+        .openai
+        .seed_service_accounts(
+            &project,
+            vec![sandbox::openai::SeedAccount::new(
+                format!("oks.{}.abc123.old@example.com", now - 10),
+                now - 100,
+            )],
+        )
+        .unwrap();
+    sandbox.openai.push_fault(
+        sandbox::openai::Fault::new(sandbox::openai::FaultKind::status(403))
+            .method("DELETE")
+            .times(10),
+    );
+    let env: Vec<(&'static str, String)> = vec![
+        ("ALLOWED_DOMAINS", "example.com".into()),
+        ("OPENAI_MANAGEMENT_KEY", sandbox.openai.admin_key()),
+        ("CLIENT_ID", "x".into()),
+        ("CLIENT_SECRET", "y".into()),
+        (
+            "REDIRECT_URI",
+            "http://127.0.0.1:8080/oauth2/callback".into(),
+        ),
+        ("OPENAI_ADMIN_BASE_URL", sandbox.openai_base_url()),
+        ("OIDC_ISSUER_URL", sandbox.oidc_issuer_url()),
+    ];
+    let dir = temp_dir("cleanup-fail");
+    let output = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run(&dir, &["cleanup"], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+    assert_eq!(report["failed"], 1);
+    assert_eq!(sandbox.openai.service_accounts(&project).len(), 1);
+}
+
 // Multi-threaded: the test blocks a thread reading the child's log while
 // the sandbox must keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

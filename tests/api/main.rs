@@ -6,6 +6,7 @@ mod abuse;
 mod attacks;
 mod cleanup;
 mod config;
+mod demo;
 mod expiry;
 mod failures;
 mod helpers;
