@@ -1,0 +1,116 @@
+//! `bench`: measures the key server the way the benchmark issue asks. The
+//! sandbox runs in this process; the release-built server runs as a child
+//! process, so that its CPU time and memory can be read from `/proc`.
+
+mod flow;
+mod procfs;
+mod report;
+mod scenario;
+mod seed;
+mod server;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmark harness for openai-key-server.
+///
+/// Starts the sandbox (fake OpenAI Admin API and fake Google) in this
+/// process and the release build of the server as a child process, runs one
+/// scenario, and prints a table and one JSON line with every figure. It
+/// never fails because a target is missed: the exit code is non-zero only
+/// when something broke.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about, long_about)]
+struct Cli {
+    /// Which scenario to run.
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// The server binary to run. Default: `openai-key-server` next to this
+    /// executable, built with `cargo build --release` first when it is
+    /// absent or older than the server's sources.
+    #[arg(long, global = true, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+    /// Run `cargo build --release -p openai-key-server` first in any case.
+    #[arg(long, global = true)]
+    rebuild: bool,
+    /// Extra server setting, `NAME=value`, applied last (repeatable), e.g.
+    /// `--server-env RATE_LIMIT_PER_USER=0` to see what a feature costs.
+    #[arg(long, global = true, value_name = "NAME=value")]
+    server_env: Vec<String>,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Full sign-in-to-key flows, C at a time: throughput, latency, server
+    /// CPU per flow, peak memory, Admin API calls per flow.
+    Issue(scenario::issue::Args),
+    /// Expired accounts of this server plus foreign ones already in the
+    /// project when the server starts: time until its sweep has deleted
+    /// every expired one, calls, 429s, foreign accounts touched.
+    Sweep(scenario::sweep::Args),
+    /// Accounts expiring at random instants over a window (and keys issued
+    /// during it): delay between each expiry and the account's deletion.
+    Expiry(scenario::expiry::Args),
+    /// Memory after start and after many flows; start-up time to ready.
+    Idle(scenario::idle::Args),
+    /// Every scenario at the sizes of the issue's targets (about 7 minutes
+    /// on 2 cores, 4 of them in the rate-limited sweep), then every JSON
+    /// line again and the binary size.
+    All,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    server::set_overrides(&cli.server_env)?;
+    let binary = server::locate(cli.server_bin, cli.rebuild)?;
+    // Reqwest is built without a default TLS provider (as in the server).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // Dropping the scenario on Ctrl-C drops (and so kills) its server.
+        tokio::select! {
+            result = run_scenario(cli.scenario, &binary) => result,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        }
+    })
+}
+
+async fn run_scenario(scenario: Scenario, binary: &Path) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Issue(args) => scenario::issue::run(binary, &args).await?.print(),
+        Scenario::Sweep(args) => scenario::sweep::run(binary, &args).await?.print(),
+        Scenario::Expiry(args) => scenario::expiry::run(binary, &args).await?.print(),
+        Scenario::Idle(args) => scenario::idle::run(binary, &args).await?.print(),
+        Scenario::All => scenario::all::run(binary).await?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,142 @@
+//! The scenarios, one module each with its `Args` and `run`, and what they
+//! share: starting the sandbox and the server, and reading the sandbox's
+//! counters.
+
+pub(crate) mod all;
+pub(crate) mod expiry;
+pub(crate) mod idle;
+pub(crate) mod issue;
+pub(crate) mod sweep;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use sandbox::Sandbox;
+use sandbox::oidc::Identity;
+use serde_json::{Map, Value};
+
+use crate::flow;
+use crate::server::{Env, Server};
+
+/// The Admin API route of a service-account listing, as the sandbox counts.
+pub(crate) const SA_LIST: &str = "GET /v1/organization/projects/{project_id}/service_accounts";
+
+/// The Admin API route of a service-account delete, as the sandbox counts.
+pub(crate) const SA_DELETE: &str =
+    "DELETE /v1/organization/projects/{project_id}/service_accounts/{service_account_id}";
+
+/// Who signs in: a Workspace account of the allowed domain.
+pub(crate) const SIGN_IN_AS: &str = "bench@example.com";
+
+/// The sandbox with these Admin API settings, auto-approving
+/// [`SIGN_IN_AS`] at the provider.
+pub(crate) async fn sandbox(config: sandbox::openai::Config) -> anyhow::Result<Sandbox> {
+    let sandbox = Sandbox::builder()
+        .openai(config)
+        .start()
+        .await
+        .context("starting the sandbox")?;
+    sandbox
+        .oidc
+        .set_auto_approve(Some(Identity::workspace(SIGN_IN_AS)));
+    Ok(sandbox)
+}
+
+/// A server started and ready.
+pub(crate) struct Ready {
+    /// The server process.
+    pub(crate) server: Server,
+    /// The browsers' HTTP client.
+    pub(crate) client: reqwest::Client,
+    /// From spawn to the first 200 from `/readyz`.
+    pub(crate) startup: Duration,
+}
+
+/// Spawns the server on `sandbox` and waits until it is ready.
+pub(crate) async fn start(binary: &Path, sandbox: &Sandbox, env: Env) -> anyhow::Result<Ready> {
+    let client = flow::client()?;
+    let mut server = Server::spawn(binary, sandbox, env)?;
+    let ready_at = server.wait_ready(&client).await?;
+    let startup = ready_at - server.spawned;
+    Ok(Ready {
+        server,
+        client,
+        startup,
+    })
+}
+
+/// Waits (at most 10 s) until the server's start-up cleanup has listed the
+/// project's accounts, so that its calls are not counted as a flow's.
+pub(crate) async fn wait_for_startup_sweep(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if sandbox.openai.journal().count(SA_LIST) > 0 {
+            // Let the listing's last page be handled.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bail!("the server's start-up cleanup never listed the service accounts")
+}
+
+/// Admin API calls by route between two snapshots of the counters (routes
+/// that did not move are left out).
+pub(crate) fn calls_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(route, &count)| {
+            let delta = count.saturating_sub(before.get(route).copied().unwrap_or(0));
+            (delta > 0).then(|| (route.clone(), delta))
+        })
+        .collect()
+}
+
+/// Calls by route as a JSON object, divided by `per` (1 for totals).
+pub(crate) fn calls_json(calls: &BTreeMap<String, u64>, per: f64) -> Value {
+    let map: Map<String, Value> = calls
+        .iter()
+        .map(|(route, &count)| {
+            let value = if (per - 1.0).abs() < f64::EPSILON {
+                Value::from(count)
+            } else {
+                Value::from(crate::stats::round3(count as f64 / per))
+            };
+            (route.clone(), value)
+        })
+        .collect();
+    Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_between_snapshots_keep_only_routes_that_moved() {
+        let before = BTreeMap::from([("GET /a".to_owned(), 3), ("POST /b".to_owned(), 1)]);
+        let after = BTreeMap::from([
+            ("GET /a".to_owned(), 3),
+            ("POST /b".to_owned(), 5),
+            ("DELETE /c".to_owned(), 2),
+        ]);
+        let calls = calls_between(&before, &after);
+        assert_eq!(
+            calls,
+            BTreeMap::from([("DELETE /c".to_owned(), 2), ("POST /b".to_owned(), 4)])
+        );
+        assert_eq!(
+            calls_json(&calls, 2.0).to_string(),
+            r#"{"DELETE /c":1.0,"POST /b":2.0}"#
+        );
+        assert_eq!(
+            calls_json(&calls, 1.0).to_string(),
+            r#"{"DELETE /c":2,"POST /b":4}"#
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! `all`: every scenario at the sizes of the benchmark issue's targets,
+//! one after the other, then every JSON line again and the binary size.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::{expiry, idle, issue, sweep};
+use crate::report::Report;
+use crate::server::binary_mb;
+
+/// Runs everything, printing each report as it comes.
+pub(crate) async fn run(binary: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    let mut keep = |report: Report| {
+        report.print();
+        reports.push(report);
+    };
+
+    for concurrency in [64, 256] {
+        let args = issue::Args {
+            concurrency,
+            ..issue::Args::default()
+        };
+        keep(issue::run(binary, &args).await?);
+    }
+    // One at a time: the latency the server adds when nothing queues.
+    let alone = issue::Args {
+        flows: 500,
+        concurrency: 1,
+        ..issue::Args::default()
+    };
+    keep(issue::run(binary, &alone).await?);
+    // The issue also asks for the flow "at a chosen latency".
+    let slow = issue::Args {
+        latency_ms: 50,
+        ..issue::Args::default()
+    };
+    keep(issue::run(binary, &slow).await?);
+
+    let sweeps = [
+        (2_000, 20, None),
+        (10_000, 100, None),
+        (10_000, 100, Some(50.0)),
+    ];
+    for (accounts, latency_ms, rate_limit) in sweeps {
+        let args = sweep::Args {
+            accounts,
+            latency_ms,
+            rate_limit,
+            ..sweep::Args::default()
+        };
+        keep(sweep::run(binary, &args).await?);
+    }
+    keep(expiry::run(binary, &expiry::Args::default()).await?);
+    keep(idle::run(binary, &idle::Args::default()).await?);
+
+    let mut build = Report::new("binary");
+    build
+        .set("path", binary.display().to_string())
+        .set_f("binary_mb", binary_mb(binary));
+    keep(build);
+
+    println!(
+        "\n== every JSON line ({:.0} s) ==",
+        started.elapsed().as_secs_f64()
+    );
+    for report in &reports {
+        println!("{}", report.json_line());
+    }
+    Ok(())
+}
