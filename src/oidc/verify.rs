@@ -1,14 +1,14 @@
 //! ID-token verification, every check in one place. The caller supplies
 //! `now`, so that tests move a clock instead of sleeping.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, Validation};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use url::Url;
 
-use super::jwks::Key;
+use super::jwks::{Algorithm, Key};
 use super::{Error, Jwks};
 use crate::identity::{EmailAddress, Identity};
 
@@ -29,14 +29,18 @@ pub struct Expectations<'a> {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Audience {
+    One(String),
     Many(Vec<String>),
-    One(
-        #[expect(
-            dead_code,
-            reason = "only the shape matters; the library checks the value"
-        )]
-        String,
-    ),
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    /// Extensions the token says we must understand: we understand none.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
 }
 
 /// Google used to send `"true"` as a string; accept both forms.
@@ -49,6 +53,7 @@ enum Flag {
 
 #[derive(Deserialize)]
 struct Claims {
+    iss: String,
     sub: String,
     aud: Audience,
     #[serde(default)]
@@ -88,21 +93,40 @@ pub(super) async fn verify(
     verify_with_key(token, &key, expect, now)
 }
 
-/// Reads the token's header: the algorithm (RS256 or ES256 only; `alg:
-/// none` and unknown algorithms fail to parse) and the key id.
+/// Splits a compact JWS into its three base64url parts.
+fn parts(token: &str) -> Result<(&str, &str, &str), Error> {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(p), Some(s), None) => Ok((h, p, s)),
+        _ => Err(reject("the token is not three dot-separated parts")),
+    }
+}
+
+fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, Error> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|e| reject(format!("the token's {what} is not base64url: {e}")))
+}
+
+/// Reads the token's header: the algorithm (RS256 or ES256 only; `none`,
+/// HMAC and everything else are refused) and the key id.
 pub fn header(token: &str) -> Result<(Algorithm, String), Error> {
-    let header = jsonwebtoken::decode_header(token)
+    let (header, _, _) = parts(token)?;
+    let header: Header = serde_json::from_slice(&decode_part(header, "header")?)
         .map_err(|e| reject(format!("unreadable token header: {e}")))?;
-    if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-        return Err(reject(format!(
+    let alg = Algorithm::from_jose(&header.alg).ok_or_else(|| {
+        reject(format!(
             "the token is signed with {:?}; only RS256 and ES256 are accepted",
             header.alg
-        )));
+        ))
+    })?;
+    if header.crit.is_some() {
+        return Err(reject("the token has critical header extensions"));
     }
     let kid = header
         .kid
         .ok_or_else(|| reject("the token header names no key (kid)"))?;
-    Ok((header.alg, kid))
+    Ok((alg, kid))
 }
 
 /// Every check but the key lookup: signature by `key`, issuer, audience,
@@ -122,16 +146,22 @@ pub fn verify_with_key(
         )));
     }
 
-    let mut validation = Validation::new(key.algorithm);
-    validation.set_issuer(expect.accepted_issuers);
-    validation.set_audience(&[expect.client_id]);
-    // Lifetime is checked below against our own clock, not the library's.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.required_spec_claims = HashSet::from(["iss", "aud", "exp", "sub"].map(String::from));
-    let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
-        .map_err(|e| reject(format!("signature or claims: {e}")))?
-        .claims;
+    let (header, payload, signature) = parts(token)?;
+    let signature = decode_part(signature, "signature")?;
+    let signed = &token[..header.len() + 1 + payload.len()];
+    if !key.verifies(signed.as_bytes(), &signature) {
+        return Err(reject(format!(
+            "the signature does not verify with key {kid:?}"
+        )));
+    }
+    let claims: Claims = serde_json::from_slice(&decode_part(payload, "payload")?)
+        .map_err(|e| reject(format!("unreadable or incomplete claims: {e}")))?;
+    if !expect.accepted_issuers.contains(&claims.iss) {
+        return Err(reject(format!(
+            "the token's issuer {:?} is not accepted",
+            claims.iss
+        )));
+    }
 
     let now = unix(now);
     let skew = i64::try_from(SKEW.as_secs()).unwrap_or(60);
@@ -145,8 +175,12 @@ pub fn verify_with_key(
         return Err(reject("the token is not valid yet"));
     }
     // Every audience must be trusted, and we trust only ourselves.
-    if matches!(&claims.aud, Audience::Many(list) if list.iter().any(|a| a != expect.client_id)) {
-        return Err(reject("the token is also meant for another audience"));
+    let audience_ok = match &claims.aud {
+        Audience::One(aud) => aud == expect.client_id,
+        Audience::Many(list) => !list.is_empty() && list.iter().all(|a| a == expect.client_id),
+    };
+    if !audience_ok {
+        return Err(reject("the token is not (only) meant for this server"));
     }
     if claims
         .azp
@@ -177,4 +211,89 @@ pub fn verify_with_key(
         email_verified,
         hosted_domain: claims.hd,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    use serde_json::json;
+
+    use super::*;
+    use crate::oidc::parse_key_set;
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// An ES256 key pair and its JWKS (the sandbox only speaks RS256).
+    fn es256() -> (EcdsaKeyPair, Vec<u8>) {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "ec1",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }]});
+        (pair, serde_json::to_vec(&jwks).unwrap())
+    }
+
+    fn sign(pair: &EcdsaKeyPair, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        let signed = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(header).unwrap()),
+            b64(&serde_json::to_vec(claims).unwrap())
+        );
+        let signature = pair.sign(&SystemRandom::new(), signed.as_bytes()).unwrap();
+        format!("{signed}.{}", b64(signature.as_ref()))
+    }
+
+    #[test]
+    fn es256_tokens_verify_and_every_claim_is_checked() {
+        let (pair, jwks) = es256();
+        let keys = parse_key_set(&jwks).unwrap();
+        let key = &keys["ec1"];
+        let issuers = ["https://issuer.test".to_owned()];
+        let expect = Expectations {
+            accepted_issuers: &issuers,
+            client_id: "client",
+            nonce: "n",
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let header = json!({"alg": "ES256", "kid": "ec1"});
+        let claims = json!({
+            "iss": "https://issuer.test", "aud": "client", "sub": "1",
+            "iat": 1_000_000, "exp": 1_003_600, "nonce": "n",
+            "email": "a@example.com", "email_verified": true,
+        });
+        let identity = verify_with_key(&sign(&pair, &header, &claims), key, &expect, now).unwrap();
+        assert_eq!(identity.email.unwrap().as_str(), "a@example.com");
+
+        for (field, value) in [
+            ("iss", json!("https://other.test")),
+            ("aud", json!(["client", "other"])),
+            ("nonce", json!("m")),
+            ("exp", json!(999_000)),
+            ("iat", json!(1_000_500)),
+            ("azp", json!("other")),
+        ] {
+            let mut bad = claims.clone();
+            bad[field] = value;
+            assert!(
+                verify_with_key(&sign(&pair, &header, &bad), key, &expect, now).is_err(),
+                "{field} was not checked"
+            );
+        }
+        // The RS256 name on an EC key, and a critical extension, are refused.
+        let token = sign(&pair, &json!({"alg": "RS256", "kid": "ec1"}), &claims);
+        assert!(verify_with_key(&token, key, &expect, now).is_err());
+        let token = sign(
+            &pair,
+            &json!({"alg": "ES256", "kid": "ec1", "crit": ["x"]}),
+            &claims,
+        );
+        assert!(verify_with_key(&token, key, &expect, now).is_err());
+    }
 }
