@@ -11,8 +11,13 @@ use axum::http::request::Parts;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-/// Buckets kept before idle (full) ones are dropped.
-const PRUNE_ABOVE: usize = 10_000;
+/// Idle buckets are dropped every this many checks, so a user who went
+/// quiet costs nothing for long: pruning is amortised over the checks.
+const PRUNE_EVERY: u32 = 256;
+/// Idle buckets are also dropped as soon as there are more buckets than
+/// this (then this limit doubles until a prune finds fewer again, so that
+/// many busy keys do not make every check a scan).
+const PRUNE_ABOVE: usize = 1_024;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -25,7 +30,27 @@ struct Bucket {
 pub struct RateLimiter {
     limit: u32,
     period: Duration,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+/// The buckets of one limiter, and when to prune them next.
+#[derive(Debug)]
+struct Buckets {
+    by_key: HashMap<String, Bucket>,
+    /// Checks since the last prune.
+    checks: u32,
+    /// Prune once `by_key` holds more buckets than this.
+    prune_above: usize,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            checks: 0,
+            prune_above: PRUNE_ABOVE,
+        }
+    }
 }
 
 impl RateLimiter {
@@ -45,24 +70,42 @@ impl RateLimiter {
         bucket.updated = now;
     }
 
+    /// Drops the buckets that have refilled by `now`: a full bucket answers
+    /// exactly as a missing one does.
+    fn prune(&self, buckets: &mut Buckets, now: SystemTime) {
+        let full = f64::from(self.limit);
+        buckets.by_key.retain(|_, b| {
+            let mut b = *b;
+            self.refill(&mut b, now);
+            b.tokens < full
+        });
+        buckets.checks = 0;
+        let len = buckets.by_key.len();
+        buckets.prune_above = PRUNE_ABOVE.max(len.saturating_mul(2));
+        // Give back the table of a burst that is over.
+        if buckets.by_key.capacity() > PRUNE_ABOVE && len < buckets.by_key.capacity() / 4 {
+            buckets.by_key.shrink_to(len.saturating_mul(2));
+        }
+    }
+
     /// Takes one token for `key`, or says how long until one is available.
     pub fn check(&self, key: &str, now: SystemTime) -> Result<(), Duration> {
         if self.limit == 0 {
             return Ok(());
         }
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() > PRUNE_ABOVE {
-            let full = f64::from(self.limit);
-            buckets.retain(|_, b| {
-                let mut b = *b;
-                self.refill(&mut b, now);
-                b.tokens < full
-            });
+        let mut guard = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let buckets = &mut *guard;
+        buckets.checks += 1;
+        if buckets.checks >= PRUNE_EVERY || buckets.by_key.len() > buckets.prune_above {
+            self.prune(buckets, now);
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: f64::from(self.limit),
-            updated: now,
-        });
+        let bucket = match buckets.by_key.get_mut(key) {
+            Some(bucket) => bucket,
+            None => buckets.by_key.entry(key.to_owned()).or_insert(Bucket {
+                tokens: f64::from(self.limit),
+                updated: now,
+            }),
+        };
         self.refill(bucket, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -125,6 +168,56 @@ mod tests {
         assert!(limiter.check("b", t0).is_ok(), "keys are independent");
         assert!(limiter.check("a", t0 + Duration::from_secs(20)).is_ok());
         assert!(limiter.check("a", t0 + Duration::from_secs(20)).is_err());
+    }
+
+    #[test]
+    fn idle_buckets_are_dropped_and_busy_ones_kept() {
+        let limiter = RateLimiter::new(3, Duration::from_secs(60));
+        let len = || limiter.buckets.lock().unwrap().by_key.len();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for user in 0..100 {
+            assert!(limiter.check(&format!("user{user}"), t0).is_ok());
+        }
+        assert!(limiter.check("busy", t0).is_ok());
+        assert_eq!(len(), 101);
+        // 59 s on, the users' buckets are full again (one token at 20 s),
+        // the busy one is not.
+        let t1 = t0 + Duration::from_secs(59);
+        for _ in 0..3 {
+            assert!(limiter.check("busy", t1).is_ok());
+        }
+        assert!(limiter.check("busy", t1).is_err());
+        for _ in 0..PRUNE_EVERY {
+            let _ = limiter.check("other", t1);
+        }
+        assert_eq!(len(), 2, "only busy and other are left");
+        // A dropped bucket answers as it would have: a full burst.
+        for _ in 0..3 {
+            assert!(limiter.check("user0", t1).is_ok());
+        }
+        assert!(limiter.check("user0", t1).is_err());
+        assert!(limiter.check("busy", t1).is_err(), "busy kept its state");
+    }
+
+    #[test]
+    fn many_busy_keys_do_not_make_every_check_a_scan() {
+        let limiter = RateLimiter::new(1, Duration::from_secs(1));
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for user in 0..PRUNE_EVERY {
+            assert!(limiter.check(&format!("a{user}"), t0).is_ok());
+        }
+        let t1 = t0 + Duration::from_secs(2);
+        for user in 0..3_000 {
+            assert!(limiter.check(&format!("b{user}"), t1).is_ok());
+            assert!(limiter.check(&format!("b{user}"), t1).is_err());
+        }
+        let buckets = limiter.buckets.lock().unwrap();
+        assert!(
+            buckets.by_key.keys().all(|key| key.starts_with('b')),
+            "the a-buckets refilled and went"
+        );
+        assert_eq!(buckets.by_key.len(), 3_000, "busy buckets are all kept");
+        assert!(buckets.by_key.len() <= buckets.prune_above);
     }
 
     #[test]

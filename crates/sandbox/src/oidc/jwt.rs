@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::keys::KeyRing;
+use super::keys::{KeyRing, Signer};
 
 /// How a forged token is signed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +91,42 @@ pub(super) fn encode(
     claims: Map<String, Value>,
     forged: TokenOverride,
 ) -> String {
+    prepare(keys, claims, forged).sign()
+}
+
+/// How an [`Unsigned`] token gets its signature.
+#[derive(Debug)]
+enum Signature {
+    /// RS256 with this key.
+    Rs256(Signer),
+    /// None at all (`alg: "none"`).
+    Empty,
+    /// HMAC-SHA256 keyed with these bytes.
+    Hs256(Vec<u8>),
+}
+
+/// A token with everything taken from the key ring but not yet signed, so
+/// that the slow RSA signature can be made after the provider's lock is
+/// released (see [`prepare`]).
+#[derive(Debug)]
+pub(super) struct Unsigned {
+    header: Map<String, Value>,
+    /// The claims the payload shows.
+    shown_claims: Map<String, Value>,
+    /// The claims the signature covers, when the payload is tampered with
+    /// after signing.
+    signed_claims: Option<Map<String, Value>>,
+    signature: Signature,
+}
+
+/// Everything [`encode`] needs from `keys` (the kid, a handle on the
+/// signing key, and the outsider key leased on first use), without the
+/// signing itself: finish with [`Unsigned::sign`].
+pub(super) fn prepare(
+    keys: &mut KeyRing,
+    claims: Map<String, Value>,
+    forged: TokenOverride,
+) -> Unsigned {
     let TokenOverride {
         claims: claim_overrides,
         header: header_overrides,
@@ -116,26 +152,45 @@ pub(super) fn encode(
     };
     merge(&mut header, header_overrides);
 
-    let header = b64_json(&header);
-    let shown = b64_json(&shown_claims);
-    let signed = if tamper_payload_after_signing {
-        b64_json(&signed_claims)
-    } else {
-        shown.clone()
-    };
-    let input = format!("{header}.{signed}");
     let signature = match signing {
-        Signing::Normal => keys.current().sign_rs256(input.as_bytes()),
-        Signing::AlgNone => Vec::new(),
+        Signing::Normal => Signature::Rs256(keys.current().signer()),
+        Signing::AlgNone => Signature::Empty,
         Signing::Hs256WithPublicKey => {
-            let mut mac = Hmac::<Sha256>::new_from_slice(keys.current().public_pem().as_bytes())
-                .expect("HMAC takes keys of any length");
-            mac.update(input.as_bytes());
-            mac.finalize().into_bytes().to_vec()
+            Signature::Hs256(keys.current().public_pem().as_bytes().to_vec())
         }
-        Signing::ForeignKey | Signing::UnknownKid => keys.outsider().sign_rs256(input.as_bytes()),
+        Signing::ForeignKey | Signing::UnknownKid => Signature::Rs256(keys.outsider().signer()),
     };
-    format!("{header}.{shown}.{}", URL_SAFE_NO_PAD.encode(signature))
+    Unsigned {
+        header,
+        shown_claims,
+        signed_claims: tamper_payload_after_signing.then_some(signed_claims),
+        signature,
+    }
+}
+
+impl Unsigned {
+    /// The compact JWS. Slow for RS256 (about 2 ms): call it without
+    /// holding the provider's lock.
+    pub(super) fn sign(self) -> String {
+        let header = b64_json(&self.header);
+        let shown = b64_json(&self.shown_claims);
+        let signed = match &self.signed_claims {
+            Some(signed_claims) => b64_json(signed_claims),
+            None => shown.clone(),
+        };
+        let input = format!("{header}.{signed}");
+        let signature = match self.signature {
+            Signature::Rs256(signer) => signer.sign_rs256(input.as_bytes()),
+            Signature::Empty => Vec::new(),
+            Signature::Hs256(key) => {
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length");
+                mac.update(input.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+        };
+        format!("{header}.{shown}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
 }
 
 fn rs256_header(kid: &str) -> Map<String, Value> {

@@ -3,7 +3,7 @@
 //! keys one provider signs with, publishes and keeps back for forgeries.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,7 +23,8 @@ static POOL: Mutex<Vec<Material>> = Mutex::new(Vec::new());
 
 /// One RSA key pair and the forms of its public half that tokens need.
 struct Material {
-    signer: SigningKey<Sha256>,
+    /// Shared, so that a token can be signed without the provider's lock.
+    signer: Arc<SigningKey<Sha256>>,
     /// JWK `n`: base64url of the big-endian modulus.
     n: String,
     /// JWK `e`: base64url of the big-endian exponent.
@@ -44,7 +45,7 @@ impl Material {
             n: URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
             e: URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
             pem,
-            signer: SigningKey::new(private),
+            signer: Arc::new(SigningKey::new(private)),
         }
     }
 }
@@ -85,9 +86,10 @@ impl Key {
         &self.kid
     }
 
-    /// RSASSA-PKCS1-v1_5 with SHA-256 over `input`.
-    pub(super) fn sign_rs256(&self, input: &[u8]) -> Vec<u8> {
-        self.material().signer.sign(input).to_vec()
+    /// A handle on the private key, to sign with after letting go of the
+    /// provider's lock (RSA signing takes milliseconds).
+    pub(super) fn signer(&self) -> Signer {
+        Signer(Arc::clone(&self.material().signer))
     }
 
     /// The public key as SPKI PEM.
@@ -116,6 +118,23 @@ impl Drop for Key {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(material);
         }
+    }
+}
+
+/// The private half of a [`Key`], detached from the key ring.
+#[derive(Clone)]
+pub(super) struct Signer(Arc<SigningKey<Sha256>>);
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 over `input`.
+    pub(super) fn sign_rs256(&self, input: &[u8]) -> Vec<u8> {
+        self.0.sign(input).to_vec()
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
 use super::authorize::Pkce;
+use super::jwt::{self, Unsigned};
 use super::params::{self, Params};
 use super::{FakeOidc, Identity, Provider, State as ProviderState, URL_SAFE, random_string};
 
@@ -343,6 +344,7 @@ fn redeem(provider: &Provider, client_id: &str, params: &Params) -> Result<Respo
         stored.access_token = Some(issued.access_token.clone());
     }
     drop(guard);
+    // Signed only now, so that token requests do not queue on the lock.
     let mut body = issued.body(&grant.scope);
     if let Some(refresh_token) = refresh_token {
         body["refresh_token"] = json!(refresh_token);
@@ -358,27 +360,30 @@ struct Subject<'a> {
     nonce: Option<&'a str>,
 }
 
-/// A fresh access token and ID token.
+/// A fresh access token and an ID token still to sign.
 struct Issued {
     access_token: String,
-    id_token: String,
+    id_token: Unsigned,
 }
 
 impl Issued {
-    /// The token response of spec §3, without `refresh_token`.
-    fn body(&self, scope: &str) -> Value {
+    /// The token response of spec §3, without `refresh_token`. Signs the ID
+    /// token, which takes milliseconds: call it without the provider's lock.
+    fn body(self, scope: &str) -> Value {
         json!({
             "access_token": self.access_token,
             "expires_in": ACCESS_TOKEN_SECS,
             "scope": scope,
             "token_type": "Bearer",
-            "id_token": self.id_token,
+            "id_token": self.id_token.sign(),
         })
     }
 }
 
 /// Mints an access token (remembered for userinfo and revocation, and tied
-/// to `refresh_token`'s grant) and an ID token for `subject` at `now_ms`.
+/// to `refresh_token`'s grant) and an ID token for `subject` at `now_ms`,
+/// applying (and consuming) a pending token override. The ID token is
+/// signed later, by [`Issued::body`], once the lock is released.
 fn issue(
     provider: &Provider,
     state: &mut ProviderState,
@@ -408,7 +413,8 @@ fn issue(
     }
     claims.insert("iat".to_owned(), json!(now));
     claims.insert("exp".to_owned(), json!(now + ID_TOKEN_SECS));
-    let id_token = Provider::issue_token(state, claims);
+    let forged = state.next_override.take().unwrap_or_default();
+    let id_token = jwt::prepare(&mut state.keys, claims, forged);
 
     if let Some(grant) = refresh_token
         .as_ref()
@@ -483,6 +489,7 @@ fn refresh(provider: &Provider, client_id: &str, params: &Params) -> Result<Resp
     );
     let rotated = state.rotate_refresh_tokens;
     drop(guard);
+    // Signed only now, so that token requests do not queue on the lock.
     let mut body = issued.body(&grant.scope);
     if rotated {
         body["refresh_token"] = json!(refresh_token);
