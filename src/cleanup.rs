@@ -6,7 +6,7 @@
 //! (`/revoke`), with concurrent demands sharing one run.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, watch};
 
@@ -127,8 +127,7 @@ impl Cleanup {
 
             let mut wake = next_full.unwrap_or(now);
             if let Some(expiry) = self.keys.next_expiry() {
-                let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(expiry).unwrap_or(0));
-                wake = wake.min(at);
+                wake = wake.min(crate::clock::from_unix(expiry));
             }
             let delay = wake.duration_since(self.clock.now()).unwrap_or_default();
             tokio::select! {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
@@ -44,6 +44,22 @@ impl Clock {
     pub fn jumps(&self) -> watch::Receiver<u64> {
         self.jumps.subscribe()
     }
+}
+
+/// Whole Unix seconds, as OpenAI and ID tokens count time (before 1970: 0).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The instant of whole Unix seconds `secs` (before 1970: the epoch).
+pub fn from_unix(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+/// Time from `now` until `secs` (zero once it has passed).
+pub fn until(secs: i64, now: SystemTime) -> Duration {
+    from_unix(secs).duration_since(now).unwrap_or_default()
 }
 
 impl Default for Clock {

@@ -9,12 +9,13 @@ mod name;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
 use tokio::sync::{Notify, OnceCell, mpsc};
 use tracing::instrument;
 
+use crate::clock::unix_seconds as unix;
 use crate::config::ProjectSelector;
 use crate::identity::EmailAddress;
 use crate::openai::{self, AdminClient, Page, ServiceAccount};
@@ -138,11 +139,6 @@ struct Inner {
     /// Wakes the scheduler when the schedule gains an earlier expiry.
     rearm: Notify,
     reached: std::sync::atomic::AtomicBool,
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn elapsed_ms(started: Instant) -> u64 {

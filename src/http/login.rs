@@ -3,7 +3,7 @@
 //! encrypted, short-lived cookie, so any replica can finish a login that
 //! another started.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
@@ -18,6 +18,7 @@ use tracing::Instrument as _;
 
 use super::limits::ClientIp;
 use super::{AppState, HttpError, LOGIN_TTL};
+use crate::clock;
 use crate::oidc::LoginSecrets;
 
 const COOKIE: &str = "oks_login";
@@ -52,11 +53,7 @@ fn login_cookie(state: &AppState, value: String, max_age: Duration) -> Cookie<'s
 }
 
 fn unix_now(state: &AppState) -> u64 {
-    state
-        .clock
-        .now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    u64::try_from(clock::unix_seconds(state.clock.now())).unwrap_or(0)
 }
 
 /// Starts a sign-in: new secrets in the cookie, redirect to the provider.
@@ -222,16 +219,10 @@ async fn finish(
     let cap = state.limits.max_keys_per_user;
     if cap > 0 && state.keys.live_keys_for(&email, now) >= cap {
         let oldest = state.keys.oldest_expiry_for(&email, now).unwrap_or(0);
-        let now_unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         return Err(HttpError::KeyCap {
             owner: email.to_string(),
             cap,
-            retry_after: Duration::from_secs(
-                u64::try_from(oldest)
-                    .unwrap_or(0)
-                    .saturating_sub(now_unix)
-                    .max(1),
-            ),
+            retry_after: clock::until(oldest, now).max(Duration::from_secs(1)),
         });
     }
 
@@ -251,12 +242,8 @@ async fn finish(
         ))
     })?
     .map_err(HttpError::Issue)?;
-    let expires = UNIX_EPOCH + Duration::from_secs(u64::try_from(issued.expires_at).unwrap_or(0));
-    let lifetime = Duration::from_secs(
-        u64::try_from(issued.expires_at)
-            .unwrap_or(0)
-            .saturating_sub(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
-    );
+    let expires = clock::from_unix(issued.expires_at);
+    let lifetime = clock::until(issued.expires_at, now);
     let page = KeyPage {
         owner: email.as_str(),
         key: issued.value.expose_secret(),

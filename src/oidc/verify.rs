@@ -1,7 +1,7 @@
 //! ID-token verification, every check in one place. The caller supplies
 //! `now`, so that tests move a clock instead of sleeping.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,6 +10,7 @@ use url::Url;
 
 use super::jwks::{Algorithm, Key};
 use super::{Error, Jwks};
+use crate::clock::unix_seconds;
 use crate::identity::{EmailAddress, Identity};
 
 /// Clock difference tolerated between us and the provider.
@@ -72,11 +73,6 @@ struct Claims {
     hd: Option<String>,
 }
 
-fn unix(now: SystemTime) -> i64 {
-    now.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 fn reject(reason: impl Into<String>) -> Error {
     Error::InvalidToken(reason.into())
 }
@@ -88,9 +84,9 @@ pub(super) async fn verify(
     jwks_uri: &Url,
     now: SystemTime,
 ) -> Result<Identity, Error> {
-    let (_, kid) = header(token)?;
+    let (alg, kid) = header(token)?;
     let key = jwks.key(jwks_uri, &kid, now).await?;
-    verify_with_key(token, &key, expect, now)
+    check(token, alg, &kid, &key, expect, now)
 }
 
 /// Splits a compact JWS into its three base64url parts.
@@ -139,6 +135,18 @@ pub fn verify_with_key(
     now: SystemTime,
 ) -> Result<Identity, Error> {
     let (alg, kid) = header(token)?;
+    check(token, alg, &kid, key, expect, now)
+}
+
+/// The checks after the header was read (and the key found by its `kid`).
+fn check(
+    token: &str,
+    alg: Algorithm,
+    kid: &str,
+    key: &Key,
+    expect: &Expectations<'_>,
+    now: SystemTime,
+) -> Result<Identity, Error> {
     if key.algorithm != alg {
         return Err(reject(format!(
             "the token says {alg:?} but key {kid:?} is for {:?}",
@@ -163,7 +171,7 @@ pub fn verify_with_key(
         )));
     }
 
-    let now = unix(now);
+    let now = unix_seconds(now);
     let skew = i64::try_from(SKEW.as_secs()).unwrap_or(60);
     if claims.exp <= now - skew {
         return Err(reject("the token has expired"));
@@ -218,6 +226,8 @@ mod tests {
     use ring::rand::SystemRandom;
     use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
     use serde_json::json;
+
+    use std::time::UNIX_EPOCH;
 
     use super::*;
     use crate::oidc::parse_key_set;
