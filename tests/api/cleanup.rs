@@ -6,29 +6,8 @@ use reqwest::StatusCode;
 use sandbox::Sandbox;
 use sandbox::oidc::Identity;
 use sandbox::openai::{Fault, FaultKind, SeedAccount};
-use serde_json::Value;
 
 use crate::helpers::*;
-
-fn own(expires_at: i64, owner: &str) -> String {
-    format!("oks.{expires_at}.abc123.{owner}")
-}
-
-async fn revoke(app: &TestApp) -> Value {
-    let response = app.client.post(app.url("/revoke")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
-async fn wait_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition never held");
-}
 
 #[tokio::test]
 async fn cleanup_deletes_only_its_own_expired_accounts() {
@@ -61,7 +40,7 @@ async fn cleanup_deletes_only_its_own_expired_accounts() {
 
     let app = TestApp::spawn_on(sandbox, Options::default()).await;
     // The startup sweep removes the expired one.
-    wait_until(|| {
+    eventually("the sweep finished", || {
         app.accounts()
             .iter()
             .all(|a| !a.name.contains("old@example.com"))
@@ -174,7 +153,7 @@ async fn the_sweep_pages_through_hundreds_of_accounts() {
         .seed_service_accounts(&project, seeds)
         .unwrap();
     let app = TestApp::spawn_on(sandbox, Options::default()).await;
-    wait_until(|| app.accounts().len() == 50).await;
+    eventually("the sweep finished", || app.accounts().len() == 50).await;
     assert!(
         app.accounts()
             .iter()

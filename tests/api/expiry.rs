@@ -7,31 +7,8 @@ use reqwest::StatusCode;
 use sandbox::Sandbox;
 use sandbox::oidc::Identity;
 use sandbox::openai::{Fault, FaultKind, SeedAccount};
-use serde_json::Value;
 
 use crate::helpers::*;
-
-fn own(expires_at: i64, owner: &str) -> String {
-    format!("oks.{expires_at}.abc123.{owner}")
-}
-
-/// Polls until `done` holds (the server acts in the background); fails after
-/// 10 s of real time.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-async fn revoke(app: &TestApp) -> Value {
-    let response = app.client.post(app.url("/revoke")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
 
 fn short_keys() -> Options {
     Options::default()

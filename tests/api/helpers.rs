@@ -379,6 +379,30 @@ pub(crate) fn assert_no_store(headers: &reqwest::header::HeaderMap) {
 }
 
 /// Calls the sandbox's `/v1/models` with `key`, returning the status.
+/// A name in the server's scheme, for seeding accounts "it created".
+pub(crate) fn own(expires_at: i64, owner: &str) -> String {
+    format!("oks.{expires_at}.abc123.{owner}")
+}
+
+/// `POST /revoke`, which must succeed; its JSON report.
+pub(crate) async fn revoke(app: &TestApp) -> serde_json::Value {
+    let response = app.client.post(app.url("/revoke")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+/// Polls until `done` holds (the server acts in the background); fails after
+/// 5 s of real time.
+pub(crate) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
 /// A client with no cookies that does not follow redirects: another browser.
 pub(crate) fn plain_client() -> reqwest::Client {
     // reqwest is built without a default TLS provider (see lib.rs).
