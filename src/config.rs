@@ -72,6 +72,9 @@ pub mod vars {
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     /// Deletes a sweep starts with at once.
     pub const CLEANUP_CONCURRENCY: &str = "CLEANUP_CONCURRENCY";
+    /// Whether answers carry a `Server-Timing` header (upstream wait and the
+    /// server's own time).
+    pub const SERVER_TIMING: &str = "SERVER_TIMING";
     /// Whether to delete the Go original's expired accounts too.
     pub const CLEANUP_LEGACY_ACCOUNTS: &str = "CLEANUP_LEGACY_ACCOUNTS";
 }
@@ -188,6 +191,8 @@ pub struct Config {
     pub rate_limit_per_ip: u32,
     /// `/revoke` calls one client address may make per minute (0: no limit).
     pub rate_limit_revoke: u32,
+    /// Whether answers carry a `Server-Timing` header.
+    pub server_timing: bool,
     /// Things that are not errors but deserve a line in the log at start.
     pub warnings: Vec<String>,
 }
@@ -313,6 +318,20 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                 Duration::from_secs(default)
             }
         }
+    }
+
+    /// `true` or `false` (and the usual spellings of both).
+    fn flag(&mut self, var: &str, default: bool) -> bool {
+        let Some(raw) = self.get(var) else {
+            return default;
+        };
+        parse_bool(&raw).unwrap_or_else(|| {
+            self.problem(
+                var,
+                format!("must be true or false, not {raw:?} (default {default})"),
+            );
+            default
+        })
     }
 
     /// A whole number from 0 (off) to `max`.
@@ -504,16 +523,7 @@ impl Config {
                 }
             },
         };
-        let cleanup_legacy_accounts = match r.get(vars::CLEANUP_LEGACY_ACCOUNTS).as_deref() {
-            None => false,
-            Some(raw) => parse_bool(raw).unwrap_or_else(|| {
-                r.problem(
-                    vars::CLEANUP_LEGACY_ACCOUNTS,
-                    format!("must be true or false, not {raw:?} (default false)"),
-                );
-                false
-            }),
-        };
+        let cleanup_legacy_accounts = r.flag(vars::CLEANUP_LEGACY_ACCOUNTS, false);
 
         let (issuer_var, issuer_raw) = match (
             r.get(vars::OIDC_ISSUER_URL),
@@ -584,18 +594,10 @@ impl Config {
             }
         };
 
-        let allow_unmanaged_emails = match r.get(vars::ALLOW_UNMANAGED_EMAILS).as_deref() {
-            // Google documents that it is not authoritative for a non-Gmail
-            // address without `hd`; other providers have no such claim.
-            None => !is_google,
-            Some(raw) => parse_bool(raw).unwrap_or_else(|| {
-                r.problem(
-                    vars::ALLOW_UNMANAGED_EMAILS,
-                    format!("must be true or false, not {raw:?}"),
-                );
-                false
-            }),
-        };
+        // Google documents that it is not authoritative for a non-Gmail
+        // address without `hd`; other providers have no such claim.
+        let allow_unmanaged_emails = r.flag(vars::ALLOW_UNMANAGED_EMAILS, !is_google);
+        let server_timing = r.flag(vars::SERVER_TIMING, false);
         let max_keys_per_user = r.count(vars::MAX_KEYS_PER_USER, 5, 1_000);
         let rate_limit_per_user = r.count(vars::RATE_LIMIT_PER_USER, 20, 100_000);
         let rate_limit_per_ip = r.count(vars::RATE_LIMIT_PER_IP, 120, 1_000_000);
@@ -658,6 +660,7 @@ impl Config {
                     rate_limit_per_user,
                     rate_limit_per_ip,
                     rate_limit_revoke,
+                    server_timing,
                     warnings,
                 })
             }
@@ -737,6 +740,18 @@ impl Config {
                     LogFormat::Pretty => "pretty".to_owned(),
                 },
             ),
+            (
+                vars::ALLOW_UNMANAGED_EMAILS,
+                self.allow_unmanaged_emails.to_string(),
+            ),
+            (vars::MAX_KEYS_PER_USER, self.max_keys_per_user.to_string()),
+            (
+                vars::RATE_LIMIT_PER_USER,
+                self.rate_limit_per_user.to_string(),
+            ),
+            (vars::RATE_LIMIT_PER_IP, self.rate_limit_per_ip.to_string()),
+            (vars::RATE_LIMIT_REVOKE, self.rate_limit_revoke.to_string()),
+            (vars::SERVER_TIMING, self.server_timing.to_string()),
         ]
     }
 }

@@ -10,11 +10,13 @@ mod ops;
 pub mod serve;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{FromRef, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::get;
 use axum_extra::extract::cookie::Key;
 use tower::ServiceBuilder;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Rate limits and the per-user cap.
     pub limits: Arc<limits::Limits>,
+    /// Whether answers carry a `Server-Timing` header.
+    pub server_timing: bool,
 }
 
 impl FromRef<AppState> for Key {
@@ -96,12 +100,33 @@ impl<B> tower_http::trace::OnResponse<B> for LogResponse {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Adds `Server-Timing: upstream;dur=…, app;dur=…` (milliseconds): how long
+/// the request waited on Google and OpenAI, and the rest of its time in the
+/// server. Off unless `SERVER_TIMING=true`: it tells anyone how long the
+/// upstream calls took.
+async fn server_timing(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let waited = crate::timing::Waited::default();
+    let mut response = waited.clone().scope(next.run(request)).await;
+    let upstream = waited.total();
+    let app = started.elapsed().saturating_sub(upstream);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let value = format!("upstream;dur={:.3}, app;dur={:.3}", ms(upstream), ms(app));
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("server-timing"), value);
+    }
+    response
+}
+
 /// The Content-Security-Policy of every page: our own CSS and JS only, no
 /// inline script, no framing, forms only back to us.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Every route, with its method, and the layers around them.
 pub fn router(state: AppState) -> Router {
+    let timing = state.server_timing;
     let hsts = state.secure_cookies.then(|| {
         SetResponseHeaderLayer::if_not_present(
             header::STRICT_TRANSPORT_SECURITY,
@@ -178,5 +203,11 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("DENY"),
         ))
         .option_layer(hsts);
-    routes.layer(layers)
+    let routes = routes.layer(layers);
+    if timing {
+        // Outermost, so that it times everything else.
+        routes.layer(axum::middleware::from_fn(server_timing))
+    } else {
+        routes
+    }
 }

@@ -532,7 +532,7 @@ impl Keys {
                         let key_id = job
                             .key_id
                             .clone()
-                            .or_else(|| self.index().key_id(&job.id))
+                            .or_else(|| self.index().key_id(job.expires_at, &job.id))
                             .unwrap_or_default();
                         tracing::info!(
                             audit = "deleted",
@@ -543,7 +543,7 @@ impl Keys {
                             "deleted an expired service account"
                         );
                     }
-                    self.index().remove(&job.id);
+                    self.index().remove(job.expires_at, &job.id);
                     self.orphans().remove(&job.name);
                 }
                 Fate::Failed(error) => {
@@ -658,8 +658,8 @@ impl Keys {
     /// the next full sweep finds them again.
     pub fn forget_due(&self, now: SystemTime) {
         let mut index = self.index();
-        for (id, ..) in index.due(unix(now)) {
-            index.remove(&id);
+        for (id, name, _) in index.due(unix(now)) {
+            index.remove(name.expires_at, &id);
         }
     }
 }

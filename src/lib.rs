@@ -17,6 +17,7 @@ pub mod keys;
 pub mod oidc;
 pub mod openai;
 pub mod telemetry;
+pub mod timing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,10 +39,18 @@ use crate::openai::AdminClient;
 /// Installs the TLS crypto provider once (ring, so that no C toolchain for
 /// aws-lc is needed) and builds the one HTTP client for outgoing calls:
 /// `TIMEOUT` on every call, redirects off.
+/// Idle connections kept per upstream host.
+const IDLE_CONNECTIONS_PER_HOST: usize = 8;
+
 pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     // Fails only when a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+        // A burst of sign-ins opens as many connections to the token
+        // endpoint and the Admin API as there are sign-ins in flight; keep
+        // a few for the next burst, not all of them for 90 s (each holds
+        // buffers, and TLS state in production).
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
         .timeout(config.timeout)
         .connect_timeout(config.timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -133,6 +142,7 @@ impl Application {
             clock,
             cookie_key,
             secure_cookies: config.is_https(),
+            server_timing: config.server_timing,
             limits: Arc::new(http::limits::Limits {
                 issue_per_user: http::limits::RateLimiter::new(
                     config.rate_limit_per_user,

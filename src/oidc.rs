@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::identity::Identity;
+use crate::timing;
 
 pub use jwks::{Jwks, Key, REFETCH_FLOOR, parse_key_set};
 pub use verify::{Expectations, SKEW, header, verify_with_key};
@@ -160,16 +161,11 @@ impl Provider {
             .get_or_try_init(|| async {
                 let issuer = self.inner.settings.issuer.as_str().trim_end_matches('/');
                 let url = format!("{issuer}/.well-known/openid-configuration");
-                let response = self
-                    .inner
-                    .http
-                    .get(&url)
-                    .send()
+                let response = timing::upstream(self.inner.http.get(&url).send())
                     .await
                     .and_then(reqwest::Response::error_for_status)
                     .map_err(|e| Error::Unreachable(format!("discovery: {}", e.without_url())))?;
-                let metadata: Metadata = response
-                    .json()
+                let metadata: Metadata = timing::upstream(response.json())
                     .await
                     .map_err(|e| Error::Unreachable(format!("discovery document: {e}")))?;
                 if metadata.issuer.trim_end_matches('/') != issuer {
@@ -238,14 +234,11 @@ impl Provider {
                 Some(encode(settings.client_secret.expose_secret())),
             );
         }
-        let response = request
-            .form(&form)
-            .send()
+        let response = timing::upstream(request.form(&form).send())
             .await
             .map_err(|e| Error::Unreachable(format!("token endpoint: {}", e.without_url())))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
+        let bytes = timing::upstream(response.bytes())
             .await
             .map_err(|e| Error::Unreachable(format!("token endpoint: {}", e.without_url())))?;
         if status.is_success() {

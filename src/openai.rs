@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::timing;
+
 pub use error::Error;
 
 /// The largest page the list endpoints serve.
@@ -140,7 +142,9 @@ impl AdminClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(Error::from_transport)?;
+        let response = timing::upstream(request.send())
+            .await
+            .map_err(Error::from_transport)?;
         let status = response.status();
         let request_id = response
             .headers()
@@ -153,7 +157,9 @@ impl AdminClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = response.bytes().await.map_err(Error::from_transport)?;
+        let bytes = timing::upstream(response.bytes())
+            .await
+            .map_err(Error::from_transport)?;
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
                 message: e.to_string(),

@@ -120,6 +120,8 @@ fn bad_numbers_and_durations_are_refused_with_the_variable_named() {
         (vars::CLEANUP_CONCURRENCY, "0"),
         (vars::CLEANUP_CONCURRENCY, "many"),
         (vars::CLEANUP_LEGACY_ACCOUNTS, "maybe"),
+        (vars::ALLOW_UNMANAGED_EMAILS, "sometimes"),
+        (vars::SERVER_TIMING, "on-ish"),
     ] {
         let err = parse(&with(&[(var, value)])).unwrap_err();
         assert_eq!(problem_vars(&err), [var], "{var}={value}");

@@ -230,9 +230,9 @@ async fn finish(
     // its reconciliation still finish instead of being cut off half-way.
     let keys = state.keys.clone();
     let owner = email.clone();
-    let issued = tokio::spawn(
+    let issued = tokio::spawn(crate::timing::carry(
         async move { keys.issue(&owner, now).await }.instrument(tracing::Span::current()),
-    )
+    ))
     .await
     .map_err(|_| {
         HttpError::Issue(crate::keys::Error::OpenAi(

@@ -3,24 +3,30 @@
 //! what OpenAI holds, never the only record: a restarted replica rebuilds it
 //! from the account names at its first sweep.
 //!
-//! Thousands of keys can be live at once, so the bytes per account matter:
-//! the account id is allocated once and shared (`Arc<str>`) by the three
-//! structures, and an owner's few accounts sit in a small vector rather than
-//! a B-tree of their own.
+//! Thousands of keys can be live at once, and every one of them costs
+//! memory until it expires, so an account is one B-tree entry keyed by
+//! `(expiry, id)` (every caller knows both: the expiry is in the name) and
+//! one expiry in its owner's list; owners are keyed by a keyed hash of the
+//! address rather than by the address itself.
+//!
+//! Keying by `(expiry, id)` means an account renamed by someone else (same
+//! id, another expiry) is known twice until the next full listing replaces
+//! the schedule; deleting it twice is harmless (the second is a 404).
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher as _;
 
 use super::AccountName;
 
-/// An account id, shared by `entries`, `by_expiry` and `by_owner`.
-type Id = Arc<str>;
-
 #[derive(Debug, Clone)]
 struct Entry {
-    name: AccountName,
+    /// The account's name as OpenAI holds it (owner and nonce inside).
+    name: Box<str>,
     /// The key's id, when this replica issued it (a listing shows none).
     key_id: Option<Box<str>>,
+    /// Hash of the owner's address: the key of `owners`.
+    owner: u64,
     /// Insertion sequence, so that a full listing keeps entries issued
     /// while it ran.
     seq: u64,
@@ -29,11 +35,13 @@ struct Entry {
 /// Accounts of ours not yet deleted, ordered by expiry.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    by_expiry: BTreeSet<(i64, Id)>,
-    /// Expiries per owner, for the per-user cap without a scan. Unordered:
-    /// an owner holds a handful of accounts at most.
-    by_owner: HashMap<Box<str>, Vec<(i64, Id)>>,
-    entries: HashMap<Id, Entry>,
+    schedule: BTreeMap<(i64, Box<str>), Entry>,
+    /// Each owner's expiries, for the per-user cap without a scan.
+    /// Unordered: an owner holds a handful of accounts at most. Two owners
+    /// whose hashes collide would share a cap; the hash is keyed with a
+    /// per-process random key, so nobody can aim for that.
+    owners: HashMap<u64, Vec<i64>>,
+    hasher: RandomState,
     seq: u64,
 }
 
@@ -43,63 +51,57 @@ impl Index {
         self.seq
     }
 
-    /// Adds or refreshes one account.
-    pub(crate) fn insert(&mut self, id: String, name: AccountName, key_id: Option<String>) {
-        self.upsert(Id::from(id), name, key_id.map(String::into_boxed_str));
+    fn owner_key(&self, owner: &str) -> u64 {
+        self.hasher.hash_one(owner)
     }
 
     /// Adds or refreshes one account; a known key id is kept when `key_id`
     /// is `None`.
-    fn upsert(&mut self, id: Id, name: AccountName, key_id: Option<Box<str>>) {
+    pub(crate) fn insert(&mut self, id: String, name: AccountName, key_id: Option<String>) {
         self.seq += 1;
-        let (id, key_id) = match self.entries.remove_entry(&id) {
-            Some((known, old)) => {
-                self.unlink(&known, &old);
-                (known, key_id.or(old.key_id))
+        let owner = self.owner_key(name.owner.as_str());
+        let key = (name.expires_at, id.into_boxed_str());
+        let key_id = key_id.map(String::into_boxed_str);
+        let name = name.encode().into_boxed_str();
+        if let Some(entry) = self.schedule.get_mut(&key) {
+            entry.seq = self.seq;
+            entry.key_id = key_id.or(entry.key_id.take());
+            entry.name = name;
+            let old = std::mem::replace(&mut entry.owner, owner);
+            if old != owner {
+                self.unlink_owner(old, key.0);
+                self.owners.entry(owner).or_default().push(key.0);
             }
-            None => (id, key_id),
-        };
-        let at = name.expires_at;
-        self.by_expiry.insert((at, Arc::clone(&id)));
-        let owner = name.owner.as_str();
-        match self.by_owner.get_mut(owner) {
-            Some(accounts) => accounts.push((at, Arc::clone(&id))),
-            // `vec!` allocates room for exactly one: most owners hold one key.
-            None => {
-                self.by_owner
-                    .insert(owner.into(), vec![(at, Arc::clone(&id))]);
-            }
+            return;
         }
-        self.entries.insert(
-            id,
-            Entry {
-                name,
-                key_id,
-                seq: self.seq,
-            },
-        );
+        self.owners.entry(owner).or_default().push(key.0);
+        let entry = Entry {
+            name,
+            key_id,
+            owner,
+            seq: self.seq,
+        };
+        self.schedule.insert(key, entry);
     }
 
-    /// Removes an account (already taken out of `entries`) from the other
-    /// two structures.
-    fn unlink(&mut self, id: &Id, entry: &Entry) {
-        let at = entry.name.expires_at;
-        self.by_expiry.remove(&(at, Arc::clone(id)));
-        let owner = entry.name.owner.as_str();
-        if let Some(accounts) = self.by_owner.get_mut(owner) {
-            if let Some(i) = accounts.iter().position(|(_, known)| known == id) {
-                accounts.swap_remove(i);
+    fn unlink_owner(&mut self, owner: u64, expires_at: i64) {
+        if let Some(expiries) = self.owners.get_mut(&owner) {
+            if let Some(i) = expiries.iter().position(|&at| at == expires_at) {
+                expiries.swap_remove(i);
             }
-            if accounts.is_empty() {
-                self.by_owner.remove(owner);
+            if expiries.is_empty() {
+                self.owners.remove(&owner);
             }
         }
     }
 
     /// Forgets one account (deleted, or found gone).
-    pub(crate) fn remove(&mut self, id: &str) {
-        if let Some((id, entry)) = self.entries.remove_entry(id) {
-            self.unlink(&id, &entry);
+    pub(crate) fn remove(&mut self, expires_at: i64, id: &str) {
+        // A tuple key cannot be looked up by `(i64, &str)`: one small
+        // allocation per delete.
+        let key = (expires_at, Box::<str>::from(id));
+        if let Some(entry) = self.schedule.remove(&key) {
+            self.unlink_owner(entry.owner, expires_at);
         }
     }
 
@@ -107,63 +109,63 @@ impl Index {
     /// after sequence `since` (issued while the listing ran, so possibly not
     /// in it).
     pub(crate) fn replace(&mut self, listed: Vec<(String, AccountName)>, since: u64) {
-        let old = std::mem::take(&mut self.entries);
-        self.by_expiry.clear();
-        self.by_owner.clear();
-        let mut recent: Vec<(Id, AccountName)> = Vec::new();
-        let mut key_ids: HashMap<Id, Box<str>> = HashMap::new();
-        for (id, entry) in old {
-            if entry.seq > since {
-                recent.push((Arc::clone(&id), entry.name));
+        let old = std::mem::take(&mut self.schedule);
+        self.owners.clear();
+        let mut recent = Vec::new();
+        let mut key_ids = HashMap::new();
+        for ((at, id), entry) in old {
+            if entry.seq > since
+                && let Some(name) = AccountName::parse(&entry.name)
+            {
+                recent.push((String::from(id.clone()), name));
             }
             if let Some(key_id) = entry.key_id {
-                key_ids.insert(id, key_id);
+                key_ids.insert((at, id), key_id);
             }
         }
-        let listed = listed.into_iter().map(|(id, name)| (Id::from(id), name));
-        for (id, name) in listed.chain(recent) {
-            let key_id = key_ids.remove(&id);
-            self.upsert(id, name, key_id);
+        for (id, name) in listed.into_iter().chain(recent) {
+            let key_id = key_ids.remove(&(name.expires_at, Box::<str>::from(id.as_str())));
+            self.insert(id, name, key_id.map(String::from));
         }
     }
 
     /// The earliest expiry, if any.
     pub(crate) fn earliest(&self) -> Option<i64> {
-        self.by_expiry.first().map(|(at, _)| *at)
+        self.schedule.first_key_value().map(|((at, _), _)| *at)
     }
 
     /// Accounts whose expiry is at or before `now`.
     pub(crate) fn due(&self, now: i64) -> Vec<(String, AccountName, Option<String>)> {
-        self.by_expiry
+        self.schedule
             .iter()
-            .take_while(|(at, _)| *at <= now)
-            .filter_map(|(_, id)| {
-                self.entries.get(id).map(|e| {
-                    (
-                        id.to_string(),
-                        e.name.clone(),
-                        e.key_id.as_deref().map(str::to_owned),
-                    )
-                })
+            .take_while(|((at, _), _)| *at <= now)
+            .filter_map(|((_, id), entry)| {
+                // Every stored name was encoded from a parsed one.
+                let name = AccountName::parse(&entry.name)?;
+                Some((
+                    id.to_string(),
+                    name,
+                    entry.key_id.as_deref().map(str::to_owned),
+                ))
             })
             .collect()
     }
 
     /// The key id of an account, when known.
-    pub(crate) fn key_id(&self, id: &str) -> Option<String> {
-        self.entries
-            .get(id)
+    pub(crate) fn key_id(&self, expires_at: i64, id: &str) -> Option<String> {
+        self.schedule
+            .get(&(expires_at, Box::<str>::from(id)))
             .and_then(|e| e.key_id.as_deref().map(str::to_owned))
     }
 
     /// `owner`'s expiries that are still live at `now`.
     fn live_expiries(&self, owner: &str, now: i64) -> impl Iterator<Item = i64> {
         let after = now.saturating_add(1);
-        self.by_owner
-            .get(owner)
+        self.owners
+            .get(&self.owner_key(owner))
             .into_iter()
             .flatten()
-            .map(|(at, _)| *at)
+            .copied()
             .filter(move |at| *at >= after)
     }
 
@@ -180,7 +182,7 @@ impl Index {
     /// Number of accounts known.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.schedule.len()
     }
 }
 
@@ -207,7 +209,8 @@ mod tests {
         assert_eq!(index.earliest(), Some(10));
         let due: Vec<_> = index.due(20).into_iter().map(|(id, ..)| id).collect();
         assert_eq!(due, ["a", "b"]);
-        assert_eq!(index.key_id("a").as_deref(), Some("key_a"));
+        assert_eq!(index.key_id(10, "a").as_deref(), Some("key_a"));
+        assert_eq!(index.key_id(20, "a"), None, "keyed by expiry and id");
 
         let since = index.seq();
         index.insert("d".into(), name(40), None);
@@ -215,7 +218,7 @@ mod tests {
         let mut ids: Vec<_> = index.due(100).into_iter().map(|(id, ..)| id).collect();
         ids.sort();
         assert_eq!(ids, ["d", "x"], "listing replaced old entries but kept d");
-        index.remove("d");
+        index.remove(40, "d");
         assert_eq!(index.len(), 1);
         assert_eq!(index.live_for("a@example.com", 45), 1);
         assert_eq!(index.live_for("a@example.com", 50), 0);
@@ -237,68 +240,55 @@ mod tests {
         assert_eq!(index.earliest_for("a@example.com", 30), None);
         assert_eq!(index.earliest_for("b@example.com", 0), Some(5));
 
-        index.remove("a2");
+        index.remove(10, "a2");
         assert_eq!(index.live_for("a@example.com", 0), 2);
         assert_eq!(index.earliest_for("a@example.com", 0), Some(20));
-        index.remove("a1");
-        index.remove("a3");
-        index.remove("a3");
+        index.remove(30, "a1");
+        index.remove(20, "a3");
+        index.remove(20, "a3");
         assert_eq!(index.live_for("a@example.com", 0), 0);
-        assert!(!index.by_owner.contains_key("a@example.com"));
-        assert_eq!(index.by_owner.len(), 1);
-        assert_eq!(index.by_expiry.len(), 1);
+        assert_eq!(index.owners.len(), 1, "a's list went with its last key");
         assert_eq!(index.len(), 1);
     }
 
     #[test]
-    fn inserting_a_known_id_moves_it_and_keeps_its_key_id() {
+    fn refreshing_an_account_keeps_its_key_id_and_follows_its_owner() {
         let mut index = Index::default();
         index.insert("a".into(), name(10), Some("key_a".into()));
-        index.insert("a".into(), name_of("b@example.com", 20), None);
+        index.insert("a".into(), name_of("b@example.com", 10), None);
         assert_eq!(index.len(), 1);
-        assert_eq!(index.earliest(), Some(20));
-        assert_eq!(index.key_id("a").as_deref(), Some("key_a"));
+        assert_eq!(index.key_id(10, "a").as_deref(), Some("key_a"));
         assert_eq!(index.live_for("a@example.com", 0), 0);
         assert_eq!(index.live_for("b@example.com", 0), 1);
-        let due = index.due(20);
+        let due = index.due(10);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0, "a");
         assert_eq!(due[0].1.owner.as_str(), "b@example.com");
         assert_eq!(due[0].2.as_deref(), Some("key_a"));
 
-        index.replace(vec![("a".into(), name(30))], index.seq());
+        index.replace(vec![("a".into(), name(10))], index.seq());
         assert_eq!(
-            index.key_id("a").as_deref(),
+            index.key_id(10, "a").as_deref(),
             Some("key_a"),
             "a listing shows no key ids; the known one stays"
         );
+        assert_eq!(index.live_for("a@example.com", 0), 1);
+        assert_eq!(index.live_for("b@example.com", 0), 0);
     }
 
-    #[test]
-    fn the_account_id_is_allocated_once() {
-        let mut index = Index::default();
-        index.insert("a".into(), name(10), None);
-        let (id, _) = index.entries.get_key_value("a").unwrap();
-        // `entries`, `by_expiry` and `by_owner` share one allocation.
-        assert_eq!(Arc::strong_count(id), 3);
-        index.insert("a".into(), name(20), None);
-        index.replace(vec![("a".into(), name(30))], 0);
-        let (id, _) = index.entries.get_key_value("a").unwrap();
-        assert_eq!(Arc::strong_count(id), 3);
-    }
-
-    /// The index's old layout, as a plain map scanned for every question.
+    /// The same questions answered by scanning a plain map.
     #[derive(Default)]
     struct Model {
-        entries: HashMap<String, (AccountName, Option<String>, u64)>,
+        entries: HashMap<(i64, String), (AccountName, Option<String>, u64)>,
         seq: u64,
     }
 
     impl Model {
         fn insert(&mut self, id: String, name: AccountName, key_id: Option<String>) {
             self.seq += 1;
-            let old = self.entries.remove(&id).and_then(|(_, key, _)| key);
-            self.entries.insert(id, (name, key_id.or(old), self.seq));
+            let key = (name.expires_at, id);
+            let old = self.entries.remove(&key).and_then(|(_, k, _)| k);
+            self.entries.insert(key, (name, key_id.or(old), self.seq));
         }
 
         fn replace(&mut self, listed: Vec<(String, AccountName)>, since: u64) {
@@ -306,31 +296,37 @@ mod tests {
                 .entries
                 .iter()
                 .filter(|(_, e)| e.2 > since)
-                .map(|(id, e)| (id.clone(), e.0.clone(), e.2))
+                .map(|((_, id), e)| (id.clone(), e.0.clone(), e.2))
                 .collect();
             recent.sort_by_key(|e| e.2);
-            let mut key_ids: HashMap<String, String> = self
+            let mut key_ids: HashMap<(i64, String), String> = self
                 .entries
                 .iter_mut()
-                .filter_map(|(id, e)| e.1.take().map(|k| (id.clone(), k)))
+                .filter_map(|(key, e)| e.1.take().map(|k| (key.clone(), k)))
                 .collect();
             self.entries.clear();
             let recent = recent.into_iter().map(|(id, name, _)| (id, name));
             for (id, name) in listed.into_iter().chain(recent) {
-                let key_id = key_ids.remove(&id);
+                let key_id = key_ids.remove(&(name.expires_at, id.clone()));
                 self.insert(id, name, key_id);
             }
         }
 
+        fn sorted_keys(&self) -> Vec<(i64, String)> {
+            let mut keys: Vec<_> = self.entries.keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+
         fn due(&self, now: i64) -> Vec<(String, AccountName, Option<String>)> {
-            let mut due: Vec<_> = self
-                .entries
-                .iter()
-                .filter(|(_, e)| e.0.expires_at <= now)
-                .map(|(id, e)| (id.clone(), e.0.clone(), e.1.clone()))
-                .collect();
-            due.sort_by(|a, b| (a.1.expires_at, &a.0).cmp(&(b.1.expires_at, &b.0)));
-            due
+            self.sorted_keys()
+                .into_iter()
+                .filter(|(at, _)| *at <= now)
+                .map(|key| {
+                    let e = &self.entries[&key];
+                    (key.1, e.0.clone(), e.1.clone())
+                })
+                .collect()
         }
 
         fn live(&self, owner: &str, now: i64) -> impl Iterator<Item = i64> {
@@ -344,7 +340,9 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u8, u8, i64, Option<u8>),
-        Remove(u8),
+        /// Removes the n-th account known (modulo their number), or one
+        /// that is not known when there are none.
+        Remove(usize),
         /// A listing of these accounts, during which these were inserted.
         Replace(Vec<(u8, u8, i64)>, Vec<(u8, u8, i64, Option<u8>)>),
     }
@@ -354,7 +352,7 @@ mod tests {
         let listed = prop::collection::vec((0u8..8, 0u8..3, 0i64..20), 0..6);
         prop_oneof![
             4 => insert.clone().prop_map(|(id, owner, at, key)| Op::Insert(id, owner, at, key)),
-            2 => (0u8..8).prop_map(Op::Remove),
+            2 => (0usize..16).prop_map(Op::Remove),
             1 => (listed, prop::collection::vec(insert, 0..3)).prop_map(|(l, i)| Op::Replace(l, i)),
         ]
     }
@@ -381,17 +379,16 @@ mod tests {
                 );
             }
         }
-        for id in 0..8 {
-            let id = id.to_string();
+        for (at, id) in model.sorted_keys() {
             assert_eq!(
-                index.key_id(&id),
-                model.entries.get(&id).and_then(|e| e.1.clone())
+                index.key_id(at, &id),
+                model.entries[&(at, id.clone())].1.clone()
             );
+            assert_eq!(index.key_id(at + 100, &id), None);
         }
-        let by_owner: usize = index.by_owner.values().map(Vec::len).sum();
-        assert_eq!(by_owner, model.entries.len());
-        assert_eq!(index.by_expiry.len(), model.entries.len());
-        assert!(index.by_owner.values().all(|accounts| !accounts.is_empty()));
+        let owned: usize = index.owners.values().map(Vec::len).sum();
+        assert_eq!(owned, model.entries.len());
+        assert!(index.owners.values().all(|expiries| !expiries.is_empty()));
     }
 
     fn insert(index: &mut Index, model: &mut Model, (id, o, at, key): (u8, u8, i64, Option<u8>)) {
@@ -409,9 +406,14 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Insert(id, o, at, key) => insert(&mut index, &mut model, (id, o, at, key)),
-                    Op::Remove(id) => {
-                        index.remove(&id.to_string());
-                        model.entries.remove(&id.to_string());
+                    Op::Remove(n) => {
+                        let keys = model.sorted_keys();
+                        let (at, id) = keys
+                            .get(n % keys.len().max(1))
+                            .cloned()
+                            .unwrap_or((7, "missing".to_owned()));
+                        index.remove(at, &id);
+                        model.entries.remove(&(at, id));
                     }
                     Op::Replace(listed, during) => {
                         let since = index.seq();

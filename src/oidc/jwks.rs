@@ -15,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::Error;
+use crate::timing;
 
 /// The least time between two fetches caused by unknown `kid`s, so that a
 /// stream of forged tokens cannot make us hammer the provider.
@@ -223,16 +224,12 @@ impl Jwks {
     }
 
     async fn fetch(&self, uri: &Url) -> Result<(HashMap<String, Key>, Duration), Error> {
-        let response = self
-            .http
-            .get(uri.clone())
-            .send()
+        let response = timing::upstream(self.http.get(uri.clone()).send())
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| Error::Unreachable(format!("signing keys: {}", e.without_url())))?;
         let max_age = cache_lifetime(response.headers());
-        let body = response
-            .bytes()
+        let body = timing::upstream(response.bytes())
             .await
             .map_err(|e| Error::Unreachable(format!("signing keys: {}", e.without_url())))?;
         Ok((parse_key_set(&body)?, max_age))

@@ -459,3 +459,40 @@ async fn a_token_also_meant_for_another_audience_is_refused() {
     assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
     assert_eq!(app.openai_calls(SA_CREATE), 0);
 }
+
+/// `Server-Timing`'s `upstream` and `app` durations, in ms.
+fn server_timing(headers: &reqwest::header::HeaderMap) -> Option<(f64, f64)> {
+    let value = headers.get("server-timing")?.to_str().unwrap().to_owned();
+    let dur = |metric: &str| -> f64 {
+        value
+            .split(", ")
+            .find_map(|part| part.strip_prefix(&format!("{metric};dur=")))
+            .unwrap_or_else(|| panic!("no {metric} in {value:?}"))
+            .parse()
+            .unwrap()
+    };
+    Some((dur("upstream"), dur("app")))
+}
+
+#[tokio::test]
+async fn server_timing_is_off_by_default_and_splits_the_upstream_wait_from_the_rest() {
+    let app = TestApp::spawn().await;
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(server_timing(&page.headers), None, "off by default");
+
+    let app = TestApp::spawn_with(Options::default().set("SERVER_TIMING", "true")).await;
+    let home = app.get("/").await;
+    let (upstream, _) = server_timing(home.headers()).expect("on");
+    assert_eq!(upstream, 0.0, "GET / calls nobody once discovery is cached");
+    // Every Admin API answer now takes at least 100 ms; the service-account
+    // create runs in a task of its own, and still counts.
+    app.sandbox.openai.set_latency(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::ZERO,
+    );
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let (upstream, _) = server_timing(&page.headers).expect("on the key page");
+    assert!(upstream >= 100.0, "upstream {upstream} ms");
+}
