@@ -64,6 +64,8 @@ pub struct AppState {
     pub limits: Arc<limits::Limits>,
     /// Whether answers carry a `Server-Timing` header.
     pub server_timing: bool,
+    /// Counts requests, so that the heap is trimmed after a burst.
+    pub activity: crate::memory::Activity,
 }
 
 impl FromRef<AppState> for Key {
@@ -127,6 +129,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// Every route, with its method, and the layers around them.
 pub fn router(state: AppState) -> Router {
     let timing = state.server_timing;
+    let activity = state.activity.clone();
     let hsts = state.secure_cookies.then(|| {
         SetResponseHeaderLayer::if_not_present(
             header::STRICT_TRANSPORT_SECURITY,
@@ -151,7 +154,8 @@ pub fn router(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
         // Our ids only: a client-chosen id could impersonate another
         // request's in the log.
-        .map_request(|mut request: Request| {
+        .map_request(move |mut request: Request| {
+            activity.record();
             request.headers_mut().remove(REQUEST_ID);
             request
         })

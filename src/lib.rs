@@ -14,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod keys;
+pub mod memory;
 pub mod oidc;
 pub mod openai;
 pub mod telemetry;
@@ -143,6 +144,7 @@ impl Application {
             cookie_key,
             secure_cookies: config.is_https(),
             server_timing: config.server_timing,
+            activity: memory::Activity::default(),
             limits: Arc::new(http::limits::Limits {
                 issue_per_user: http::limits::RateLimiter::new(
                     config.rate_limit_per_user,
@@ -191,6 +193,9 @@ impl Application {
         let mut cleanup = AbortOnDrop(tokio::spawn(
             self.state.cleanup.clone().run_until(stop_rx.clone()),
         ));
+        let _trim = AbortOnDrop(tokio::spawn(memory::trim_after_bursts(
+            self.state.activity.clone(),
+        )));
         let provider = self.state.provider.clone();
         tokio::spawn(async move {
             // Warm the discovery cache so /readyz and the first sign-in are quick.

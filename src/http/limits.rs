@@ -23,8 +23,20 @@ const PRUNE_ABOVE: usize = 1_024;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    tokens: f64,
-    updated: SystemTime,
+    tokens: f32,
+    /// Whole seconds since the Unix epoch: eight bytes a bucket in all.
+    /// Refills count whole seconds, and `updated` moves to the same whole
+    /// second, so no fraction is ever lost or counted twice.
+    updated: u32,
+}
+
+/// `now` in whole seconds since the Unix epoch (saturating in 2106).
+fn whole_seconds(now: SystemTime) -> u32 {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
 /// Allows `limit` events per `period` per key, in bursts of up to `limit`.
@@ -71,17 +83,26 @@ impl RateLimiter {
         }
     }
 
-    fn refill(&self, bucket: &mut Bucket, now: SystemTime) {
-        let elapsed = now.duration_since(bucket.updated).unwrap_or_default();
+    fn refill(&self, bucket: &mut Bucket, now: u32) {
+        let elapsed = f64::from(now.saturating_sub(bucket.updated));
         let rate = f64::from(self.limit) / self.period.as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * rate).min(f64::from(self.limit));
-        bucket.updated = now;
+        let tokens = (f64::from(bucket.tokens) + elapsed * rate).min(f64::from(self.limit));
+        // At most `limit` (≤ 1,000,000): an f32 holds it to a tenth of a
+        // token at worst.
+        bucket.tokens = tokens as f32;
+        bucket.updated = bucket.updated.max(now);
+    }
+
+    /// A full bucket's tokens.
+    fn full(&self) -> f32 {
+        // At most 1,000,000 (see `config`): exact in an f32.
+        self.limit as f32
     }
 
     /// Drops the buckets that have refilled by `now`: a full bucket answers
     /// exactly as a missing one does.
-    fn prune(&self, buckets: &mut Buckets, now: SystemTime) {
-        let full = f64::from(self.limit);
+    fn prune(&self, buckets: &mut Buckets, now: u32) {
+        let full = self.full();
         buckets.by_key.retain(|_, b| {
             let mut b = *b;
             self.refill(&mut b, now);
@@ -101,6 +122,7 @@ impl RateLimiter {
         if self.limit == 0 {
             return Ok(());
         }
+        let now = whole_seconds(now);
         let mut guard = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let buckets = &mut *guard;
         buckets.checks += 1;
@@ -109,7 +131,7 @@ impl RateLimiter {
         }
         let key = buckets.hasher.hash_one(key);
         let bucket = buckets.by_key.entry(key).or_insert(Bucket {
-            tokens: f64::from(self.limit),
+            tokens: self.full(),
             updated: now,
         });
         self.refill(bucket, now);
@@ -118,7 +140,7 @@ impl RateLimiter {
             Ok(())
         } else {
             let rate = f64::from(self.limit) / self.period.as_secs_f64();
-            let wait = (1.0 - bucket.tokens) / rate;
+            let wait = (1.0 - f64::from(bucket.tokens)) / rate;
             Err(Duration::from_secs_f64(wait.max(1.0)).min(self.period))
         }
     }

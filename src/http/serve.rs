@@ -51,6 +51,11 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Answers go out whole, in one write or a few: no reason to let
+        // Nagle hold back the tail of one for the peer's ACK.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
         let service = router
             .clone()
             .map_request(move |mut request: hyper::Request<Incoming>| {

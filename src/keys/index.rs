@@ -21,15 +21,34 @@ use super::AccountName;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The account's name as OpenAI holds it (owner and nonce inside).
-    name: Box<str>,
-    /// The key's id, when this replica issued it (a listing shows none).
-    key_id: Option<Box<str>>,
+    /// The account's name as OpenAI holds it (owner and nonce inside),
+    /// then, when this replica issued the key, a space and the key's id (a
+    /// listing shows none). One allocation; a name never holds a space.
+    text: Box<str>,
     /// Hash of the owner's address: the key of `owners`.
     owner: u64,
     /// Insertion sequence, so that a full listing keeps entries issued
     /// while it ran.
     seq: u64,
+}
+
+impl Entry {
+    fn text(name: &AccountName, key_id: Option<&str>) -> Box<str> {
+        match key_id {
+            Some(key_id) => format!("{name} {key_id}").into_boxed_str(),
+            None => name.encode().into_boxed_str(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.text
+            .split_once(' ')
+            .map_or(&self.text, |(name, _)| name)
+    }
+
+    fn key_id(&self) -> Option<&str> {
+        self.text.split_once(' ').map(|(_, key_id)| key_id)
+    }
 }
 
 /// Accounts of ours not yet deleted, ordered by expiry.
@@ -61,12 +80,10 @@ impl Index {
         self.seq += 1;
         let owner = self.owner_key(name.owner.as_str());
         let key = (name.expires_at, id.into_boxed_str());
-        let key_id = key_id.map(String::into_boxed_str);
-        let name = name.encode().into_boxed_str();
         if let Some(entry) = self.schedule.get_mut(&key) {
             entry.seq = self.seq;
-            entry.key_id = key_id.or(entry.key_id.take());
-            entry.name = name;
+            let key_id = key_id.as_deref().or(entry.key_id());
+            entry.text = Entry::text(&name, key_id);
             let old = std::mem::replace(&mut entry.owner, owner);
             if old != owner {
                 self.unlink_owner(old, key.0);
@@ -76,8 +93,7 @@ impl Index {
         }
         self.owners.entry(owner).or_default().push(key.0);
         let entry = Entry {
-            name,
-            key_id,
+            text: Entry::text(&name, key_id.as_deref()),
             owner,
             seq: self.seq,
         };
@@ -115,17 +131,17 @@ impl Index {
         let mut key_ids = HashMap::new();
         for ((at, id), entry) in old {
             if entry.seq > since
-                && let Some(name) = AccountName::parse(&entry.name)
+                && let Some(name) = AccountName::parse(entry.name())
             {
                 recent.push((String::from(id.clone()), name));
             }
-            if let Some(key_id) = entry.key_id {
-                key_ids.insert((at, id), key_id);
+            if let Some(key_id) = entry.key_id() {
+                key_ids.insert((at, id), key_id.to_owned());
             }
         }
         for (id, name) in listed.into_iter().chain(recent) {
             let key_id = key_ids.remove(&(name.expires_at, Box::<str>::from(id.as_str())));
-            self.insert(id, name, key_id.map(String::from));
+            self.insert(id, name, key_id);
         }
     }
 
@@ -141,12 +157,8 @@ impl Index {
             .take_while(|((at, _), _)| *at <= now)
             .filter_map(|((_, id), entry)| {
                 // Every stored name was encoded from a parsed one.
-                let name = AccountName::parse(&entry.name)?;
-                Some((
-                    id.to_string(),
-                    name,
-                    entry.key_id.as_deref().map(str::to_owned),
-                ))
+                let name = AccountName::parse(entry.name())?;
+                Some((id.to_string(), name, entry.key_id().map(str::to_owned)))
             })
             .collect()
     }
@@ -155,7 +167,7 @@ impl Index {
     pub(crate) fn key_id(&self, expires_at: i64, id: &str) -> Option<String> {
         self.schedule
             .get(&(expires_at, Box::<str>::from(id)))
-            .and_then(|e| e.key_id.as_deref().map(str::to_owned))
+            .and_then(|e| e.key_id().map(str::to_owned))
     }
 
     /// `owner`'s expiries that are still live at `now`.

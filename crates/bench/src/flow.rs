@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use reqwest::cookie::{CookieStore as _, Jar};
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{StatusCode, Url};
 use sandbox::oidc::{FakeOidc, Identity};
 
@@ -37,6 +37,51 @@ pub(crate) struct Timing {
     /// which include its calls to the token endpoint and the Admin API;
     /// the browser's visit to the provider is left out.
     pub(crate) server: Duration,
+    /// Of `server`, how long the key server said it waited on the sandbox
+    /// (its `Server-Timing: upstream`). `server - upstream` is the latency
+    /// the server adds: its own work, its queueing, and the loopback hops.
+    pub(crate) upstream: Duration,
+    /// Of `server`, the time the key server said it spent on the requests
+    /// itself (`Server-Timing: app`): `server - upstream` without the
+    /// network and the wait before the server reads a request.
+    pub(crate) app: Duration,
+}
+
+impl Timing {
+    /// The latency the server adds over the sandbox's own.
+    pub(crate) fn added(&self) -> Duration {
+        self.server.saturating_sub(self.upstream)
+    }
+}
+
+/// A hop's `Server-Timing` (`upstream;dur=…, app;dur=…`, in ms).
+#[derive(Debug, Default, Clone, Copy)]
+struct ServerTiming {
+    upstream: Duration,
+    app: Duration,
+}
+
+impl ServerTiming {
+    fn read(headers: &HeaderMap) -> anyhow::Result<Self> {
+        let value = headers
+            .get("server-timing")
+            .context("the server sent no Server-Timing header (is SERVER_TIMING on?)")?
+            .to_str()
+            .context("a Server-Timing header that is not text")?;
+        let metric = |name: &str| -> anyhow::Result<Duration> {
+            let ms: f64 = value
+                .split(',')
+                .find_map(|part| part.trim().strip_prefix(name)?.strip_prefix(";dur="))
+                .with_context(|| format!("no {name} in Server-Timing {value:?}"))?
+                .parse()
+                .with_context(|| format!("Server-Timing {value:?}"))?;
+            Ok(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+        };
+        Ok(Self {
+            upstream: metric("upstream")?,
+            app: metric("app")?,
+        })
+    }
 }
 
 /// Numbers the people who sign in, across every flow of the process.
@@ -56,15 +101,17 @@ pub(crate) async fn sign_in(
     let jar = Jar::default();
     let start = Instant::now();
     let home = Url::parse(&format!("{base_url}/"))?;
-    let authorize = redirect(client, &jar, &home).await.context("GET /")?;
+    let (authorize, first) = redirect(client, &jar, &home).await.context("GET /")?;
+    let first = ServerTiming::read(&first).context("GET /")?;
 
     let at_provider = Instant::now();
-    let callback = redirect(client, &jar, &authorize)
+    let (callback, _) = redirect(client, &jar, &authorize)
         .await
         .context("the provider's authorization URL")?;
     let provider_hop = at_provider.elapsed();
 
     let response = get(client, &jar, &callback).await.context("the callback")?;
+    let second = ServerTiming::read(response.headers()).context("the callback")?;
     let status = response.status();
     let body = response.text().await.context("reading the key page")?;
     let total = start.elapsed();
@@ -81,6 +128,8 @@ pub(crate) async fn sign_in(
     Ok(Timing {
         total,
         server: total.saturating_sub(provider_hop),
+        upstream: first.upstream + second.upstream,
+        app: first.app + second.app,
     })
 }
 
@@ -95,8 +144,12 @@ async fn get(client: &reqwest::Client, jar: &Jar, url: &Url) -> anyhow::Result<r
     Ok(response)
 }
 
-/// GET that must answer 302; returns where it points.
-async fn redirect(client: &reqwest::Client, jar: &Jar, url: &Url) -> anyhow::Result<Url> {
+/// GET that must answer 302; returns where it points, and the headers.
+async fn redirect(
+    client: &reqwest::Client,
+    jar: &Jar,
+    url: &Url,
+) -> anyhow::Result<(Url, HeaderMap)> {
     let response = get(client, jar, url).await?;
     let status = response.status();
     if status != StatusCode::FOUND {
@@ -109,7 +162,8 @@ async fn redirect(client: &reqwest::Client, jar: &Jar, url: &Url) -> anyhow::Res
         .context("a 302 without Location")?
         .to_str()
         .context("a Location that is not text")?;
-    url.join(location).context("a Location that is not a URL")
+    let next = url.join(location).context("a Location that is not a URL")?;
+    Ok((next, response.headers().clone()))
 }
 
 fn excerpt(body: &str) -> String {

@@ -40,6 +40,21 @@ struct Cli {
     /// `--server-env RATE_LIMIT_PER_USER=0` to see what a feature costs.
     #[arg(long, global = true, value_name = "NAME=value")]
     server_env: Vec<String>,
+    /// Threads of the simulated browsers' runtime.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    client_threads: u16,
+    /// Threads of the sandbox's runtime. The sandbox stands in for Google
+    /// and OpenAI, which run on other machines; one thread keeps it to one
+    /// of this machine's cores, so that its work (an RSA signature per
+    /// sign-in) queues in the sandbox instead of delaying the server.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    sandbox_threads: u16,
+    /// Niceness of the sandbox's threads (0 to 19). On 2 cores the
+    /// sandbox's signing would otherwise hold a core the server's thread
+    /// has just been woken for; at a lower priority it works in the gaps,
+    /// as a service on other machines would. Set with `renice`.
+    #[arg(long, global = true, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    sandbox_nice: u8,
 }
 
 /// The scenarios.
@@ -79,8 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let binary = server::locate(cli.server_bin, cli.rebuild)?;
     // Reqwest is built without a default TLS provider (as in the server).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    scenario::set_sandbox_threads(cli.sandbox_threads.into(), cli.sandbox_nice);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cli.client_threads.into())
         .enable_all()
         .build()?;
     runtime.block_on(async move {

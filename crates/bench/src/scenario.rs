@@ -10,6 +10,7 @@ pub(crate) mod sweep;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -30,13 +31,71 @@ pub(crate) const SA_DELETE: &str =
 /// Who signs in: a Workspace account of the allowed domain.
 pub(crate) const SIGN_IN_AS: &str = "bench@example.com";
 
+/// Threads and niceness of the sandbox's runtime (`--sandbox-threads`,
+/// `--sandbox-nice`).
+static SANDBOX_THREADS: OnceLock<(usize, u8)> = OnceLock::new();
+
+/// Sets the sandbox's thread count and niceness, before any scenario
+/// starts.
+pub(crate) fn set_sandbox_threads(threads: usize, nice: u8) {
+    let _ = SANDBOX_THREADS.set((threads, nice));
+}
+
+/// Lowers the priority of the calling thread with `renice` (Linux treats a
+/// thread id as a process id there). Best effort: a failure is reported
+/// once and the run goes on at normal priority.
+fn renice_this_thread(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    let renice = || -> anyhow::Result<()> {
+        let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+        let tid = link
+            .file_name()
+            .and_then(|name| name.to_str())
+            .context("/proc/thread-self names no thread")?
+            .to_owned();
+        let status = std::process::Command::new("renice")
+            .args(["-n", &nice.to_string(), "-p", &tid])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running renice")?;
+        anyhow::ensure!(status.success(), "renice failed ({status})");
+        Ok(())
+    };
+    if let Err(error) = renice() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| eprintln!("bench: the sandbox runs at normal priority: {error:#}"));
+    }
+}
+
+/// The sandbox's own runtime, apart from the simulated browsers': its token
+/// endpoint signs an ID token per sign-in (about a millisecond of CPU), and
+/// on the browsers' threads that would delay reading the server's answers,
+/// which is what the latency figures time.
+fn sandbox_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let (threads, nice) = SANDBOX_THREADS.get().copied().unwrap_or((1, 0));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .on_thread_start(move || renice_this_thread(nice))
+        .thread_name("sandbox")
+        .enable_all()
+        .build()
+        .context("building the sandbox's runtime")?;
+    Ok(RUNTIME.get_or_init(|| runtime))
+}
+
 /// The sandbox with these Admin API settings, auto-approving
-/// [`SIGN_IN_AS`] at the provider.
+/// [`SIGN_IN_AS`] at the provider, serving from its own runtime.
 pub(crate) async fn sandbox(config: sandbox::openai::Config) -> anyhow::Result<Sandbox> {
-    let sandbox = Sandbox::builder()
-        .openai(config)
-        .start()
+    let sandbox = sandbox_runtime()?
+        .spawn(async move { Sandbox::builder().openai(config).start().await })
         .await
+        .context("the sandbox's runtime")?
         .context("starting the sandbox")?;
     sandbox
         .oidc

@@ -166,6 +166,9 @@ impl Server {
             // address would stop the run after 120 sign-ins. The per-user
             // limits stay on (each flow signs in a different person).
             ("RATE_LIMIT_PER_IP", "0".to_owned()),
+            // How long each answer waited on the sandbox, so that the
+            // latency the server adds can be told from the sandbox's.
+            ("SERVER_TIMING", "true".to_owned()),
         ]);
         let mut env: Vec<(String, String)> =
             env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();

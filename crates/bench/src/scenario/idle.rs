@@ -1,6 +1,7 @@
-//! `idle`: the server's memory right after start, at the 5,000th and after
-//! the 10,000th flow (a leak shows as growth between the two), and its
-//! start-up time to ready.
+//! `idle`: the server's memory right after start, at the 5,000th and right
+//! after the 10,000th flow (a leak shows as growth between the two), again
+//! once the server has been quiet for a few seconds (it gives a burst's
+//! buffers back then), and its start-up time to ready.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +30,10 @@ pub(crate) struct Args {
     /// than the run keeps the live set bounded, so that growth means a leak.
     #[arg(long, default_value_t = 86_400)]
     pub(crate) expiration_s: u64,
+    /// Seconds without requests after the last flow before the last
+    /// reading (the server trims its heap after one quiet second).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) quiet_s: u64,
 }
 
 impl Default for Args {
@@ -38,6 +43,7 @@ impl Default for Args {
             concurrency: 64,
             settle_s: 1,
             expiration_s: 86_400,
+            quiet_s: 3,
         }
     }
 }
@@ -84,6 +90,8 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
     let cpu = ready.server.cpu()?.since(cpu_before);
     let machine = procfs::machine_cpu()?.since(machine_before);
     let after = ready.server.memory()?;
+    tokio::time::sleep(Duration::from_secs(args.quiet_s)).await;
+    let quiet = ready.server.memory()?;
     ready.server.ensure_running()?;
     let at_half = *at_half.lock().unwrap_or_else(PoisonError::into_inner);
     let live_keys = sandbox
@@ -102,6 +110,8 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
         .set("live_keys_after", live_keys)
         .set(&format!("rss_mb_after_{halfway}"), rss(at_half))
         .set_f("rss_mb_after", Some(after.rss_mib()))
+        .set_f("rss_mb_after_quiet", Some(quiet.rss_mib()))
+        .set("quiet_s", args.quiet_s)
         .set_f(
             &format!("rss_growth_mb_{halfway}_to_{}", args.flows),
             at_half.map(|half| after.rss_mib() - half.rss_mib()),
@@ -128,7 +138,10 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
     for error in &batch.first_errors {
         report.note(format!("error: {error}"));
     }
-    report.note("rss figures are VmRSS in MiB; peak is VmHWM");
+    report.note(
+        "rss figures are VmRSS in MiB; peak is VmHWM; rss_mb_after is read right after the \
+         last flow, rss_mb_after_quiet after quiet_s seconds without requests",
+    );
     Ok(report)
 }
 

@@ -104,13 +104,18 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
             .map(|t| t.total.as_secs_f64() * 1000.0)
             .collect(),
     );
-    let added = Samples::new(
-        batch
-            .timings
-            .iter()
-            .map(|t| t.server.as_secs_f64() * 1000.0 - args.latency_ms as f64)
-            .collect(),
-    );
+    let ms = |f: fn(&flow::Timing) -> std::time::Duration| {
+        Samples::new(
+            batch
+                .timings
+                .iter()
+                .map(|t| f(t).as_secs_f64() * 1000.0)
+                .collect(),
+        )
+    };
+    let added = ms(flow::Timing::added);
+    let in_server = ms(|t| t.app);
+    let upstream = ms(|t| t.upstream);
     let admin_calls: u64 = calls.values().sum();
 
     let mut report = Report::new("issue");
@@ -125,6 +130,11 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
         .set_f("latency_ms_max", total.max())
         .set_f("added_latency_ms_p50", added.median())
         .set_f("added_latency_ms_p99", added.percentile(99.0))
+        .set_f("added_latency_ms_max", added.max())
+        .set_f("server_app_ms_p50", in_server.median())
+        .set_f("server_app_ms_p99", in_server.percentile(99.0))
+        .set_f("sandbox_wait_ms_p50", upstream.median())
+        .set_f("sandbox_wait_ms_p99", upstream.percentile(99.0))
         .set_f(
             "server_cpu_ms_per_flow",
             Some(cpu.total().as_secs_f64() * 1000.0 / per_flow),
@@ -169,8 +179,10 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
         report.note(format!("error: {error}"));
     }
     report.note(
-        "added_latency = time of the two server hops (GET / and the callback) minus one \
-         Admin API latency; it still holds the sandbox's token endpoint and queueing",
+        "added_latency = time of the two server hops (GET / and the callback) as the browser \
+         saw it, minus what the server said it waited on the sandbox (Server-Timing upstream: \
+         the token endpoint and the Admin API); server_app = the server's own time in those \
+         two requests (Server-Timing app); sandbox_wait = the upstream part",
     );
     report.note(
         "bench_cpu = this process: the sandbox (RSA-signed ID tokens, the fake Admin API) \
