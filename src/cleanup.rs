@@ -23,6 +23,9 @@ pub struct Cleanup {
     clock: Clock,
     full_period: Duration,
     running: Arc<Mutex<Option<broadcast::Sender<Outcome>>>>,
+    /// Told of each sweep that did work, so that the heap is trimmed after
+    /// a burst of deletes as after a burst of requests.
+    activity: Option<crate::memory::Activity>,
 }
 
 /// Empties the "sweep running" slot when dropped.
@@ -51,7 +54,15 @@ impl Cleanup {
             clock,
             full_period,
             running: Arc::default(),
+            activity: None,
         }
+    }
+
+    /// Also notes each sweep that did work in `activity`.
+    #[must_use]
+    pub fn with_activity(mut self, activity: crate::memory::Activity) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// Runs a full sweep now, or joins the one already running. The sweep
@@ -110,6 +121,11 @@ impl Cleanup {
                 outcome = work => outcome,
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
+            if let (Some(activity), Ok(report)) = (&self.activity, &outcome)
+                && report.listed + report.deleted + report.failed > 0
+            {
+                activity.record();
+            }
             match outcome {
                 Ok(report) if report.failed > 0 && !full => {
                     // Retried already inside the sweep; leave them to the next

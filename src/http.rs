@@ -155,7 +155,11 @@ pub fn router(state: AppState) -> Router {
         // Our ids only: a client-chosen id could impersonate another
         // request's in the log.
         .map_request(move |mut request: Request| {
-            activity.record();
+            // Probes are no burst: an idle server polled by its orchestrator
+            // has nothing to give back.
+            if !matches!(request.uri().path(), "/healthz" | "/readyz") {
+                activity.record();
+            }
             request.headers_mut().remove(REQUEST_ID);
             request
         })

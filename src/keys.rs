@@ -599,10 +599,7 @@ impl Keys {
             self.index().replace(listing.kept, since);
         } else {
             // A partial listing must not forget accounts it did not reach.
-            let mut index = self.index();
-            for (id, name) in listing.kept {
-                index.insert(id, name, None);
-            }
+            self.index().merge(listing.kept);
         }
         // Orphans past their expiry are covered by the normal rule.
         self.orphans()

@@ -37,12 +37,12 @@ use crate::keys::Keys;
 use crate::oidc::Provider;
 use crate::openai::AdminClient;
 
-/// Installs the TLS crypto provider once (ring, so that no C toolchain for
-/// aws-lc is needed) and builds the one HTTP client for outgoing calls:
-/// `TIMEOUT` on every call, redirects off.
 /// Idle connections kept per upstream host.
 const IDLE_CONNECTIONS_PER_HOST: usize = 8;
 
+/// Installs the TLS crypto provider once (ring, so that no C toolchain for
+/// aws-lc is needed) and builds the one HTTP client for outgoing calls:
+/// `TIMEOUT` on every call, redirects off.
 pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     // Fails only when a provider is already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -120,11 +120,13 @@ impl Application {
             },
         );
         let keys = keys_for(&config, http);
+        let activity = memory::Activity::default();
         let cleanup = Cleanup::new(
             keys.clone(),
             clock.clone(),
             cleanup::full_sweep_period(config.cleanup_interval, config.expiration),
-        );
+        )
+        .with_activity(activity.clone());
         let cookie_key = match &config.session_secret {
             Some(secret) => Key::derive_from(secret.expose()),
             None => {
@@ -144,7 +146,7 @@ impl Application {
             cookie_key,
             secure_cookies: config.is_https(),
             server_timing: config.server_timing,
-            activity: memory::Activity::default(),
+            activity,
             limits: Arc::new(http::limits::Limits {
                 issue_per_user: http::limits::RateLimiter::new(
                     config.rate_limit_per_user,

@@ -1,10 +1,11 @@
-//! Giving memory back after a burst. A burst of sign-ins allocates buffers
-//! for every connection at once (tens of kilobytes each, to the client and
-//! to Google and OpenAI); freed, that memory stays with the C heap for reuse
-//! and the process stays as large as at the burst's peak. Once requests
-//! have stopped for a second, the free pages go back to the system
-//! ([`heap_trim`]). Under steady load nothing is trimmed: the pages would
-//! only be faulted back in.
+//! Giving memory back after a burst. A burst of sign-ins (or of deletes)
+//! allocates buffers for every connection at once (tens of kilobytes each,
+//! to the client and to Google and OpenAI); freed, that memory stays with
+//! the C heap for reuse and the process stays as large as at the burst's
+//! peak. Once requests and sweeps have stopped for a second, the free pages
+//! go back to the system ([`heap_trim`]). Under steady load nothing is
+//! trimmed: the pages would only be faulted back in. Health probes do not
+//! count as activity.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,12 +14,13 @@ use std::time::Duration;
 /// How long requests must have stopped before the heap is trimmed.
 const QUIET: Duration = Duration::from_secs(1);
 
-/// Counts requests, for [`trim_after_bursts`]. Cheap to clone.
+/// Counts requests and sweeps that did work, for [`trim_after_bursts`].
+/// Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Activity(Arc<AtomicU64>);
 
 impl Activity {
-    /// Notes one request.
+    /// Notes one request or sweep.
     pub fn record(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }

@@ -214,7 +214,9 @@ fn public(error: &HttpError) -> Public {
             },
         },
         HttpError::RateLimited { retry_after, .. } => Public {
-            retry_after: Some(retry_after.as_secs().max(1)),
+            // Rounded up: a client that waits exactly this long must find
+            // a token, not another 429.
+            retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             hint: Some("Wait a little and try again."),
             ..page(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -84,13 +84,20 @@ impl RateLimiter {
     }
 
     fn refill(&self, bucket: &mut Bucket, now: u32) {
-        let elapsed = f64::from(now.saturating_sub(bucket.updated));
+        if now < bucket.updated {
+            // The clock went back (a correction): restart the count from
+            // now rather than wait for the clock to catch up with a bucket
+            // that then refills nothing.
+            bucket.updated = now;
+            return;
+        }
+        let elapsed = f64::from(now - bucket.updated);
         let rate = f64::from(self.limit) / self.period.as_secs_f64();
         let tokens = (f64::from(bucket.tokens) + elapsed * rate).min(f64::from(self.limit));
         // At most `limit` (≤ 1,000,000): an f32 holds it to a tenth of a
         // token at worst.
         bucket.tokens = tokens as f32;
-        bucket.updated = bucket.updated.max(now);
+        bucket.updated = now;
     }
 
     /// A full bucket's tokens.
@@ -246,6 +253,21 @@ mod tests {
             "the a-buckets refilled and went, the busy b-buckets are all kept"
         );
         assert!(buckets.by_key.len() <= buckets.prune_above);
+    }
+
+    #[test]
+    fn a_clock_set_back_neither_refills_nor_locks_out() {
+        let limiter = RateLimiter::new(3, Duration::from_secs(60));
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ahead = t0 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert!(limiter.check("a", ahead).is_ok());
+        }
+        // Corrected back by an hour: no free tokens for the hour…
+        assert!(limiter.check("a", t0).is_err());
+        // …and the usual refill from the corrected time, not from `ahead`.
+        assert!(limiter.check("a", t0 + Duration::from_secs(20)).is_ok());
+        assert!(limiter.check("a", t0 + Duration::from_secs(20)).is_err());
     }
 
     #[test]

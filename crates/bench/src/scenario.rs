@@ -10,7 +10,7 @@ pub(crate) mod sweep;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -63,9 +63,12 @@ fn renice_this_thread(nice: u8) {
         anyhow::ensure!(status.success(), "renice failed ({status})");
         Ok(())
     };
-    if let Err(error) = renice() {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| eprintln!("bench: the sandbox runs at normal priority: {error:#}"));
+    match renice() {
+        Ok(()) => SANDBOX_NICE_APPLIED.store(nice, std::sync::atomic::Ordering::Relaxed),
+        Err(error) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| eprintln!("bench: the sandbox runs at normal priority: {error:#}"));
+        }
     }
 }
 
@@ -74,8 +77,12 @@ fn renice_this_thread(nice: u8) {
 /// on the browsers' threads that would delay reading the server's answers,
 /// which is what the latency figures time.
 fn sandbox_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    if let Some(runtime) = RUNTIME.get() {
+    // Behind a lock rather than `OnceLock::get_or_init`: building can fail,
+    // and two callers must not both build one (dropping a runtime inside
+    // another panics).
+    static RUNTIME: Mutex<Option<&'static tokio::runtime::Runtime>> = Mutex::new(None);
+    let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(runtime) = *slot {
         return Ok(runtime);
     }
     let (threads, nice) = SANDBOX_THREADS.get().copied().unwrap_or((1, 0));
@@ -86,8 +93,18 @@ fn sandbox_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("building the sandbox's runtime")?;
-    Ok(RUNTIME.get_or_init(|| runtime))
+    let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime));
+    *slot = Some(runtime);
+    Ok(runtime)
 }
+
+/// The niceness the sandbox's threads actually run at (0 until `renice`
+/// succeeded for one).
+pub(crate) fn sandbox_nice() -> u8 {
+    SANDBOX_NICE_APPLIED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static SANDBOX_NICE_APPLIED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// The sandbox with these Admin API settings, auto-approving
 /// [`SIGN_IN_AS`] at the provider, serving from its own runtime.

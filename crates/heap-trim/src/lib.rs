@@ -10,7 +10,7 @@
 pub fn release_free_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        #[allow(unsafe_code)]
+        #[expect(unsafe_code, reason = "glibc's malloc_trim has no safe binding")]
         // SAFETY: `malloc_trim` takes no pointer, only how much free space
         // to keep at the top of the heap (0: none), and takes each arena's
         // lock itself, so it is safe to call from any thread at any time.

@@ -54,10 +54,10 @@ pub(crate) async fn run(binary: &Path) -> anyhow::Result<()> {
     }
     keep(expiry::run(binary, &expiry::Args::default()).await?);
     keep(idle::run(binary, &idle::Args::default()).await?);
-    // Keys that expire during the run (about 2,000 live at a time): the
+    // Keys that expire during the run (a few thousand live at a time): the
     // per-key state stops growing, so any growth left would be a leak.
     let steady = idle::Args {
-        expiration_s: 10,
+        expiration_s: 2,
         ..idle::Args::default()
     };
     keep(idle::run(binary, &steady).await?);

@@ -90,14 +90,14 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
     let cpu = ready.server.cpu()?.since(cpu_before);
     let machine = procfs::machine_cpu()?.since(machine_before);
     let after = ready.server.memory()?;
-    tokio::time::sleep(Duration::from_secs(args.quiet_s)).await;
-    let quiet = ready.server.memory()?;
-    ready.server.ensure_running()?;
-    let at_half = *at_half.lock().unwrap_or_else(PoisonError::into_inner);
     let live_keys = sandbox
         .openai
         .find_project_by_name("personal")
         .map_or(0, |p| sandbox.openai.service_accounts(&p.id).len());
+    tokio::time::sleep(Duration::from_secs(args.quiet_s)).await;
+    let quiet = ready.server.memory()?;
+    ready.server.ensure_running()?;
+    let at_half = *at_half.lock().unwrap_or_else(PoisonError::into_inner);
 
     let mut report = Report::new("idle");
     report
