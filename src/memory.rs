@@ -52,7 +52,8 @@ impl Trimmer {
     }
 }
 
-/// Runs forever: trims the heap each time requests stop for [`QUIET`].
+/// Runs forever: trims the heap each time requests and sweeps stop for a
+/// second.
 pub async fn trim_after_bursts(activity: Activity) {
     let mut trimmer = Trimmer::default();
     let mut ticks = tokio::time::interval(QUIET);
