@@ -166,15 +166,7 @@ fn other_browser() -> reqwest::Client {
 }
 
 async fn fetch(client: &reqwest::Client, method: Method, url: &str) -> KeyPage {
-    let response = client.request(method, url).send().await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    KeyPage {
-        status,
-        body,
-        headers,
-    }
+    KeyPage::read(client.request(method, url).send().await.unwrap()).await
 }
 
 /// What a hand-written request got back.
@@ -897,11 +889,9 @@ async fn off_site_redirect_parameters_are_ignored_and_only_the_provider_is_redir
         app.url("/oauth2/callback"),
         "the registered callback, nothing else"
     );
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    assert!(!body.contains("evil.test"), "{body}");
-    assert_clean(&app, status, &headers, &body);
+    let answer = KeyPage::read(response).await;
+    assert!(!answer.body.contains("evil.test"), "{}", answer.body);
+    assert_clean(&app, answer.status, &answer.headers, &answer.body);
 
     // The callback takes no destination either.
     let state = login_state(&app).await;
@@ -944,11 +934,7 @@ async fn a_callback_with_no_login_in_progress_is_refused_before_the_code_is_exch
             .send()
             .await
             .unwrap();
-        let page = KeyPage {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: response.text().await.unwrap(),
-        };
+        let page = KeyPage::read(response).await;
         assert_refused(&app, &page, StatusCode::BAD_REQUEST);
     }
     assert_eq!(app.sandbox.oidc.journal().count(TOKEN_ENDPOINT), 0);

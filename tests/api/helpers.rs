@@ -120,6 +120,18 @@ pub(crate) struct KeyPage {
 }
 
 impl KeyPage {
+    /// Reads a whole answer.
+    pub(crate) async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap();
+        Self {
+            status,
+            body,
+            headers,
+        }
+    }
+
     /// The key in the read-only field.
     pub(crate) fn key(&self) -> String {
         let start = self
@@ -245,15 +257,7 @@ impl TestApp {
 
     /// Follows any URL and returns the page.
     pub(crate) async fn open(&self, url: &str) -> KeyPage {
-        let response = self.client.get(url).send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap();
-        KeyPage {
-            status,
-            body,
-            headers,
-        }
+        KeyPage::read(self.client.get(url).send().await.unwrap()).await
     }
 
     /// The whole flow as `identity`: `/` → provider → callback → page.
