@@ -158,6 +158,15 @@ pub(crate) async fn wait_for_startup_sweep(sandbox: &Sandbox) -> anyhow::Result<
     bail!("the server's start-up cleanup never listed the service accounts")
 }
 
+/// A scenario's knobs at their `#[arg(default_value…)]` values, the one
+/// place they are written.
+pub(crate) fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let matches = T::augment_args(clap::Command::new("bench"))
+        .try_get_matches_from(["bench"])
+        .expect("every knob of a scenario has a default");
+    T::from_arg_matches(&matches).expect("the defaults parse")
+}
+
 /// Admin API calls by route between two snapshots of the counters (routes
 /// that did not move are left out).
 pub(crate) fn calls_between(
@@ -192,6 +201,30 @@ pub(crate) fn calls_json(calls: &BTreeMap<String, u64>, per: f64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_the_command_lines() {
+        let issue: issue::Args = defaults();
+        assert_eq!(
+            (issue.flows, issue.concurrency, issue.warmup),
+            (2000, 64, 16)
+        );
+        let sweep: sweep::Args = defaults();
+        assert_eq!(
+            (sweep.accounts, sweep.latency_ms, sweep.rate_limit),
+            (2000, 20, None)
+        );
+        let expiry: expiry::Args = defaults();
+        assert_eq!(
+            (expiry.keys, expiry.window_s, expiry.poll_ms),
+            (1000, 60, 10)
+        );
+        let idle: idle::Args = defaults();
+        assert_eq!(
+            (idle.flows, idle.expiration_s, idle.quiet_s),
+            (10_000, 86_400, 3)
+        );
+    }
 
     #[test]
     fn calls_between_snapshots_keep_only_routes_that_moved() {

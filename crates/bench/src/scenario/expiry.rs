@@ -47,17 +47,10 @@ pub(crate) struct Args {
 }
 
 impl Default for Args {
+    /// The command line's defaults: `all` runs what the scenario runs with
+    /// no flags.
     fn default() -> Self {
-        Self {
-            keys: 1000,
-            window_s: 60,
-            lead_s: 5,
-            issued: 20,
-            expiration_s: 10,
-            latency_ms: 0,
-            poll_ms: 10,
-            seed: 1,
-        }
+        super::defaults()
     }
 }
 

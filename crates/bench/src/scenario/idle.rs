@@ -37,14 +37,10 @@ pub(crate) struct Args {
 }
 
 impl Default for Args {
+    /// The command line's defaults: `all` runs what the scenario runs with
+    /// no flags.
     fn default() -> Self {
-        Self {
-            flows: 10_000,
-            concurrency: 64,
-            settle_s: 1,
-            expiration_s: 86_400,
-            quiet_s: 3,
-        }
+        super::defaults()
     }
 }
 

@@ -28,14 +28,10 @@ pub(crate) struct Args {
 }
 
 impl Default for Args {
+    /// The command line's defaults: `all` runs what the scenario runs with
+    /// no flags.
     fn default() -> Self {
-        Self {
-            flows: 2000,
-            concurrency: 64,
-            latency_ms: 0,
-            jitter_ms: 0,
-            warmup: 16,
-        }
+        super::defaults()
     }
 }
 

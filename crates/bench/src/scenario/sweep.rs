@@ -33,14 +33,10 @@ pub(crate) struct Args {
 }
 
 impl Default for Args {
+    /// The command line's defaults: `all` runs what the scenario runs with
+    /// no flags.
     fn default() -> Self {
-        Self {
-            accounts: 2000,
-            latency_ms: 20,
-            rate_limit: None,
-            concurrency: 8,
-            timeout_s: 900,
-        }
+        super::defaults()
     }
 }
 
