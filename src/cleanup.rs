@@ -25,7 +25,7 @@ pub struct Cleanup {
     running: Arc<Mutex<Option<broadcast::Sender<Outcome>>>>,
     /// Told of each sweep that did work, so that the heap is trimmed after
     /// a burst of deletes as after a burst of requests.
-    activity: Option<crate::memory::Activity>,
+    activity: crate::memory::Activity,
 }
 
 /// Empties the "sweep running" slot when dropped.
@@ -54,14 +54,15 @@ impl Cleanup {
             clock,
             full_period,
             running: Arc::default(),
-            activity: None,
+            activity: crate::memory::Activity::default(),
         }
     }
 
-    /// Also notes each sweep that did work in `activity`.
+    /// Notes each sweep that did work in `activity` (by default, in a
+    /// counter nobody reads).
     #[must_use]
     pub fn with_activity(mut self, activity: crate::memory::Activity) -> Self {
-        self.activity = Some(activity);
+        self.activity = activity;
         self
     }
 
@@ -121,10 +122,10 @@ impl Cleanup {
                 outcome = work => outcome,
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            if let (Some(activity), Ok(report)) = (&self.activity, &outcome)
+            if let Ok(report) = &outcome
                 && report.listed + report.deleted + report.failed > 0
             {
-                activity.record();
+                self.activity.record();
             }
             match outcome {
                 Ok(report) if report.failed > 0 && !full => {
