@@ -16,6 +16,12 @@ use crate::keys::{Keys, SweepReport};
 /// The outcome of a sweep, shared by everyone who waited for it.
 pub type Outcome = Result<SweepReport, crate::keys::Error>;
 
+/// The least time, on the server's clock, between two full sweeps asked for
+/// from outside (`/revoke`): however many addresses ask, they cost at most
+/// one listing of every account per this interval and replica. Sweeps on
+/// the schedule are not counted.
+pub const REQUESTED_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Runs sweeps; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Cleanup {
@@ -23,9 +29,21 @@ pub struct Cleanup {
     clock: Clock,
     full_period: Duration,
     running: Arc<Mutex<Option<broadcast::Sender<Outcome>>>>,
+    /// The last sweep asked for from outside: when it started, and its
+    /// outcome once known.
+    requested: Arc<Mutex<Requested>>,
     /// Told of each sweep that did work, so that the heap is trimmed after
     /// a burst of deletes as after a burst of requests.
     activity: crate::memory::Activity,
+}
+
+/// The last sweep asked for from outside.
+#[derive(Debug, Default)]
+struct Requested {
+    /// When it started, on the server's clock.
+    started: Option<SystemTime>,
+    /// Its outcome, once known.
+    outcome: Option<watch::Receiver<Option<Outcome>>>,
 }
 
 /// Empties the "sweep running" slot when dropped.
@@ -54,6 +72,7 @@ impl Cleanup {
             clock,
             full_period,
             running: Arc::default(),
+            requested: Arc::default(),
             activity: crate::memory::Activity::default(),
         }
     }
@@ -99,6 +118,53 @@ impl Cleanup {
                 },
             ))
         })
+    }
+
+    /// A full sweep asked for from outside (`/revoke`): runs one (or joins
+    /// the one running), unless one asked for from outside started less
+    /// than [`REQUESTED_SWEEP_INTERVAL`] ago; then the caller gets that
+    /// one's outcome, waiting for it if it is still running.
+    pub async fn run_requested(&self) -> Outcome {
+        let now = self.clock.now();
+        let mut outcome = {
+            let mut requested = self
+                .requested
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A clock set back counts as the interval having passed.
+            let recent = requested.started.is_some_and(|started| {
+                now.duration_since(started)
+                    .is_ok_and(|since| since < REQUESTED_SWEEP_INTERVAL)
+            });
+            match requested.outcome.clone() {
+                Some(outcome) if recent => outcome,
+                _ => {
+                    let (sender, outcome) = watch::channel(None);
+                    requested.started = Some(now);
+                    requested.outcome = Some(outcome.clone());
+                    // In a task of its own, so that the outcome is kept even
+                    // if every caller stops waiting.
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let outcome = this.run_now().await;
+                        if let Err(error) = &outcome {
+                            tracing::warn!(%error, "a cleanup asked for through /revoke failed");
+                        }
+                        let _ = sender.send(Some(outcome));
+                    });
+                    outcome
+                }
+            }
+        };
+        let settled = outcome.wait_for(Option::is_some).await;
+        match settled.as_deref() {
+            Ok(Some(outcome)) => outcome.clone(),
+            _ => Err(crate::keys::Error::OpenAi(
+                crate::openai::Error::Transport {
+                    message: "the sweep task stopped before it finished".into(),
+                },
+            )),
+        }
     }
 
     /// Sweeps until `shutdown` turns true: a full sweep at start and every

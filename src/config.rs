@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret as _, SecretBox, SecretString};
 use url::Url;
 
 use crate::access::AllowList;
+use crate::forwarded::TrustedProxies;
 use crate::identity::{Domain, EmailAddress};
 
 /// The names of every variable the server reads. Tested one by one, since
@@ -77,6 +78,10 @@ pub mod vars {
     pub const SERVER_TIMING: &str = "SERVER_TIMING";
     /// Whether to delete the Go original's expired accounts too.
     pub const CLEANUP_LEGACY_ACCOUNTS: &str = "CLEANUP_LEGACY_ACCOUNTS";
+    /// Proxies (CIDRs) whose `Forwarded` / `X-Forwarded-For` are believed.
+    pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+    /// Client connections open at once (default: from the open-file limit).
+    pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
 }
 
 /// Google's documented issuer, and the scheme-less form its tokens may carry.
@@ -193,6 +198,11 @@ pub struct Config {
     pub rate_limit_revoke: u32,
     /// Whether answers carry a `Server-Timing` header.
     pub server_timing: bool,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Client connections open at once; `None` derives it from the
+    /// open-file limit at start (see [`crate::http::serve::ConnectionLimit`]).
+    pub max_connections: Option<usize>,
     /// Things that are not errors but deserve a line in the log at start.
     pub warnings: Vec<String>,
 }
@@ -353,6 +363,13 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
 
     fn url(&mut self, var: &str, raw: &str) -> Option<Url> {
         match Url::parse(raw) {
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                self.problem(
+                    var,
+                    "must not carry a user name or password: they would be sent and logged with every use of the URL",
+                );
+                None
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
                 Some(url)
             }
@@ -360,12 +377,37 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                 self.problem(
                     var,
                     format!(
-                        "must be an absolute http(s) URL such as https://example.com, not {raw:?}"
+                        "must be an absolute http(s) URL such as https://example.com, not {}",
+                        shown(raw)
                     ),
                 );
                 None
             }
         }
+    }
+
+    /// A URL the server sends a secret to (the admin key, the client
+    /// secret) or whose answers it trusts (signing keys): https, or plain
+    /// http to this machine only (a local fake); nothing after the path.
+    fn upstream_url(&mut self, var: &str, raw: &str, carries: &str) -> Option<Url> {
+        let url = self.url(var, raw)?;
+        if url.scheme() == "http" && !is_loopback(&url) {
+            self.problem(
+                var,
+                format!(
+                    "must be https: over plain http {carries} would cross the network in clear text (http is accepted for 127.0.0.1, ::1 and localhost only)"
+                ),
+            );
+            return None;
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            self.problem(
+                var,
+                "must not have a query or fragment: give the base URL only",
+            );
+            return None;
+        }
+        Some(url)
     }
 
     fn list(&self, var: &str) -> Vec<String> {
@@ -381,12 +423,29 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
+/// `raw` quoted for an error message, unless it may hold a password.
+fn shown(raw: &str) -> String {
+    if raw.contains('@') {
+        "the value given (not shown: it may hold a password)".to_owned()
+    } else {
+        format!("{raw:?}")
+    }
+}
+
 fn parse_bool(raw: &str) -> Option<bool> {
     match raw.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),
         _ => None,
     }
+}
+
+/// Whether `url` is Google's issuer, however it was spelled.
+fn is_google_issuer(url: &Url) -> bool {
+    url.scheme() == "https"
+        && url.host_str() == Some(GOOGLE_ISSUER_BARE)
+        && url.port().is_none()
+        && matches!(url.path(), "" | "/")
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -533,13 +592,35 @@ impl Config {
             (None, Some(url)) => (vars::GOOGLE_TOKEN_ISSUER_URL, url),
             (None, None) => (vars::OIDC_ISSUER_URL, GOOGLE_ISSUER.to_owned()),
         };
-        let oidc_issuer = r.url(issuer_var, &issuer_raw);
-        let is_google = issuer_raw.trim_end_matches('/') == GOOGLE_ISSUER;
-        // The issuer as configured, and without its scheme: Google documents
-        // that its tokens may say `accounts.google.com`, and a token's
-        // signature is checked against this issuer's own keys, so the bare
-        // form of the same issuer admits no one else.
-        let mut accepted_issuers = vec![issuer_raw.trim_end_matches('/').to_owned()];
+        let oidc_issuer = r
+            .upstream_url(
+                issuer_var,
+                &issuer_raw,
+                "the client secret, sign-in codes and the provider's signing keys",
+            )
+            .filter(|url| {
+                if url.path().trim_end_matches('/').ends_with("/.well-known/openid-configuration") {
+                    r.problem(
+                        issuer_var,
+                        "must be the issuer, not its discovery document: drop /.well-known/openid-configuration",
+                    );
+                    false
+                } else {
+                    true
+                }
+            });
+        // Decided on the parsed URL, so that no spelling of Google's issuer
+        // (upper case, a trailing slash, :443) turns Google's rules off.
+        let is_google = oidc_issuer.as_ref().is_some_and(is_google_issuer);
+        // The issuer as parsed (host in lower case, no default port, no
+        // trailing slash), and without its scheme: Google documents that its
+        // tokens may say `accounts.google.com`, and a token's signature is
+        // checked against this issuer's own keys, so the bare form of the
+        // same issuer admits no one else.
+        let issuer_text = oidc_issuer
+            .as_ref()
+            .map_or_else(|| issuer_raw.clone(), ToString::to_string);
+        let mut accepted_issuers = vec![issuer_text.trim_end_matches('/').to_owned()];
         let bare = accepted_issuers[0]
             .trim_start_matches("https://")
             .trim_start_matches("http://")
@@ -558,7 +639,23 @@ impl Config {
         let openai_raw = r
             .get(vars::OPENAI_ADMIN_BASE_URL)
             .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
-        let openai_base_url = r.url(vars::OPENAI_ADMIN_BASE_URL, &openai_raw);
+        let openai_base_url = r
+            .upstream_url(vars::OPENAI_ADMIN_BASE_URL, &openai_raw, "the admin key")
+            .filter(|url| {
+                // Without /v1 every call is "Invalid URL" at the first
+                // sign-in; say so now.
+                if url.host_str() == Some("api.openai.com")
+                    && url.path().trim_end_matches('/') != "/v1"
+                {
+                    r.problem(
+                        vars::OPENAI_ADMIN_BASE_URL,
+                        "must be https://api.openai.com/v1 for OpenAI itself: the API's paths are under /v1",
+                    );
+                    false
+                } else {
+                    true
+                }
+            });
 
         let session_secret = match r.secret(vars::SESSION_SECRET) {
             None => None,
@@ -602,6 +699,30 @@ impl Config {
         let rate_limit_per_user = r.count(vars::RATE_LIMIT_PER_USER, 20, 100_000);
         let rate_limit_per_ip = r.count(vars::RATE_LIMIT_PER_IP, 120, 1_000_000);
         let rate_limit_revoke = r.count(vars::RATE_LIMIT_REVOKE, 10, 100_000);
+        let mut proxies = Vec::new();
+        for raw in r.list(vars::TRUSTED_PROXIES) {
+            match TrustedProxies::parse_entry(&raw) {
+                Ok(net) => proxies.push(net),
+                Err(e) => r.problem(
+                    vars::TRUSTED_PROXIES,
+                    format!("entry {raw:?} {e}; expected addresses or networks like 10.0.0.0/8,192.168.1.10"),
+                ),
+            }
+        }
+        let trusted_proxies = TrustedProxies::new(proxies);
+        let max_connections = match r.get(vars::MAX_CONNECTIONS) {
+            None => None,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+                _ => {
+                    r.problem(
+                        vars::MAX_CONNECTIONS,
+                        format!("must be a whole number from 1 to 1000000, not {raw:?} (default: half of the open-file limit left after 256, at most 10000)"),
+                    );
+                    None
+                }
+            },
+        };
         let mut warnings = Vec::new();
         if r.get(vars::GOOGLE_TOKEN_AUDIENCE).is_some() {
             warnings.push(format!(
@@ -616,6 +737,39 @@ impl Config {
             warnings.push(format!(
                 "{} is plain http on a non-loopback host: sign-in cookies are sent unencrypted; serve it over https",
                 vars::REDIRECT_URI
+            ));
+        }
+
+        if let Some(url) = &redirect_uri
+            && url.scheme() == "https"
+            && trusted_proxies.is_empty()
+        {
+            // This server speaks plain http only, so an https REDIRECT_URI
+            // means a proxy in front, whose address every request then has.
+            warnings.push(format!(
+                "{} is https but this server listens on plain http, so a proxy terminates TLS in front of it; with no {} set, every request seems to come from that proxy and the per-address limits count all clients together: set {} to the proxy's addresses",
+                vars::REDIRECT_URI,
+                vars::TRUSTED_PROXIES,
+                vars::TRUSTED_PROXIES
+            ));
+        }
+        if let ProjectSelector::Id(id) = &project
+            && !id.starts_with("proj_")
+        {
+            warnings.push(format!(
+                "{} is {id:?}, but OpenAI project ids look like proj_…; to use a project by its name, set {} instead",
+                vars::OPENAI_PROJECT_ID,
+                vars::DEFAULT_PROJECT_NAME
+            ));
+        }
+        if let Some(max) = max_connections
+            && let Some(fds) = crate::http::serve::open_file_limit()
+            && u64::try_from(max).unwrap_or(u64::MAX).saturating_mul(2) > fds
+        {
+            warnings.push(format!(
+                "{} is {max}, but the open-file limit is {fds}: with a connection to Google or OpenAI per request as well, the server may run out of file descriptors before it reaches the cap; raise the limit (ulimit -n, LimitNOFILE=) or lower {}",
+                vars::MAX_CONNECTIONS,
+                vars::MAX_CONNECTIONS
             ));
         }
 
@@ -661,6 +815,8 @@ impl Config {
                     rate_limit_per_ip,
                     rate_limit_revoke,
                     server_timing,
+                    trusted_proxies,
+                    max_connections,
                     warnings,
                 })
             }
@@ -752,6 +908,21 @@ impl Config {
             (vars::RATE_LIMIT_PER_IP, self.rate_limit_per_ip.to_string()),
             (vars::RATE_LIMIT_REVOKE, self.rate_limit_revoke.to_string()),
             (vars::SERVER_TIMING, self.server_timing.to_string()),
+            (
+                vars::TRUSTED_PROXIES,
+                if self.trusted_proxies.is_empty() {
+                    "(none: every request's address is its TCP peer)".to_owned()
+                } else {
+                    self.trusted_proxies.to_string()
+                },
+            ),
+            (vars::MAX_CONNECTIONS, {
+                let limit = crate::http::serve::ConnectionLimit::new(self.max_connections);
+                match limit.derived_from_fd_limit {
+                    None => limit.max.to_string(),
+                    Some(fds) => format!("{} (derived from the open-file limit {fds})", limit.max),
+                }
+            }),
         ]
     }
 }

@@ -7,6 +7,7 @@ mod error;
 pub mod limits;
 mod login;
 mod ops;
+pub mod replay;
 pub mod serve;
 
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use axum::response::Response;
 use axum::routing::get;
 use axum_extra::extract::cookie::Key;
 use tower::ServiceBuilder;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -36,7 +36,9 @@ use crate::oidc::Provider;
 pub use error::HttpError;
 
 /// Largest request body accepted (no route takes a body of note).
-const BODY_LIMIT: usize = 16 * 1024;
+pub const BODY_LIMIT: usize = 16 * 1024;
+/// Time allowed to send a request's body, from the end of its headers.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a sign-in may take between `/` and the callback.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 
@@ -66,6 +68,13 @@ pub struct AppState {
     pub server_timing: bool,
     /// Counts requests, so that the heap is trimmed after a burst.
     pub activity: crate::memory::Activity,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: Arc<crate::forwarded::TrustedProxies>,
+    /// This server's public origin (`scheme://host[:port]` of
+    /// `REDIRECT_URI`), to tell our own pages from other sites.
+    pub public_origin: Arc<str>,
+    /// Login states completed on this replica.
+    pub completed_logins: Arc<replay::CompletedLogins>,
 }
 
 impl FromRef<AppState> for Key {
@@ -122,6 +131,35 @@ async fn server_timing(request: Request, next: Next) -> Response {
     response
 }
 
+/// Reads the whole body, within [`BODY_LIMIT`] and [`BODY_READ_TIMEOUT`],
+/// before anything else looks at the request: a body that trickles in a
+/// byte a second, or one larger than any route takes, costs no more than
+/// this wait, and no handler, limit or upstream call ever waits on a client.
+async fn read_body(request: Request, next: Next) -> Result<Response, HttpError> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(HttpError::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, BODY_LIMIT);
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Err(_) => return Err(HttpError::BodyTimeout),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(HttpError::BodyTooLarge);
+        }
+        Ok(Err(_)) => return Err(HttpError::BadBody),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    Ok(next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await)
+}
+
 /// The Content-Security-Policy of every page: our own CSS and JS only, no
 /// inline script, no framing, forms only back to us.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -130,6 +168,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 pub fn router(state: AppState) -> Router {
     let timing = state.server_timing;
     let activity = state.activity.clone();
+    let trusted_proxies = Arc::clone(&state.trusted_proxies);
     let hsts = state.secure_cookies.then(|| {
         SetResponseHeaderLayer::if_not_present(
             header::STRICT_TRANSPORT_SECURITY,
@@ -145,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/app.css", get(assets::css))
         .route("/assets/app.js", get(assets::js))
         .route("/favicon.ico", get(assets::favicon))
+        .layer(axum::middleware::from_fn(read_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             error::render_error_pages,
@@ -161,6 +201,9 @@ pub fn router(state: AppState) -> Router {
                 activity.record();
             }
             request.headers_mut().remove(REQUEST_ID);
+            // Once, for the limits, the audit lines and the log.
+            let client = limits::ClientIp::of(&request, &trusted_proxies);
+            request.extensions_mut().insert(client);
             request
         })
         .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
@@ -176,8 +219,11 @@ pub fn router(state: AppState) -> Router {
                         .extensions()
                         .get::<MatchedPath>()
                         .map_or("", MatchedPath::as_str);
-                    let client = serve::peer(request.extensions())
-                        .map(|addr| addr.ip().to_string())
+                    let client = request
+                        .extensions()
+                        .get::<limits::ClientIp>()
+                        .and_then(|c| c.0)
+                        .map(|ip| ip.to_string())
                         .unwrap_or_default();
                     tracing::info_span!(
                         "request",
@@ -193,7 +239,6 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),

@@ -8,12 +8,14 @@ mod index;
 mod name;
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
 use tokio::sync::{Notify, OnceCell, mpsc};
-use tracing::instrument;
+use tracing::{Instrument as _, instrument};
 
 use crate::clock::unix_seconds as unix;
 use crate::config::ProjectSelector;
@@ -38,7 +40,14 @@ pub struct Settings {
     /// Also delete the Go original's accounts (bare-email names) older than
     /// `ttl` (`CLEANUP_LEGACY_ACCOUNTS`).
     pub legacy_cleanup: bool,
+    /// How long a create may wait out OpenAI's 429s before the person is
+    /// told OpenAI is busy (`TIMEOUT`).
+    pub create_patience: Duration,
 }
+
+/// How long to let concurrent starts create their project before looking
+/// which one all should use (see [`Keys::project_id`]).
+const PROJECT_SETTLE: Duration = Duration::from_millis(500);
 
 /// A key just created for someone. Shown once, never stored.
 #[derive(Debug)]
@@ -77,7 +86,97 @@ pub enum Error {
     NoKeyReturned,
 }
 
-/// What one sweep did; logged as one line and returned by `/revoke`.
+/// The person already holds the most live keys allowed, counting the keys
+/// being created for them right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapReached {
+    /// When their oldest key expires (Unix seconds): a new one fits then.
+    pub oldest_expiry: i64,
+}
+
+/// A place under a person's cap of live keys, held from before the create
+/// until the key is in the schedule or the create has failed, so that
+/// simultaneous sign-ins of one person cannot all pass the cap.
+#[derive(Debug)]
+pub struct Reservation {
+    keys: Keys,
+    owner: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.keys.index().release(&self.owner);
+    }
+}
+
+/// Issues waiting to retry a create that OpenAI turned away with a 429.
+/// While there are any, sweeps send nothing: people waiting for a key go
+/// first, and deletes can wait a second.
+#[derive(Debug, Default)]
+pub(crate) struct Priority {
+    waiting: AtomicUsize,
+    done: Notify,
+}
+
+/// Holds sweeps back while alive.
+struct PriorityHold<'a>(&'a Priority);
+
+impl Drop for PriorityHold<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+impl Priority {
+    fn hold(&self) -> PriorityHold<'_> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        PriorityHold(self)
+    }
+
+    /// Whether an issue is waiting for its turn.
+    pub(crate) fn is_held(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits while an issue holds priority, at most `max`.
+    pub(crate) async fn wait_turn(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while self.is_held() {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.is_held() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Issues in progress (a create, and the clean-up of one that failed
+/// ambiguously), so that shutdown can wait for them.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one issue in progress while alive.
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What one sweep did; logged as one line.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SweepReport {
     /// `full` (listed every account) or `due` (deleted what the schedule
@@ -139,6 +238,10 @@ struct Inner {
     /// Wakes the scheduler when the schedule gains an earlier expiry.
     rearm: Notify,
     reached: std::sync::atomic::AtomicBool,
+    /// Creates before deletes when OpenAI is rate limiting.
+    priority: Priority,
+    /// Issues in progress.
+    in_flight: Arc<InFlight>,
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
@@ -177,6 +280,8 @@ impl Keys {
                 index: Mutex::default(),
                 rearm: Notify::new(),
                 reached: std::sync::atomic::AtomicBool::new(false),
+                priority: Priority::default(),
+                in_flight: Arc::default(),
             }),
         }
     }
@@ -233,6 +338,83 @@ impl Keys {
         self.index().earliest_for(owner.as_str(), unix(now))
     }
 
+    /// Takes a place under `owner`'s cap of `cap` live keys (0: no cap),
+    /// counting the keys being created for them right now. What this
+    /// replica knows: another replica's new keys count once it has listed
+    /// them.
+    pub fn reserve(
+        &self,
+        owner: &EmailAddress,
+        cap: usize,
+        now: SystemTime,
+    ) -> Result<Reservation, CapReached> {
+        let now = unix(now);
+        let mut index = self.index();
+        if cap > 0 && index.live_for(owner.as_str(), now) + index.pending_for(owner.as_str()) >= cap
+        {
+            // With only creates in flight, the oldest expires a lifetime
+            // from now if they succeed.
+            let ttl = i64::try_from(self.inner.settings.ttl.as_secs()).unwrap_or(i64::MAX);
+            let oldest_expiry = index
+                .earliest_for(owner.as_str(), now)
+                .unwrap_or_else(|| now.saturating_add(ttl));
+            return Err(CapReached { oldest_expiry });
+        }
+        index.reserve(owner.as_str());
+        drop(index);
+        Ok(Reservation {
+            keys: self.clone(),
+            owner: owner.as_str().to_owned(),
+        })
+    }
+
+    /// Issues a key in a task of its own, holding `reservation` until it is
+    /// done: if the caller goes away mid-create, the create and the clean-up
+    /// of a failed one still finish, and shutdown waits for them
+    /// ([`Keys::issues_settled`]).
+    pub fn spawn_issue(
+        &self,
+        owner: EmailAddress,
+        reservation: Reservation,
+        now: SystemTime,
+    ) -> tokio::task::JoinHandle<Result<IssuedKey, Error>> {
+        let in_flight = Arc::clone(&self.inner.in_flight);
+        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlightGuard(in_flight);
+        let keys = self.clone();
+        // Its log lines belong to the caller's span (the request's id and
+        // user), and its upstream wait to the caller's Server-Timing.
+        let issue = async move {
+            let issued = keys.issue(&owner, now).await;
+            drop(reservation);
+            drop(guard);
+            issued
+        }
+        .instrument(tracing::Span::current());
+        tokio::spawn(crate::timing::carry(issue))
+    }
+
+    /// Completes once no issue is in progress.
+    pub fn issues_settled(&self) -> impl Future<Output = ()> + Send + 'static {
+        let in_flight = Arc::clone(&self.inner.in_flight);
+        async move {
+            loop {
+                let idle = in_flight.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if in_flight.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        }
+    }
+
+    /// Issues in progress right now.
+    pub fn issues_in_flight(&self) -> usize {
+        self.inner.in_flight.count.load(Ordering::Acquire)
+    }
+
     /// Completes when the schedule changed (a key was issued), so that the
     /// scheduler re-arms its timer.
     pub async fn rearmed(&self) {
@@ -255,7 +437,8 @@ impl Keys {
         Ok(id)
     }
 
-    async fn find_or_create_project(&self, name: &str) -> Result<String, Error> {
+    /// The active projects named `name`.
+    async fn projects_named(&self, name: &str) -> Result<Vec<openai::Project>, Error> {
         let admin = &self.inner.admin;
         let mut matches = Vec::new();
         let mut after: Option<String> = None;
@@ -263,10 +446,9 @@ impl Keys {
             let page = admin.list_projects(after.as_deref()).await?;
             matches.extend(
                 page.data
-                    .iter()
+                    .into_iter()
                     .filter(|p| p.name.as_deref() == Some(name))
-                    .filter(|p| p.status.as_deref() != Some("archived"))
-                    .map(|p| p.id.clone()),
+                    .filter(|p| p.status.as_deref() != Some("archived")),
             );
             match (page.has_more, page.last_id) {
                 (true, Some(last)) => after = Some(last),
@@ -274,17 +456,51 @@ impl Keys {
             }
         }
         self.mark_reached();
-        match matches.len() {
-            0 => {
-                let project = admin.create_project(name).await?;
-                tracing::info!(project.id = %project.id, project.name = name, "created the OpenAI project for issued keys");
-                Ok(project.id)
+        Ok(matches)
+    }
+
+    /// Finds the project by name, or creates it. Replicas that start
+    /// together may all find none and all create one: each then waits a
+    /// moment, looks again, and uses the oldest (ties: the smallest id),
+    /// archiving its own if that is not the one, so that all agree on one
+    /// project and no duplicate is left behind.
+    async fn find_or_create_project(&self, name: &str) -> Result<String, Error> {
+        let found = self.projects_named(name).await?;
+        match found.len() {
+            0 => {}
+            1 => return Ok(found[0].id.clone()),
+            count => {
+                return Err(Error::AmbiguousProject {
+                    name: name.to_owned(),
+                    count,
+                });
             }
-            1 => Ok(matches.remove(0)),
-            count => Err(Error::AmbiguousProject {
-                name: name.to_owned(),
-                count,
-            }),
+        }
+        let admin = &self.inner.admin;
+        let created = admin.create_project(name).await?;
+        tokio::time::sleep(PROJECT_SETTLE).await;
+        let found = self.projects_named(name).await?;
+        let chosen = found
+            .iter()
+            .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
+            .map(|p| p.id.clone());
+        match chosen {
+            Some(chosen) if chosen != created.id => {
+                tracing::info!(
+                    project.id = %chosen,
+                    project.name = name,
+                    "another replica created the OpenAI project at the same time; using the older one"
+                );
+                if let Err(error) = admin.archive_project(&created.id).await {
+                    tracing::warn!(%error, project.id = %created.id, "could not archive the duplicate project this replica created; archive it by hand, or the next start finds two");
+                }
+                Ok(chosen)
+            }
+            // Ours, or the listing does not show it yet.
+            _ => {
+                tracing::info!(project.id = %created.id, project.name = name, "created the OpenAI project for issued keys");
+                Ok(created.id)
+            }
         }
     }
 
@@ -304,9 +520,7 @@ impl Keys {
         let admin = &self.inner.admin;
 
         let mut enforced = true;
-        let mut result = admin
-            .create_service_account(&project_id, &encoded, Some(ttl))
-            .await;
+        let mut result = self.create(&project_id, &encoded, Some(ttl)).await;
         // Only an API that does not know the field at all; a range or an
         // organisation policy refusing our value must stay an error.
         if let Err(openai::Error::BadRequest { message, param, .. }) = &result
@@ -329,9 +543,7 @@ impl Keys {
                 "OpenAI rejected expires_in_seconds; issuing a key that only deletion will end"
             );
             enforced = false;
-            result = admin
-                .create_service_account(&project_id, &encoded, None)
-                .await;
+            result = self.create(&project_id, &encoded, None).await;
         }
 
         let created = match result {
@@ -372,6 +584,39 @@ impl Keys {
             service_account_id: created.id,
             key_id: key.id,
         })
+    }
+
+    /// One create, waiting out OpenAI's 429s for up to the create's
+    /// patience: a 429 means nothing was created, so trying again is safe.
+    /// While it waits, sweeps hold back, so that its retry finds room.
+    async fn create(
+        &self,
+        project_id: &str,
+        name: &str,
+        expires_in_seconds: Option<u64>,
+    ) -> Result<openai::CreatedServiceAccount, openai::Error> {
+        let deadline = Instant::now() + self.inner.settings.create_patience;
+        let mut hold = None;
+        loop {
+            let result = self
+                .inner
+                .admin
+                .create_service_account(project_id, name, expires_in_seconds)
+                .await;
+            let Err(openai::Error::RateLimited { retry_after, .. }) = &result else {
+                return result;
+            };
+            let wait = retry_after.unwrap_or(Duration::from_secs(1));
+            if Instant::now() + wait > deadline {
+                return result;
+            }
+            hold.get_or_insert_with(|| self.inner.priority.hold());
+            tracing::info!(
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "OpenAI is rate limiting; the create waits its turn, sweeps hold back"
+            );
+            tokio::time::sleep(wait).await;
+        }
     }
 
     async fn reconcile_failed_create(&self, project_id: &str, name: &str) {
@@ -425,6 +670,10 @@ impl Keys {
     ) -> Result<Page<ServiceAccount>, openai::Error> {
         let mut attempt = 0;
         loop {
+            self.inner
+                .priority
+                .wait_turn(self.inner.settings.create_patience)
+                .await;
             listing.calls += 1;
             match self
                 .inner
@@ -520,8 +769,12 @@ impl Keys {
         let tally = deleter::run(
             &self.inner.admin,
             project_id,
-            settings.concurrency,
-            settings.max_concurrency,
+            deleter::Pace {
+                initial: settings.concurrency,
+                max: settings.max_concurrency,
+                priority: &self.inner.priority,
+                max_yield: settings.create_patience,
+            },
             jobs,
             |job, fate| match fate {
                 Fate::Deleted | Fate::AlreadyGone => {

@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod forwarded;
 pub mod http;
 pub mod identity;
 pub mod keys;
@@ -19,6 +20,7 @@ pub mod oidc;
 pub mod openai;
 pub mod telemetry;
 pub mod timing;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +38,11 @@ use crate::http::AppState;
 use crate::keys::Keys;
 use crate::oidc::Provider;
 use crate::openai::AdminClient;
+
+/// Shutdown takes at most this many `TIMEOUT`s from the signal: one for
+/// requests in flight, the rest for a create that hangs until its timeout
+/// and the look-up and delete of its account.
+pub const SHUTDOWN_TIMEOUTS: u32 = 3;
 
 /// Idle connections kept per upstream host.
 const IDLE_CONNECTIONS_PER_HOST: usize = 8;
@@ -73,6 +80,7 @@ pub fn keys_for(config: &Config, http: reqwest::Client) -> Keys {
             // 125 s at 8 at once, 16 s at 64.
             max_concurrency: config.cleanup_concurrency.max(64),
             legacy_cleanup: config.cleanup_legacy_accounts,
+            create_patience: config.timeout,
         },
     )
 }
@@ -147,6 +155,9 @@ impl Application {
             secure_cookies: config.is_https(),
             server_timing: config.server_timing,
             activity,
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+            public_origin: config.redirect_uri.origin().ascii_serialization().into(),
+            completed_logins: Arc::default(),
             limits: Arc::new(http::limits::Limits {
                 issue_per_user: http::limits::RateLimiter::new(
                     config.rate_limit_per_user,
@@ -183,8 +194,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets
-    /// requests in flight finish for at most `TIMEOUT`, and stops the
-    /// cleanup task.
+    /// requests in flight finish for at most `TIMEOUT`, lets key creations
+    /// in flight finish (a create that failed ambiguously is looked up and
+    /// deleted) until [`SHUTDOWN_TIMEOUTS`] × `TIMEOUT` after the signal, and
+    /// stops the cleanup task.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -209,21 +222,49 @@ impl Application {
         let addr = self.local_addr();
         tracing::info!(%addr, redirect_uri = %self.config.redirect_uri, "listening");
         let grace = self.config.timeout;
+        let keys = self.state.keys.clone();
+        let connections = http::serve::ConnectionLimit::new(self.config.max_connections);
+        tracing::info!(
+            connections.max = connections.max,
+            connections.fd_limit = connections.derived_from_fd_limit,
+            "accepting connections"
+        );
         let router = http::router(self.state);
         let signal_tx = stop_tx.clone();
-        let serve = http::serve::serve(self.listener, router, async move {
+        let serve = http::serve::serve(self.listener, router, connections.max, async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = signal_tx.send(true);
         });
+        tokio::pin!(serve);
         let mut stopped = stop_rx.clone();
-        let bounded = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-            tokio::time::sleep(grace).await;
+        let served = tokio::select! {
+            () = &mut serve => true,
+            _ = stopped.wait_for(|stop| *stop) => false,
         };
-        tokio::select! {
-            () = serve => {}
-            () = bounded => tracing::warn!(grace_s = grace.as_secs(), "requests still in flight after TIMEOUT; stopping anyway"),
+        let signalled = tokio::time::Instant::now();
+        if !served && tokio::time::timeout(grace, &mut serve).await.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "requests still in flight after TIMEOUT; stopping anyway"
+            );
+        }
+        let in_flight = keys.issues_in_flight();
+        if in_flight > 0 {
+            tracing::info!(
+                issues.in_flight = in_flight,
+                "waiting for key creations in flight to finish or be cleaned up"
+            );
+            let deadline = signalled + grace.saturating_mul(SHUTDOWN_TIMEOUTS);
+            if tokio::time::timeout_at(deadline, keys.issues_settled())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    issues.in_flight = keys.issues_in_flight(),
+                    "stopping with key creations unfinished; an account one of them left in OpenAI is deleted at its expiry by whichever replica runs then"
+                );
+            }
         }
         let _ = stop_tx.send(true);
         let _ = (&mut cleanup.0).await;

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::identity::Identity;
-use crate::timing;
+use crate::{timing, upstream};
 
 pub use jwks::{Jwks, Key, REFETCH_FLOOR, parse_key_set};
 pub use verify::{Expectations, SKEW, header, verify_with_key};
@@ -134,6 +134,14 @@ struct TokenError {
     error_description: String,
 }
 
+/// A read error for a message: a transport error without its URL.
+pub(crate) fn without_url(error: upstream::ReadError) -> String {
+    match error {
+        upstream::ReadError::Transport(e) => e.without_url().to_string(),
+        too_large @ upstream::ReadError::TooLarge { .. } => too_large.to_string(),
+    }
+}
+
 impl Provider {
     /// A relying party; nothing is fetched until first use.
     pub fn new(http: reqwest::Client, settings: Settings) -> Self {
@@ -165,14 +173,31 @@ impl Provider {
                     .await
                     .and_then(reqwest::Response::error_for_status)
                     .map_err(|e| Error::Unreachable(format!("discovery: {}", e.without_url())))?;
-                let metadata: Metadata = timing::upstream(response.json())
+                let body = timing::upstream(upstream::read_capped(response, upstream::OIDC_MAX_BYTES))
                     .await
+                    .map_err(|e| Error::Unreachable(format!("discovery document: {}", without_url(e))))?;
+                let metadata: Metadata = serde_json::from_slice(&body)
                     .map_err(|e| Error::Unreachable(format!("discovery document: {e}")))?;
                 if metadata.issuer.trim_end_matches('/') != issuer {
                     return Err(Error::Unreachable(format!(
                         "discovery names the issuer {:?}, not the configured {issuer:?}",
                         metadata.issuer
                     )));
+                }
+                // The client secret goes to the token endpoint, and every
+                // identity rests on the keys: neither over plain http to
+                // another machine, whatever the document says.
+                for (what, endpoint) in [
+                    ("token endpoint", &metadata.token_endpoint),
+                    ("signing keys", &metadata.jwks_uri),
+                    ("authorization endpoint", &metadata.authorization_endpoint),
+                ] {
+                    if !upstream::is_safe_endpoint(endpoint) {
+                        return Err(Error::Unreachable(format!(
+                            "the discovery document names a {what} that is not https ({}); refusing to use it",
+                            endpoint.origin().ascii_serialization()
+                        )));
+                    }
                 }
                 self.inner.reached.store(true, Ordering::Relaxed);
                 Ok(metadata)
@@ -238,9 +263,9 @@ impl Provider {
             .await
             .map_err(|e| Error::Unreachable(format!("token endpoint: {}", e.without_url())))?;
         let status = response.status();
-        let bytes = timing::upstream(response.bytes())
+        let bytes = timing::upstream(upstream::read_capped(response, upstream::OIDC_MAX_BYTES))
             .await
-            .map_err(|e| Error::Unreachable(format!("token endpoint: {}", e.without_url())))?;
+            .map_err(|e| Error::Unreachable(format!("token endpoint: {}", without_url(e))))?;
         if status.is_success() {
             let body: TokenResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Unreachable(format!("token response: {e}")))?;

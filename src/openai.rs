@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::timing;
+use crate::{timing, upstream};
 
 pub use error::Error;
 
@@ -30,6 +30,9 @@ pub struct Project {
     /// `active` or `archived`.
     #[serde(default)]
     pub status: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
 }
 
 /// A project service account as listed (no key information).
@@ -157,9 +160,20 @@ impl AdminClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = timing::upstream(response.bytes())
-            .await
-            .map_err(Error::from_transport)?;
+        let bytes = match timing::upstream(upstream::read_capped(
+            response,
+            upstream::ADMIN_API_MAX_BYTES,
+        ))
+        .await
+        {
+            Ok(bytes) => bytes,
+            Err(upstream::ReadError::TooLarge { limit }) if status.is_success() => {
+                return Err(Error::TooLarge { limit, request_id });
+            }
+            // A refusal too large to read: its status says enough.
+            Err(upstream::ReadError::TooLarge { .. }) => axum::body::Bytes::new(),
+            Err(upstream::ReadError::Transport(error)) => return Err(Error::from_transport(error)),
+        };
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
                 message: e.to_string(),
@@ -191,6 +205,12 @@ impl AdminClient {
         let url = self.url("organization/projects", &[]);
         self.call(Method::POST, url, Some(&CreateProject { name }))
             .await
+    }
+
+    /// Archives a project (projects cannot be deleted).
+    pub async fn archive_project(&self, project_id: &str) -> Result<Project, Error> {
+        let url = self.url(&format!("organization/projects/{project_id}/archive"), &[]);
+        self.call(Method::POST, url, None::<&()>).await
     }
 
     /// Reads one project (to check a configured id).
@@ -264,7 +284,10 @@ impl Error {
             Self::BadRequest { .. } => Some(StatusCode::BAD_REQUEST),
             Self::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
             Self::Api { status, .. } => StatusCode::from_u16(*status).ok(),
-            Self::Timeout | Self::Transport { .. } | Self::Decode { .. } => None,
+            Self::Timeout
+            | Self::Transport { .. }
+            | Self::Decode { .. }
+            | Self::TooLarge { .. } => None,
         }
     }
 }

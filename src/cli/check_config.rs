@@ -1,4 +1,5 @@
-//! `check-config`: validate the settings and print them, secrets redacted.
+//! `check-config`: validate the settings and print them, secrets redacted,
+//! then whatever deserves a second look.
 
 use std::process::ExitCode;
 
@@ -12,6 +13,10 @@ pub(super) fn run(_args: Args) -> ExitCode {
         Ok(config) => {
             for (name, value) in config.describe() {
                 println!("{name}={value}");
+            }
+            // Not errors: the server starts with these, and logs them.
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS
         }

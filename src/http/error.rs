@@ -26,6 +26,9 @@ pub enum HttpError {
     /// The login cookie is older than the sign-in lifetime.
     #[error("the sign-in took too long")]
     LoginExpired,
+    /// The login this callback belongs to was completed already (a replay).
+    #[error("the sign-in was completed already")]
+    LoginAlreadyCompleted,
     /// `state` differs from the one in the login cookie.
     #[error("the state parameter does not match this browser's sign-in")]
     StateMismatch,
@@ -70,6 +73,15 @@ pub enum HttpError {
         /// Until the oldest expires.
         retry_after: std::time::Duration,
     },
+    /// The request's body did not arrive within the time allowed.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The request's body is larger than any route takes.
+    #[error("the request body is too large")]
+    BodyTooLarge,
+    /// The request's body could not be read (a broken chunked encoding).
+    #[error("the request body could not be read")]
+    BadBody,
     /// A page failed to render.
     #[error("rendering failed: {0}")]
     Render(#[from] askama::Error),
@@ -83,6 +95,9 @@ struct Public {
     hint: Option<&'static str>,
     sign_in_again: bool,
     retry_after: Option<u64>,
+    /// Close the connection after the answer: the rest of the request may
+    /// still be on its way.
+    close: bool,
 }
 
 #[derive(Template)]
@@ -103,6 +118,7 @@ fn public(error: &HttpError) -> Public {
         hint: None,
         sign_in_again: false,
         retry_after: None,
+        close: false,
     };
     let sign_in = |status, title, message: &str| Public {
         sign_in_again: true,
@@ -119,6 +135,11 @@ fn public(error: &HttpError) -> Public {
             StatusCode::BAD_REQUEST,
             "Sign-in expired",
             "The sign-in took too long. Start again.",
+        ),
+        HttpError::LoginAlreadyCompleted => sign_in(
+            StatusCode::BAD_REQUEST,
+            "Sign-in already used",
+            "This sign-in was completed already; each one gives one key. Start again for another.",
         ),
         HttpError::StateMismatch | HttpError::BadCallback(_) => sign_in(
             StatusCode::BAD_REQUEST,
@@ -240,6 +261,30 @@ fn public(error: &HttpError) -> Public {
                 ),
             )
         },
+        HttpError::BodyTimeout => Public {
+            close: true,
+            ..page(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request too slow",
+                "The request's body did not arrive in time.",
+            )
+        },
+        HttpError::BodyTooLarge => Public {
+            close: true,
+            ..page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request too large",
+                "The request's body is larger than this server accepts.",
+            )
+        },
+        HttpError::BadBody => Public {
+            close: true,
+            ..page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The request's body could not be read.",
+            )
+        },
         HttpError::Render(_) => page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
@@ -301,6 +346,9 @@ pub(super) async fn render_error_pages(
     }
     let headers = rendered.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if shown.close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(seconds) = shown.retry_after
         && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
     {

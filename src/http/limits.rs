@@ -153,7 +153,26 @@ impl RateLimiter {
     }
 }
 
-/// The client's address (the TCP peer; behind a proxy, the proxy's).
+impl RateLimiter {
+    /// Gives back the token of an attempt that turned out not to count.
+    pub fn refund(&self, key: &str, now: SystemTime) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = whole_seconds(now);
+        let mut guard = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let buckets = &mut *guard;
+        let key = buckets.hasher.hash_one(key);
+        if let Some(bucket) = buckets.by_key.get_mut(&key) {
+            self.refill(bucket, now);
+            bucket.tokens = (bucket.tokens + 1.0).min(self.full());
+        }
+    }
+}
+
+/// The client's address: the TCP peer, or behind a trusted proxy the
+/// address it forwarded (see [`crate::forwarded`]). Worked out once per
+/// request by the router and kept in its extensions.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -169,7 +188,39 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(super::serve::peer(&parts.extensions).map(|a| a.ip())))
+        Ok(parts
+            .extensions
+            .get::<Self>()
+            .copied()
+            .unwrap_or_else(|| Self(super::serve::peer(&parts.extensions).map(|a| a.ip()))))
+    }
+}
+
+impl ClientIp {
+    /// Works out who sent `request`: its TCP peer, or the client a trusted
+    /// proxy names.
+    pub(crate) fn of(
+        request: &axum::http::Request<axum::body::Body>,
+        trusted: &crate::forwarded::TrustedProxies,
+    ) -> Self {
+        let Some(peer) = super::serve::peer(request.extensions()) else {
+            return Self(None);
+        };
+        let values = |name: &str| -> Vec<&str> {
+            request
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        let forwarded = values("forwarded");
+        let x_forwarded_for = values("x-forwarded-for");
+        Self(Some(trusted.client(
+            peer.ip(),
+            &forwarded,
+            &x_forwarded_for,
+        )))
     }
 }
 
@@ -268,6 +319,23 @@ mod tests {
         // …and the usual refill from the corrected time, not from `ahead`.
         assert!(limiter.check("a", t0 + Duration::from_secs(20)).is_ok());
         assert!(limiter.check("a", t0 + Duration::from_secs(20)).is_err());
+    }
+
+    #[test]
+    fn a_refunded_attempt_costs_nothing() {
+        let limiter = RateLimiter::new(2, Duration::from_secs(3600));
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for _ in 0..10 {
+            assert!(limiter.check("a", t0).is_ok());
+            limiter.refund("a", t0);
+        }
+        assert!(limiter.check("a", t0).is_ok());
+        assert!(limiter.check("a", t0).is_ok());
+        assert!(limiter.check("a", t0).is_err(), "two failures used it up");
+        limiter.refund("b", t0);
+        assert!(limiter.check("b", t0).is_ok(), "a refund never overfills");
+        assert!(limiter.check("b", t0).is_ok());
+        assert!(limiter.check("b", t0).is_err());
     }
 
     #[test]

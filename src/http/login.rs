@@ -1,20 +1,19 @@
 //! Sign-in: `/` starts the authorization-code flow, `/oauth2/callback`
 //! finishes it and shows a fresh key. The per-login secrets travel in an
 //! encrypted, short-lived cookie, so any replica can finish a login that
-//! another started.
+//! another started. The cookie holds a browser's few logins in progress, so
+//! that two tabs, or a stray callback, do not break each other's.
 
 use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum_extra::extract::PrivateCookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
-use tracing::Instrument as _;
 
 use super::limits::ClientIp;
 use super::{AppState, HttpError, LOGIN_TTL};
@@ -23,22 +22,56 @@ use crate::oidc::LoginSecrets;
 
 const COOKIE: &str = "oks_login";
 const SECURE_COOKIE: &str = "__Host-oks_login";
+/// Logins one browser may have in progress at once; starting another drops
+/// the oldest.
+const MAX_LOGINS_PER_BROWSER: usize = 4;
 /// Longest `code` or `state` accepted; real ones are far shorter.
 const MAX_PARAM_LEN: usize = 2048;
 
+/// One login in progress.
 #[derive(Serialize, Deserialize)]
-struct LoginCookie {
+struct Login {
     #[serde(flatten)]
     secrets: LoginSecrets,
     /// Unix seconds when the login started.
     started: u64,
 }
 
+/// What the login cookie holds: a browser's logins in progress, oldest
+/// first.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Logins(Vec<Login>);
+
 fn cookie_name(state: &AppState) -> &'static str {
     if state.secure_cookies {
         SECURE_COOKIE
     } else {
         COOKIE
+    }
+}
+
+impl Logins {
+    /// This browser's logins, as its cookie says (none if it says nothing
+    /// readable).
+    fn from_jar(state: &AppState, jar: &PrivateCookieJar) -> Self {
+        jar.get(cookie_name(state))
+            .and_then(|c| serde_json::from_str(c.value()).ok())
+            .unwrap_or_default()
+    }
+
+    /// The jar with this list in its cookie, or without the cookie when
+    /// the list is empty.
+    fn into_jar(self, state: &AppState, jar: PrivateCookieJar) -> PrivateCookieJar {
+        if self.0.is_empty() {
+            return jar.remove(login_cookie(state, String::new(), Duration::ZERO));
+        }
+        let value = serde_json::to_string(&self).expect("the login cookie always serialises");
+        jar.add(login_cookie(state, value, LOGIN_TTL))
+    }
+
+    fn is_live(login: &Login, now: u64) -> bool {
+        now.saturating_sub(login.started) <= LOGIN_TTL.as_secs()
     }
 }
 
@@ -56,19 +89,66 @@ fn unix_now(state: &AppState) -> u64 {
     u64::try_from(clock::unix_seconds(state.clock.now())).unwrap_or(0)
 }
 
-/// Starts a sign-in: new secrets in the cookie, redirect to the provider.
+/// Who sent the browser to `/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Initiator {
+    /// The person: a typed URL, a bookmark, a link on our own pages, or a
+    /// client that says nothing either way (curl, old browsers).
+    Person,
+    /// Another site (or a sibling subdomain): a link, a redirect, a script.
+    OtherSite,
+}
+
+/// Reads `Sec-Fetch-Site`, or without it the `Referer`'s origin.
+fn initiator(headers: &HeaderMap, own_origin: &str) -> Initiator {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return match site.as_bytes() {
+            b"none" | b"same-origin" => Initiator::Person,
+            _ => Initiator::OtherSite,
+        };
+    }
+    let Some(referer) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) else {
+        return Initiator::Person;
+    };
+    match url::Url::parse(referer) {
+        Ok(url) if url.origin().ascii_serialization() == own_origin => Initiator::Person,
+        _ => Initiator::OtherSite,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "landing.html")]
+struct LandingPage;
+
+/// Starts a sign-in: new secrets in a cookie of their own, redirect to the
+/// provider. When another site sent the browser here, first a page with a
+/// button: the provider signs a returning person in silently, so following
+/// another site's link must not be enough to mint a key in their name.
 pub(super) async fn start(
     State(state): State<AppState>,
+    headers: HeaderMap,
     jar: PrivateCookieJar,
 ) -> Result<Response, HttpError> {
+    if initiator(&headers, &state.public_origin) == Initiator::OtherSite {
+        let mut response = Html(LandingPage.render()?).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
     let secrets = LoginSecrets::generate();
     let url = state.provider.authorization_url(&secrets).await?;
-    let cookie = LoginCookie {
+    let now = unix_now(&state);
+    let mut logins = Logins::from_jar(&state, &jar);
+    logins.0.retain(|l| Logins::is_live(l, now));
+    while logins.0.len() >= MAX_LOGINS_PER_BROWSER {
+        logins.0.remove(0);
+    }
+    logins.0.push(Login {
         secrets,
-        started: unix_now(&state),
-    };
-    let value = serde_json::to_string(&cookie).expect("the login cookie always serialises");
-    let jar = jar.add(login_cookie(&state, value, LOGIN_TTL));
+        started: now,
+    });
+    let jar = logins.into_jar(&state, jar);
     // 302, as the Go original and every OAuth client answers.
     let location = HeaderValue::from_str(url.as_str()).map_err(|_| {
         HttpError::SignIn(crate::oidc::Error::Unreachable(
@@ -132,46 +212,82 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Finishes a sign-in: checks the state against the cookie, exchanges the
-/// code, verifies the identity, checks the allow-list, issues a key.
+/// Finishes a sign-in: finds this login's cookie by its state, exchanges
+/// the code, verifies the identity, checks the allow-list, issues a key.
 pub(super) async fn callback(
     State(state): State<AppState>,
     client: ClientIp,
     jar: PrivateCookieJar,
     RawQuery(query): RawQuery,
 ) -> Result<(PrivateCookieJar, Response), (PrivateCookieJar, HttpError)> {
-    // The login cookie is single use: whatever happens next, it goes.
-    let cookie = jar.get(cookie_name(&state));
-    let jar = jar.remove(login_cookie(&state, String::new(), Duration::ZERO));
     let callback = match Callback::parse(query.as_deref()) {
         Ok(callback) => callback,
         Err(error) => return Err((jar, error)),
     };
-    match finish(&state, client, cookie, callback).await {
+    let (jar, login) = claim(&state, jar, callback.state.as_deref());
+    let login = match login {
+        Ok(login) => login,
+        Err(error) => return Err((jar, error)),
+    };
+    match finish(&state, client, login, callback).await {
         Ok(response) => Ok((jar, response)),
         Err(error) => Err((jar, error)),
     }
 }
 
+/// Takes the login that `returned_state` belongs to out of the jar. Only a
+/// state that matches one of this browser's logins changes the cookie: a
+/// stray callback (another tab's, an attacker's) leaves every login in
+/// progress as it was. A state completes once on this replica, whatever
+/// happens next.
+fn claim(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    returned_state: Option<&str>,
+) -> (PrivateCookieJar, Result<Login, HttpError>) {
+    let Some(returned_state) = returned_state else {
+        return (jar, Err(HttpError::BadCallback("no state parameter")));
+    };
+    let mut logins = Logins::from_jar(state, &jar);
+    if logins.0.is_empty() {
+        return (jar, Err(HttpError::NoLoginInProgress));
+    }
+    if returned_state.len() > MAX_PARAM_LEN {
+        return (jar, Err(HttpError::StateMismatch));
+    }
+    // Compared with every login, each in constant time.
+    let hits: Vec<bool> = logins
+        .0
+        .iter()
+        .map(|l| constant_time_eq(returned_state, &l.secrets.state))
+        .collect();
+    let Some(index) = hits.iter().position(|hit| *hit) else {
+        return (jar, Err(HttpError::StateMismatch));
+    };
+    let login = logins.0.remove(index);
+    let now = unix_now(state);
+    logins.0.retain(|l| Logins::is_live(l, now));
+    let jar = logins.into_jar(state, jar);
+    let expires = login.started.saturating_add(LOGIN_TTL.as_secs());
+    let fresh = state.completed_logins.complete(
+        &login.secrets.state,
+        i64::try_from(expires).unwrap_or(i64::MAX),
+        i64::try_from(now).unwrap_or(i64::MAX),
+    );
+    if !fresh {
+        return (jar, Err(HttpError::LoginAlreadyCompleted));
+    }
+    (jar, Ok(login))
+}
+
 async fn finish(
     state: &AppState,
     client: ClientIp,
-    cookie: Option<Cookie<'static>>,
+    login: Login,
     callback: Callback,
 ) -> Result<Response, HttpError> {
-    let login: LoginCookie = cookie
-        .and_then(|c| serde_json::from_str(c.value()).ok())
-        .ok_or(HttpError::NoLoginInProgress)?;
     if unix_now(state).saturating_sub(login.started) > LOGIN_TTL.as_secs() {
         return Err(HttpError::LoginExpired);
-    }
-    let returned_state = callback
-        .state
-        .ok_or(HttpError::BadCallback("no state parameter"))?;
-    if returned_state.len() > MAX_PARAM_LEN
-        || !constant_time_eq(&returned_state, &login.secrets.state)
-    {
-        return Err(HttpError::StateMismatch);
     }
     if let Some(error) = callback.error {
         let code: String = error
@@ -188,13 +304,17 @@ async fn finish(
 
     let now = state.clock.now();
     // Before the provider is asked: a script replaying callbacks costs us
-    // token-endpoint calls.
+    // token-endpoint calls. Each attempt holds one of its address's
+    // tokens, given back when the person turns out to be allowed, so that
+    // only failures use the allowance up: honest sign-ins never do, and a
+    // script's junk codes drain its own address's allowance alone.
+    let client_key = client.key();
     state
         .limits
         .sign_in_per_ip
-        .check(&client.key(), now)
+        .check(&client_key, now)
         .map_err(|retry_after| HttpError::RateLimited {
-            what: "sign-ins per address",
+            what: "failed sign-ins per address",
             retry_after,
         })?;
     let identity = state.provider.sign_in(&code, &login.secrets, now).await?;
@@ -205,6 +325,7 @@ async fn finish(
             account: identity.email_claim.clone(),
             reason,
         })?;
+    state.limits.sign_in_per_ip.refund(&client_key, now);
     tracing::Span::current().record("user.email", email.as_str());
     state
         .limits
@@ -215,33 +336,30 @@ async fn finish(
             retry_after,
         })?;
     // The cap reads what this replica knows (its last full listing plus its
-    // own issues since), so it costs no Admin API call.
+    // own issues since, and those in progress), so it costs no Admin API
+    // call; the place is held until the create settles.
     let cap = state.limits.max_keys_per_user;
-    if cap > 0 && state.keys.live_keys_for(&email, now) >= cap {
-        let oldest = state.keys.oldest_expiry_for(&email, now).unwrap_or(0);
-        return Err(HttpError::KeyCap {
-            owner: email.to_string(),
-            cap,
-            retry_after: clock::until(oldest, now).max(Duration::from_secs(1)),
-        });
-    }
-
-    // In its own task: if the browser goes away mid-create, the create and
-    // its reconciliation still finish instead of being cut off half-way.
-    let keys = state.keys.clone();
-    let owner = email.clone();
-    let issued = tokio::spawn(crate::timing::carry(
-        async move { keys.issue(&owner, now).await }.instrument(tracing::Span::current()),
-    ))
-    .await
-    .map_err(|_| {
-        HttpError::Issue(crate::keys::Error::OpenAi(
-            crate::openai::Error::Transport {
-                message: "the issuing task stopped".into(),
-            },
-        ))
-    })?
-    .map_err(HttpError::Issue)?;
+    let reservation =
+        state
+            .keys
+            .reserve(&email, cap, now)
+            .map_err(|reached| HttpError::KeyCap {
+                owner: email.to_string(),
+                cap,
+                retry_after: clock::until(reached.oldest_expiry, now).max(Duration::from_secs(1)),
+            })?;
+    let issued = state
+        .keys
+        .spawn_issue(email.clone(), reservation, now)
+        .await
+        .map_err(|_| {
+            HttpError::Issue(crate::keys::Error::OpenAi(
+                crate::openai::Error::Transport {
+                    message: "the issuing task stopped".into(),
+                },
+            ))
+        })?
+        .map_err(HttpError::Issue)?;
     let expires = clock::from_unix(issued.expires_at);
     let lifetime = clock::until(issued.expires_at, now);
     let page = KeyPage {

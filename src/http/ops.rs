@@ -1,25 +1,37 @@
 //! Operator routes: on-demand cleanup (`/revoke`, as in the Go original) and
 //! health checks.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use serde::Serialize;
 use serde_json::json;
 
 use super::limits::ClientIp;
 use super::{AppState, HttpError};
-use crate::keys::SweepReport;
 
-/// Runs a cleanup now (or joins the running one) and answers its counts.
+/// How long `/revoke` waits for the sweep it asked for before answering,
+/// so that a cron job's next step usually sees its effect.
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+
+/// What `/revoke` tells anyone who asks: that a sweep was asked for, and
+/// nothing of what it found. The counts, and any failure, go to the log.
+#[derive(Serialize)]
+pub(super) struct SweepRequested {
+    sweep: &'static str,
+}
+
+/// Asks for a cleanup (at most one per interval, shared by every caller;
+/// see [`crate::cleanup::REQUESTED_SWEEP_INTERVAL`]) and waits a little
+/// for it.
 pub(super) async fn revoke(
     State(state): State<AppState>,
     client: ClientIp,
-    // Read (and so size-checked) even though unused: a chunked body has no
-    // length for the limit layer to refuse up front.
-    _body: axum::body::Bytes,
-) -> Result<Json<SweepReport>, HttpError> {
-    // Each call lists every account: cheap to ask, costly to answer.
+) -> Result<Json<SweepRequested>, HttpError> {
+    // Cheap to ask, costly to answer: each sweep lists every account.
     state
         .limits
         .revoke_per_ip
@@ -28,12 +40,9 @@ pub(super) async fn revoke(
             what: "cleanups per address",
             retry_after,
         })?;
-    state
-        .cleanup
-        .run_now()
-        .await
-        .map(Json)
-        .map_err(HttpError::Sweep)
+    // The sweep goes on if the wait ends first; its outcome is logged.
+    let _ = tokio::time::timeout(REVOKE_WAIT, state.cleanup.run_requested()).await;
+    Ok(Json(SweepRequested { sweep: "requested" }))
 }
 
 /// The process is alive.

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::Priority;
 use crate::openai::{self, AdminClient};
 
 /// Attempts per account within one sweep.
@@ -101,16 +102,33 @@ impl Limit {
     }
 }
 
+/// How fast a deleter may go.
+pub(crate) struct Pace<'a> {
+    /// Deletes at once to start with.
+    pub(crate) initial: usize,
+    /// The most at once while OpenAI keeps up.
+    pub(crate) max: usize,
+    /// Creates waiting for their turn: no new delete starts meanwhile.
+    pub(crate) priority: &'a Priority,
+    /// The longest one wait for creates.
+    pub(crate) max_yield: Duration,
+}
+
 /// Deletes every account received on `jobs` until the channel closes and
 /// all are settled; calls `settled` once per account with its fate.
 pub(crate) async fn run(
     admin: &AdminClient,
     project_id: &str,
-    initial: usize,
-    max: usize,
+    pace: Pace<'_>,
     mut jobs: mpsc::Receiver<Due>,
     mut settled: impl FnMut(&Due, Fate),
 ) -> Tally {
+    let Pace {
+        initial,
+        max,
+        priority,
+        max_yield,
+    } = pace;
     let mut tally = Tally::default();
     let mut limit = Limit {
         current: initial.clamp(1, max.max(1)),
@@ -138,7 +156,8 @@ pub(crate) async fn run(
                 i += 1;
             }
         }
-        while paused_until.is_none() && inflight.len() < limit.current {
+        let yielding = priority.is_held();
+        while !yielding && paused_until.is_none() && inflight.len() < limit.current {
             let Some(job) = ready.pop_front() else { break };
             let admin = admin.clone();
             let project_id = project_id.to_owned();
@@ -213,6 +232,7 @@ pub(crate) async fn run(
                     None => std::future::pending().await,
                 }
             }, if next_timer.is_some() => {}
+            () = priority.wait_turn(max_yield), if yielding => {}
         }
     }
     tally

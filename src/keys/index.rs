@@ -62,6 +62,9 @@ pub(crate) struct Index {
     owners: HashMap<u64, Vec<i64>>,
     hasher: RandomState,
     seq: u64,
+    /// Creates in progress per owner (by the same hash as `owners`): they
+    /// count against the cap until they settle.
+    pending: HashMap<u64, u32>,
 }
 
 impl Index {
@@ -214,6 +217,30 @@ impl Index {
     /// The earliest expiry after `now` among `owner`'s accounts.
     pub(crate) fn earliest_for(&self, owner: &str, now: i64) -> Option<i64> {
         self.live_expiries(owner, now).min()
+    }
+
+    /// Counts a create in progress for `owner`.
+    pub(crate) fn reserve(&mut self, owner: &str) {
+        let key = self.owner_key(owner);
+        *self.pending.entry(key).or_default() += 1;
+    }
+
+    /// The create of [`Index::reserve`] settled.
+    pub(crate) fn release(&mut self, owner: &str) {
+        let key = self.owner_key(owner);
+        if let Some(count) = self.pending.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    /// Creates in progress for `owner`.
+    pub(crate) fn pending_for(&self, owner: &str) -> usize {
+        self.pending
+            .get(&self.owner_key(owner))
+            .map_or(0, |n| *n as usize)
     }
 
     /// Number of accounts known.

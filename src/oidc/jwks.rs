@@ -15,7 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::Error;
-use crate::timing;
+use crate::{timing, upstream};
 
 /// The least time between two fetches caused by unknown `kid`s, so that a
 /// stream of forged tokens cannot make us hammer the provider.
@@ -229,9 +229,9 @@ impl Jwks {
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| Error::Unreachable(format!("signing keys: {}", e.without_url())))?;
         let max_age = cache_lifetime(response.headers());
-        let body = timing::upstream(response.bytes())
+        let body = timing::upstream(upstream::read_capped(response, upstream::OIDC_MAX_BYTES))
             .await
-            .map_err(|e| Error::Unreachable(format!("signing keys: {}", e.without_url())))?;
+            .map_err(|e| Error::Unreachable(format!("signing keys: {}", super::without_url(e))))?;
         Ok((parse_key_set(&body)?, max_age))
     }
 }

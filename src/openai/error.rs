@@ -70,6 +70,15 @@ pub enum Error {
         /// What the HTTP client said (no URL query, no headers).
         message: String,
     },
+    /// A success status with a body far larger than any the API sends;
+    /// not read beyond the cap.
+    #[error("OpenAI sent an answer larger than {} KiB; it was not read", limit / 1024)]
+    TooLarge {
+        /// The cap, in bytes.
+        limit: usize,
+        /// `x-request-id`.
+        request_id: Option<String>,
+    },
     /// A success status with a body that is not what the API documents.
     #[error("OpenAI sent an answer that could not be read: {message}")]
     Decode {
@@ -185,7 +194,10 @@ impl Error {
     /// that failed this way must be reconciled, never retried.
     pub fn is_ambiguous(&self) -> bool {
         match self {
-            Self::Timeout | Self::Transport { .. } | Self::Decode { .. } => true,
+            Self::Timeout
+            | Self::Transport { .. }
+            | Self::Decode { .. }
+            | Self::TooLarge { .. } => true,
             Self::Api { status, .. } => *status >= 500,
             _ => false,
         }
@@ -200,7 +212,8 @@ impl Error {
             | Self::BadRequest { request_id, .. }
             | Self::RateLimited { request_id, .. }
             | Self::Api { request_id, .. }
-            | Self::Decode { request_id, .. } => request_id.as_deref(),
+            | Self::Decode { request_id, .. }
+            | Self::TooLarge { request_id, .. } => request_id.as_deref(),
             Self::Timeout | Self::Transport { .. } => None,
         }
     }

@@ -85,9 +85,10 @@ async fn one_user_reloading_is_rate_limited_with_retry_after() {
 }
 
 #[tokio::test]
-async fn one_address_completing_many_sign_ins_is_stopped_before_the_provider_is_asked() {
+async fn failed_sign_ins_from_one_address_are_stopped_before_the_provider_is_asked() {
     let app = TestApp::spawn_with(Options::default().set("RATE_LIMIT_PER_IP", "2")).await;
-    for user in ["bob@gmail.com", "alice@example.com"] {
+    // Honest sign-ins never use the allowance up, however many.
+    for user in ["bob@gmail.com", "alice@example.com", "carol@example.com"] {
         let identity = if user.ends_with("gmail.com") {
             Identity::consumer(user)
         } else {
@@ -95,17 +96,28 @@ async fn one_address_completing_many_sign_ins_is_stopped_before_the_provider_is_
         };
         assert_eq!(app.sign_in_as(identity).await.status, StatusCode::OK);
     }
+    // Junk codes do: two are exchanged (and refused)…
+    for _ in 0..2 {
+        let page = app.junk_callback(&app.client).await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+    }
     let exchanges = app.sandbox.oidc.journal().count(TOKEN);
-    let page = app
-        .sign_in_as(Identity::workspace("carol@example.com"))
-        .await;
+    // …the third is not even tried.
+    let page = app.junk_callback(&app.client).await;
     assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         app.sandbox.oidc.journal().count(TOKEN),
         exchanges,
         "no code exchange for a limited address"
     );
-    assert_eq!(app.openai_calls(SA_CREATE), 2);
+    // A refused account counts as a failure too; an honest one elsewhere is
+    // not affected.
+    let elsewhere = browser_from("127.0.0.2".parse().unwrap());
+    let page = app
+        .sign_in_with(&elsewhere, Identity::workspace("dave@example.com"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(app.openai_calls(SA_CREATE), 4);
 }
 
 #[tokio::test]

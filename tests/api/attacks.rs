@@ -139,16 +139,6 @@ async fn sign_in_as_bob_with(app: &TestApp, claims: Value) -> KeyPage {
     sign_in_forged(app, bob(), TokenOverride::claims(claims)).await
 }
 
-fn query_param(url: &str, name: &str) -> String {
-    Url::parse(url)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .unwrap_or_else(|| panic!("no {name} in {url}"))
-        .1
-        .into_owned()
-}
-
 /// Starts a sign-in in `app`'s browser and returns its `state`.
 async fn login_state(app: &TestApp) -> String {
     query_param(&app.start_sign_in().await, "state")
@@ -156,13 +146,7 @@ async fn login_state(app: &TestApp) -> String {
 
 /// A second browser: keeps its own cookies, does not follow redirects.
 fn other_browser() -> reqwest::Client {
-    let _ = plain_client();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    browser()
 }
 
 async fn fetch(client: &reqwest::Client, method: Method, url: &str) -> KeyPage {

@@ -54,7 +54,7 @@ async fn a_restarted_replica_finds_the_schedule_in_the_account_names() {
     let second = first.replica().await;
     // Let the new replica's startup sweep learn the account, then lose the
     // first replica.
-    revoke(&second).await;
+    sweep(&second).await;
     first.kill();
 
     second.advance(Duration::from_secs(601));
@@ -104,7 +104,7 @@ async fn three_replicas_sweep_together_without_errors_or_early_deletes() {
     let a = TestApp::spawn_on(sandbox, short_keys()).await;
     let b = a.replica().await;
     let c = a.replica().await;
-    let reports = futures::future::join_all([revoke(&a), revoke(&b), revoke(&c)]).await;
+    let reports = futures::future::join_all([sweep(&a), sweep(&b), sweep(&c)]).await;
     for report in &reports {
         assert_eq!(report["failed"], 0, "{report}");
         assert!(report["list_error"].is_null(), "{report}");
@@ -139,7 +139,7 @@ async fn throttling_and_server_errors_while_listing_and_deleting_are_retried_in_
     let sandbox = Sandbox::start().await.unwrap();
     let project = sandbox.openai.create_project("personal");
     let app = TestApp::spawn_on(sandbox, Options::default()).await;
-    revoke(&app).await;
+    sweep(&app).await;
 
     let now = app.sandbox.clock.unix();
     let seeds = (0..150)
@@ -178,7 +178,7 @@ async fn throttling_and_server_errors_while_listing_and_deleting_are_retried_in_
     );
     openai.push_fault(Fault::new(FaultKind::status(500)).method("DELETE").times(2));
 
-    let report = revoke(&app).await;
+    let report = sweep(&app).await;
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["deleted"], 150, "{report}");
     assert!(report["retries"].as_u64().unwrap() >= 8, "{report}");
@@ -191,7 +191,7 @@ async fn a_list_call_that_hangs_past_the_timeout_is_retried() {
     let sandbox = Sandbox::start().await.unwrap();
     let project = sandbox.openai.create_project("personal");
     let app = TestApp::spawn_on(sandbox, Options::default().set("TIMEOUT", "1")).await;
-    revoke(&app).await;
+    sweep(&app).await;
     let now = app.sandbox.clock.unix();
     app.sandbox
         .openai
@@ -205,7 +205,7 @@ async fn a_list_call_that_hangs_past_the_timeout_is_retried() {
             .method("GET")
             .path("/service_accounts"),
     );
-    let report = revoke(&app).await;
+    let report = sweep(&app).await;
     assert_eq!(report["deleted"], 1, "{report}");
     assert!(app.accounts().is_empty());
 }
@@ -225,7 +225,7 @@ async fn accounts_of_the_go_original_are_deleted_only_when_the_operator_opts_in(
         .seed_service_accounts(&project, seeds)
         .unwrap();
     let app = TestApp::spawn_on(sandbox, Options::default()).await;
-    let report = revoke(&app).await;
+    let report = sweep(&app).await;
     assert_eq!(report["deleted"], 0, "off by default: {report}");
     assert_eq!(app.accounts().len(), 3);
     drop(app);
@@ -323,7 +323,7 @@ async fn an_account_orphaned_by_a_killed_server_is_deleted_on_time_by_another_re
 
     let sandbox = std::sync::Arc::try_unwrap(sandbox).ok().unwrap();
     let survivor = TestApp::spawn_on(sandbox, short_keys()).await;
-    revoke(&survivor).await;
+    sweep(&survivor).await;
     assert_eq!(
         survivor.accounts().len(),
         1,

@@ -108,6 +108,9 @@ pub(crate) struct TestApp {
     pub(crate) admin_key: String,
     pub(crate) client_secret: String,
     project_id: Option<String>,
+    /// The server's cleanup, to run full sweeps as an operator would and
+    /// read their reports (`/revoke` tells anonymous callers nothing).
+    pub(crate) cleanup: openai_key_server::cleanup::Cleanup,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -195,6 +198,7 @@ impl TestApp {
         let clock = Clock::from_fn(move || virtual_clock.now());
         let app =
             Application::build_with(config, listener, clock.clone()).expect("the server builds");
+        let cleanup = app.state().cleanup.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async move {
             let _ = rx.await;
@@ -218,6 +222,7 @@ impl TestApp {
             admin_key,
             client_secret,
             project_id,
+            cleanup,
             shutdown: Some(tx),
             server: Some(server),
         }
@@ -262,10 +267,59 @@ impl TestApp {
 
     /// The whole flow as `identity`: `/` → provider → callback → page.
     pub(crate) async fn sign_in_as(&self, identity: Identity) -> KeyPage {
+        self.sign_in_with(&self.client, identity).await
+    }
+
+    /// The whole flow as `identity` in `browser`.
+    pub(crate) async fn sign_in_with(
+        &self,
+        browser: &reqwest::Client,
+        identity: Identity,
+    ) -> KeyPage {
         self.sandbox.oidc.queue_identity(identity);
-        let authorization = self.start_sign_in().await;
-        let callback = self.authorize(&authorization).await;
-        self.open(&callback).await
+        let authorization = self.start_sign_in_with(browser).await;
+        let callback = self.authorize_with(browser, &authorization).await;
+        KeyPage::read(browser.get(&callback).send().await.unwrap()).await
+    }
+
+    /// `GET /` in `browser`: must redirect to the provider. Returns the
+    /// authorization URL.
+    pub(crate) async fn start_sign_in_with(&self, browser: &reqwest::Client) -> String {
+        let response = browser.get(self.url("/")).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "GET / should redirect"
+        );
+        location(&response)
+    }
+
+    /// Follows the authorization URL in `browser`; the callback URL.
+    pub(crate) async fn authorize_with(
+        &self,
+        browser: &reqwest::Client,
+        authorization_url: &str,
+    ) -> String {
+        let response = browser.get(authorization_url).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "the provider should redirect back: {}",
+            response.text().await.unwrap_or_default()
+        );
+        location(&response)
+    }
+
+    /// A callback with this browser's login state but a code the provider
+    /// never issued: what a script replaying junk sends. The page.
+    pub(crate) async fn junk_callback(&self, browser: &reqwest::Client) -> KeyPage {
+        let authorization = self.start_sign_in_with(browser).await;
+        let state = query_param(&authorization, "state");
+        let url = format!(
+            "{}?code=junk-code&state={state}",
+            self.url("/oauth2/callback")
+        );
+        KeyPage::read(browser.get(url).send().await.unwrap()).await
     }
 
     /// The project the server uses, once it exists.
@@ -388,11 +442,20 @@ pub(crate) fn own(expires_at: i64, owner: &str) -> String {
     format!("oks.{expires_at}.abc123.{owner}")
 }
 
-/// `POST /revoke`, which must succeed; its JSON report.
-pub(crate) async fn revoke(app: &TestApp) -> serde_json::Value {
+/// A full sweep now (or the one running), which must succeed; its report
+/// as JSON.
+pub(crate) async fn sweep(app: &TestApp) -> serde_json::Value {
+    let report = app.cleanup.run_now().await.expect("the sweep succeeds");
+    serde_json::to_value(report).unwrap()
+}
+
+/// `POST /revoke`, which must succeed and tell nothing but that a sweep
+/// was asked for.
+pub(crate) async fn revoke(app: &TestApp) {
     let response = app.client.post(app.url("/revoke")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"sweep": "requested"}));
 }
 
 /// Polls until `done` holds (the server acts in the background); fails after
@@ -405,6 +468,49 @@ pub(crate) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("never happened: {what}");
+}
+
+/// The value of the query parameter `name` of `url`.
+pub(crate) fn query_param(url: &str, name: &str) -> String {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+        .1
+        .into_owned()
+}
+
+/// Another browser: its own cookies, redirects off.
+pub(crate) fn browser() -> reqwest::Client {
+    browser_builder().build().unwrap()
+}
+
+/// A browser on another loopback address (127.0.0.2, …): another client
+/// address as the server sees it.
+pub(crate) fn browser_from(local: std::net::IpAddr) -> reqwest::Client {
+    browser_builder().local_address(local).build().unwrap()
+}
+
+/// A browser whose every request carries `headers` (as a proxy in front
+/// would add them).
+pub(crate) fn browser_with(headers: &[(&str, &str)]) -> reqwest::Client {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value) in headers {
+        map.append(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    browser_builder().default_headers(map).build().unwrap()
+}
+
+fn browser_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .timeout(Duration::from_secs(20))
 }
 
 /// A client with no cookies that does not follow redirects: another browser.

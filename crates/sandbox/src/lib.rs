@@ -11,6 +11,7 @@ pub mod clock;
 pub mod journal;
 pub mod oidc;
 pub mod openai;
+mod padding;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

@@ -33,7 +33,8 @@ On the fake OpenAI port (and the clock on every port):
                                         {\"method\":\"POST\",\"path_contains\":\"/service_accounts\",
                                          \"count\":1,\"kind\":{\"type\":\"commit_then_fail\",\"status\":500}}
                                         kinds: status (+ status, retry_after), delay (+ ms), hang,
-                                        malformed_json, commit_then_fail (+ status), commit_then_hang
+                                        malformed_json, commit_then_fail (+ status), commit_then_hang,
+                                        oversized (+ bytes: a 200 that large, chunked)
   DELETE /_sandbox/openai/faults        empty the fault plan
   POST /_sandbox/openai/projects        {\"name\"}: create a project
   POST /_sandbox/openai/seed            {\"project_id\"?, \"accounts\": [{\"name\", \"created_at\",
@@ -66,6 +67,8 @@ On the fake Google port, under /_sandbox/oidc/:
   POST fail-next-jwks        {\"count\"}: JWKS answers 500
   POST hang-next-jwks        {\"count\"}: JWKS never answers
   POST fail-next-token       {\"count\", \"status\"?}: the token endpoint fails
+  POST oversize-next         {\"endpoint\": discovery|jwks|token, \"count\"?, \"bytes\"}: a 200
+                             that large, chunked
   POST rotate-refresh-tokens {\"enabled\"}: refresh grants also return a new refresh token
   GET  stats                 JWKS fetches, codes issued, kids, counters
   GET  journal               every request, with body and Authorization hash

@@ -305,6 +305,9 @@ struct State {
     hang_jwks: u32,
     fail_token: u32,
     fail_token_status: u16,
+    /// Answers armed by [`FakeOidc::oversize_next`], by endpoint: how many,
+    /// and how large.
+    oversized: HashMap<Endpoint, (u32, u64)>,
     issuer_form: IssuerForm,
     alternate_bare: bool,
     require_pkce_s256: bool,
@@ -322,9 +325,32 @@ struct State {
     github_ids: HashMap<String, String>,
 }
 
+/// An endpoint of the provider, for [`FakeOidc::oversize_next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `/.well-known/openid-configuration`.
+    Discovery,
+    /// The key set.
+    Jwks,
+    /// `POST /token`.
+    Token,
+}
+
 impl Provider {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An oversized answer for `endpoint`, if one is armed.
+    fn take_oversized(&self, endpoint: Endpoint) -> Option<axum::response::Response> {
+        let mut state = self.lock();
+        let (count, bytes) = state.oversized.get_mut(&endpoint)?;
+        if *count == 0 {
+            return None;
+        }
+        *count -= 1;
+        Some(crate::padding::oversized(*bytes))
     }
 
     /// The `iss` claim for the next token, per the issuer-form knob.
@@ -405,6 +431,7 @@ impl FakeOidc {
             jwks_fetches: 0,
             fail_jwks: 0,
             hang_jwks: 0,
+            oversized: HashMap::new(),
             fail_token: 0,
             fail_token_status: 500,
             issuer_form: config.issuer_form,
@@ -475,6 +502,7 @@ impl FakeOidc {
     /// | `POST code-ttl` | `{"seconds"}` | [`Self::set_code_ttl`] |
     /// | `POST rotate-refresh-tokens` | `{"enabled"}` | [`Self::set_rotate_refresh_tokens`] |
     /// | `POST fail-next-token` | `{"count","status"}` | [`Self::fail_next_token`] |
+    /// | `POST oversize-next` | `{"endpoint","count","bytes"}` | [`Self::oversize_next`] |
     /// | `POST issuer-form` | `{"form"}` | [`Self::set_issuer_form`] |
     /// | `POST require-pkce-s256` | `{"enabled"}` | [`Self::set_require_pkce_s256`] |
     /// | `POST mint-id-token` | claims object | [`Self::mint_id_token`], answers `{"id_token"}` |
@@ -635,6 +663,13 @@ impl FakeOidc {
         let mut state = self.inner.lock();
         state.fail_token = n;
         state.fail_token_status = status;
+    }
+
+    /// The next `n` requests to `endpoint` answer 200 with `bytes` bytes of
+    /// whitespace, streamed without a `Content-Length`: far larger than any
+    /// real answer.
+    pub fn oversize_next(&self, endpoint: Endpoint, n: u32, bytes: u64) {
+        self.inner.lock().oversized.insert(endpoint, (n, bytes));
     }
 
     /// How tokens spell `iss` from now on.

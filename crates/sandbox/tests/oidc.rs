@@ -1319,6 +1319,49 @@ async fn injected_jwks_and_token_failures_answer_errors_then_recover() {
 }
 
 #[tokio::test]
+async fn oversized_answers_are_armed_per_endpoint_and_streamed_with_no_length() {
+    let idp = Idp::start().await;
+    idp.sandbox
+        .oidc
+        .oversize_next(sandbox::oidc::Endpoint::Jwks, 1, 200_000);
+    let armed = idp
+        .post_json(
+            "/_sandbox/oidc/oversize-next",
+            &json!({"endpoint": "discovery", "bytes": 100_000}),
+        )
+        .await;
+    assert_eq!(armed.status(), StatusCode::NO_CONTENT);
+
+    let jwks = idp
+        .http
+        .get(idp.url("/oauth2/v3/certs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), StatusCode::OK);
+    assert!(!jwks.headers().contains_key("content-length"));
+    assert_eq!(jwks.text().await.unwrap().len(), 200_000);
+    let discovery = idp
+        .http
+        .get(idp.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discovery.text().await.unwrap().len(), 100_000);
+
+    let jwks: Value = idp
+        .http
+        .get(idp.url("/oauth2/v3/certs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(jwks["keys"].is_array(), "armed once only");
+}
+
+#[tokio::test]
 async fn the_control_routes_drive_the_fake_over_http() {
     let idp = Idp::start().await;
     let no_content = StatusCode::NO_CONTENT;

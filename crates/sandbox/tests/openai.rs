@@ -1172,6 +1172,30 @@ async fn a_malformed_json_fault_answers_200_with_a_broken_body() {
 }
 
 #[tokio::test]
+async fn an_oversized_fault_streams_a_200_of_that_size_with_no_length() {
+    let api = Api::start().await;
+    api.sandbox.openai.push_fault(
+        Fault::new(FaultKind::Oversized { bytes: 300_000 }).path("/organization/projects"),
+    );
+
+    let reply = api.get("/organization/projects").await;
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        !reply.headers.contains_key("content-length"),
+        "{:?}",
+        reply.headers
+    );
+    assert_eq!(reply.text.len(), 300_000);
+    assert!(reply.text.trim().is_empty(), "whitespace only");
+    assert_eq!(
+        api.get("/organization/projects").await.body["object"],
+        "list",
+        "one request only"
+    );
+}
+
+#[tokio::test]
 async fn the_rate_limit_answers_429_with_retry_after_and_counts_them() {
     let api = Api::with(Config {
         rate_limit_per_s: Some(2.0),

@@ -39,6 +39,7 @@ pub(super) fn router() -> Router<FakeOidc> {
         )
         .route("/_sandbox/oidc/fixtures", get(fixtures))
         .route("/_sandbox/oidc/fail-next-token", post(fail_next_token))
+        .route("/_sandbox/oidc/oversize-next", post(oversize_next))
         .route("/_sandbox/oidc/issuer-form", post(issuer_form))
         .route("/_sandbox/oidc/require-pkce-s256", post(require_pkce_s256))
         .route("/_sandbox/oidc/mint-id-token", post(mint_id_token))
@@ -118,6 +119,23 @@ struct MaxAge {
 
 async fn jwks_max_age(State(oidc): State<FakeOidc>, Json(body): Json<MaxAge>) -> StatusCode {
     oidc.set_jwks_max_age(body.seconds);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Oversize {
+    endpoint: super::Endpoint,
+    #[serde(default = "one")]
+    count: u32,
+    bytes: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn oversize_next(State(oidc): State<FakeOidc>, Json(body): Json<Oversize>) -> StatusCode {
+    oidc.oversize_next(body.endpoint, body.count, body.bytes);
     StatusCode::NO_CONTENT
 }
 

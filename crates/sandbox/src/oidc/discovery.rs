@@ -18,6 +18,9 @@ pub(super) const GITHUB_JWKS_PATH: &str = "/.well-known/jwks";
 /// `GET /.well-known/openid-configuration`.
 pub(super) async fn configuration(State(oidc): State<FakeOidc>) -> Response {
     let provider = &oidc.inner;
+    if let Some(oversized) = provider.take_oversized(super::Endpoint::Discovery) {
+        return oversized;
+    }
     let origin = &provider.origin;
     let issuer = &provider.issuer;
     let document = match provider.kind {
@@ -91,6 +94,9 @@ fn github_document(origin: &str, issuer: &str) -> Value {
 /// `GET /oauth2/v3/certs` (Google) or `/.well-known/jwks` (GitHub).
 pub(super) async fn jwks(State(oidc): State<FakeOidc>) -> Response {
     let provider = &oidc.inner;
+    if let Some(oversized) = provider.take_oversized(super::Endpoint::Jwks) {
+        return oversized;
+    }
     let now = provider.clock.unix();
     let now_ms = provider.clock.unix_ms();
     let (document, max_age) = {

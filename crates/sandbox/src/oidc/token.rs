@@ -134,6 +134,9 @@ pub(super) async fn exchange(
     if let Some(failure) = injected_failure(provider) {
         return failure;
     }
+    if let Some(oversized) = provider.take_oversized(super::Endpoint::Token) {
+        return oversized;
+    }
     exchange_checked(provider, &headers, &body).unwrap_or_else(OAuthError::into_response)
 }
 

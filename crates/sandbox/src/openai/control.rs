@@ -196,7 +196,8 @@ fn check_fault(fault: &Fault) -> Result<(), ApiError> {
         FaultKind::Delay { .. }
         | FaultKind::Hang
         | FaultKind::MalformedJson
-        | FaultKind::CommitThenHang => 200,
+        | FaultKind::CommitThenHang
+        | FaultKind::Oversized { .. } => 200,
     };
     if !(100..=599).contains(&status) {
         return Err(

@@ -105,6 +105,12 @@ pub enum FaultKind {
     },
     /// The request really takes effect, but no answer ever comes.
     CommitThenHang,
+    /// 200 with a body of `bytes` bytes of whitespace, streamed without a
+    /// `Content-Length`: far larger than any real answer. Nothing happens.
+    Oversized {
+        /// Size of the body.
+        bytes: u64,
+    },
 }
 
 impl FaultKind {

@@ -134,6 +134,7 @@ pub(super) async fn knobs(
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 next.run(request).await
             }
+            FaultKind::Oversized { bytes } => crate::padding::oversized(bytes),
             FaultKind::Hang => hang(&fake, pending, route.clone()).await,
             FaultKind::CommitThenHang => {
                 drop(next.run(request).await);

@@ -1,0 +1,101 @@
+//! The sign-ins this replica has completed, remembered until their login
+//! cookie has expired, so that one login (one `state`) completes at most
+//! once even if its cookie and a second code from the same authorization
+//! URL come back. In memory, per replica: see SECURITY.md for what that
+//! means with several.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashSet};
+use std::hash::BuildHasher as _;
+use std::sync::{Mutex, PoisonError};
+
+/// The most states remembered. Reaching it takes a hundred thousand
+/// completed callbacks within one login lifetime; then the state closest to
+/// its own expiry is forgotten first (replaying it would still need a second
+/// code from the provider, approved by its owner).
+const MAX_REMEMBERED: usize = 100_000;
+
+/// Completed login states. Per replica.
+#[derive(Debug, Default)]
+pub struct CompletedLogins(Mutex<Remembered>);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    /// `(expires, hash)`, to forget in expiry order.
+    by_expiry: BTreeSet<(i64, u64)>,
+    hashes: HashSet<u64>,
+    /// States are hashed with a per-process key: 16 bytes an entry, and
+    /// nothing worth stealing in memory.
+    hasher: RandomState,
+}
+
+impl CompletedLogins {
+    /// Records `state` as completed, remembered until `expires` (Unix
+    /// seconds). False when it was completed already.
+    pub fn complete(&self, state: &str, expires: i64, now: i64) -> bool {
+        let mut remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let remembered = &mut *remembered;
+        while let Some(&(at, hash)) = remembered.by_expiry.first() {
+            if at > now && remembered.hashes.len() < MAX_REMEMBERED {
+                break;
+            }
+            remembered.by_expiry.pop_first();
+            remembered.hashes.remove(&hash);
+        }
+        let hash = remembered.hasher.hash_one(state);
+        if !remembered.hashes.insert(hash) {
+            return false;
+        }
+        remembered.by_expiry.insert((expires, hash));
+        true
+    }
+
+    /// How many states are remembered.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .hashes
+            .len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_completes_once_until_its_login_has_expired() {
+        let completed = CompletedLogins::default();
+        assert!(completed.complete("a", 1_600, 1_000));
+        assert!(
+            !completed.complete("a", 1_600, 1_100),
+            "the second time is a replay"
+        );
+        assert!(completed.complete("b", 1_700, 1_100));
+        // Once expired it is forgotten: the login cookie is dead by then.
+        assert!(completed.complete("c", 2_300, 1_650));
+        assert_eq!(completed.len(), 2, "a went, b and c stay");
+        assert!(!completed.complete("b", 1_700, 1_650));
+    }
+
+    #[test]
+    fn at_the_bound_the_state_closest_to_expiry_is_forgotten_first() {
+        let completed = CompletedLogins::default();
+        for i in 0..MAX_REMEMBERED as i64 {
+            assert!(completed.complete(&format!("s{i}"), 10_000 + i, 0));
+        }
+        assert!(completed.complete("new", 20_000, 0));
+        assert_eq!(completed.len(), MAX_REMEMBERED);
+        assert!(
+            completed.complete("s0", 10_000, 0),
+            "the earliest was forgotten"
+        );
+        assert!(!completed.complete("s5", 10_005, 0), "later ones are kept");
+    }
+}
