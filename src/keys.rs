@@ -248,10 +248,11 @@ fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Whether a failed call may succeed if tried again.
+/// Whether a failed call may succeed if tried again (an oversized answer
+/// would only come again).
 fn retryable(error: &openai::Error) -> bool {
     matches!(error, openai::Error::RateLimited { .. })
-        || error.is_ambiguous()
+        || (error.is_ambiguous() && !matches!(error, openai::Error::TooLarge { .. }))
         || matches!(error, openai::Error::Api { status: 409, .. })
 }
 

@@ -241,3 +241,202 @@ fn no_secret_appears_in_debug_errors_or_the_description() {
     let err = parse(&with(&[("CLIENT_SECRET_FILE", "/nonexistent")])).unwrap_err();
     assert!(!err.to_string().contains(CLIENT_SECRET_VALUE));
 }
+
+#[test]
+fn new_settings_have_their_names() {
+    assert_eq!(vars::TRUSTED_PROXIES, "TRUSTED_PROXIES");
+    assert_eq!(vars::MAX_CONNECTIONS, "MAX_CONNECTIONS");
+}
+
+#[test]
+fn no_spelling_of_googles_issuer_turns_googles_rules_off() {
+    for spelling in [
+        "https://accounts.google.com",
+        "https://accounts.google.com/",
+        "HTTPS://Accounts.Google.COM",
+        "https://accounts.google.com:443",
+        " https://accounts.google.com ",
+    ] {
+        let config = parse(&with(&[(vars::OIDC_ISSUER_URL, spelling)])).unwrap();
+        assert!(
+            !config.allow_unmanaged_emails,
+            "{spelling:?} is Google: unmanaged addresses stay refused"
+        );
+        assert_eq!(
+            config.accepted_issuers,
+            ["https://accounts.google.com", "accounts.google.com"],
+            "{spelling:?}"
+        );
+    }
+    let other = parse(&with(&[(
+        vars::OIDC_ISSUER_URL,
+        "https://login.example.com/realms/x",
+    )]))
+    .unwrap();
+    assert!(other.allow_unmanaged_emails);
+}
+
+#[test]
+fn upstream_urls_that_would_carry_a_secret_in_clear_text_are_refused() {
+    for (var, url) in [
+        (vars::OIDC_ISSUER_URL, "http://idp.example.com"),
+        (
+            vars::OPENAI_ADMIN_BASE_URL,
+            "http://openai-proxy.internal:8080/v1",
+        ),
+        (vars::GOOGLE_TOKEN_ISSUER_URL, "http://accounts.google.com"),
+    ] {
+        let err = parse(&with(&[(var, url)])).unwrap_err();
+        let problem = err.problems.iter().find(|p| p.var == var).unwrap();
+        assert!(problem.message.contains("https"), "{problem:?}");
+    }
+    // Loopback fakes are fine over http.
+    for url in [
+        "http://127.0.0.1:9000",
+        "http://localhost:9000",
+        "http://[::1]:9000",
+    ] {
+        let config = parse(&with(&[
+            (vars::OIDC_ISSUER_URL, url),
+            (vars::OPENAI_ADMIN_BASE_URL, &format!("{url}/v1")),
+        ]))
+        .unwrap();
+        assert_eq!(config.oidc_issuer.scheme(), "http");
+    }
+}
+
+#[test]
+fn credentials_queries_and_discovery_paths_in_urls_are_refused_without_echoing_them() {
+    for (var, url) in [
+        (
+            vars::OPENAI_ADMIN_BASE_URL,
+            "https://user:hunter2@api.openai.com/v1",
+        ),
+        (
+            vars::OIDC_ISSUER_URL,
+            "https://user:hunter2@accounts.google.com",
+        ),
+        (
+            vars::REDIRECT_URI,
+            "https://user:hunter2@keys.example.com/oauth2/callback",
+        ),
+    ] {
+        let err = parse(&with(&[(var, url)])).unwrap_err();
+        assert_eq!(problem_vars(&err), [var], "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+    let err = parse(&with(&[(
+        vars::OPENAI_ADMIN_BASE_URL,
+        "https://api.openai.com/v1?key=x",
+    )]))
+    .unwrap_err();
+    assert_eq!(problem_vars(&err), [vars::OPENAI_ADMIN_BASE_URL]);
+    let err = parse(&with(&[(
+        vars::OIDC_ISSUER_URL,
+        "https://accounts.google.com/.well-known/openid-configuration",
+    )]))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("not its discovery document"),
+        "{err}"
+    );
+    let err = parse(&with(&[(
+        vars::OPENAI_ADMIN_BASE_URL,
+        "https://api.openai.com",
+    )]))
+    .unwrap_err();
+    assert!(err.to_string().contains("/v1"), "{err}");
+    assert!(
+        parse(&with(&[(
+            vars::OPENAI_ADMIN_BASE_URL,
+            "https://api.openai.com/v1/"
+        )]))
+        .is_ok()
+    );
+}
+
+#[test]
+fn trusted_proxies_are_networks_and_the_missing_ones_are_warned_about_behind_https() {
+    let config = parse(&with(&[(
+        vars::TRUSTED_PROXIES,
+        "10.0.0.0/8, 192.168.1.7 ,fd00::/8",
+    )]))
+    .unwrap();
+    assert_eq!(
+        config.trusted_proxies.to_string(),
+        "10.0.0.0/8,192.168.1.7/32,fd00::/8"
+    );
+    assert!(
+        !config
+            .warnings
+            .iter()
+            .any(|w| w.contains(vars::TRUSTED_PROXIES)),
+        "{:?}",
+        config.warnings
+    );
+    let err = parse(&with(&[(
+        vars::TRUSTED_PROXIES,
+        "10.0.0.1/8,proxy.internal",
+    )]))
+    .unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
+
+    // https in front, plain http here, no proxy trusted: a warning.
+    let config = parse(&base()).unwrap();
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains(vars::TRUSTED_PROXIES) && w.contains(vars::REDIRECT_URI)),
+        "{:?}",
+        config.warnings
+    );
+    let local = parse(&with(&[(
+        vars::REDIRECT_URI,
+        "http://localhost:8080/oauth2/callback",
+    )]))
+    .unwrap();
+    assert!(
+        !local
+            .warnings
+            .iter()
+            .any(|w| w.contains(vars::TRUSTED_PROXIES))
+    );
+}
+
+#[test]
+fn max_connections_is_a_positive_number_or_derived() {
+    assert_eq!(parse(&base()).unwrap().max_connections, None);
+    assert_eq!(
+        parse(&with(&[(vars::MAX_CONNECTIONS, "500")]))
+            .unwrap()
+            .max_connections,
+        Some(500)
+    );
+    for bad in ["0", "-1", "lots", "2000000"] {
+        let err = parse(&with(&[(vars::MAX_CONNECTIONS, bad)])).unwrap_err();
+        assert_eq!(problem_vars(&err), [vars::MAX_CONNECTIONS], "{bad}");
+    }
+    let described = parse(&base()).unwrap().describe();
+    let (_, value) = described
+        .iter()
+        .find(|(name, _)| *name == vars::MAX_CONNECTIONS)
+        .unwrap();
+    assert!(
+        value.contains("derived from the open-file limit"),
+        "{value}"
+    );
+}
+
+#[test]
+fn a_project_name_in_the_project_id_setting_is_warned_about() {
+    let config = parse(&with(&[(vars::OPENAI_PROJECT_ID, "personal")])).unwrap();
+    assert!(
+        config.warnings.iter().any(|w| w.contains("proj_")),
+        "{:?}",
+        config.warnings
+    );
+    let config = parse(&with(&[(vars::OPENAI_PROJECT_ID, "proj_abc")])).unwrap();
+    assert!(!config.warnings.iter().any(|w| w.contains("proj_")));
+}

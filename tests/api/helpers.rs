@@ -67,6 +67,9 @@ pub(crate) fn logs() -> String {
 pub(crate) struct Options {
     pub(crate) env: HashMap<String, String>,
     pub(crate) openai: sandbox::openai::Config,
+    /// Run the server on a runtime of its own, ended when it stops, as a
+    /// process's exit ends every task left (see [`TestApp::stop`]).
+    pub(crate) own_runtime: bool,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
         Self {
             env,
             openai: sandbox::openai::Config::default(),
+            own_runtime: false,
         }
     }
 }
@@ -175,20 +179,21 @@ impl TestApp {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         env.extend(options.env);
-        Self::start(Arc::new(sandbox), listener, env).await
+        Self::start(Arc::new(sandbox), listener, env, options.own_runtime).await
     }
 
     /// Another replica: same sandbox, same settings (public redirect URI and
     /// session secret included), its own listener and process state.
     pub(crate) async fn replica(&self) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start(Arc::clone(&self.sandbox), listener, self.env.clone()).await
+        Self::start(Arc::clone(&self.sandbox), listener, self.env.clone(), false).await
     }
 
     async fn start(
         sandbox: Arc<Sandbox>,
         listener: TcpListener,
         env: HashMap<String, String>,
+        own_runtime: bool,
     ) -> Self {
         capture_logs();
         let addr = listener.local_addr().unwrap();
@@ -196,13 +201,35 @@ impl TestApp {
         let config = Config::from_lookup(|var| env.get(var).cloned()).expect("valid test config");
         let virtual_clock = sandbox.clock.clone();
         let clock = Clock::from_fn(move || virtual_clock.now());
-        let app =
-            Application::build_with(config, listener, clock.clone()).expect("the server builds");
-        let cleanup = app.state().cleanup.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run(async move {
+        let stopped = async move {
             let _ = rx.await;
-        }));
+        };
+        let (cleanup, server) = if own_runtime {
+            let listener = listener.into_std().unwrap();
+            let server_clock = clock.clone();
+            let (built_tx, built_rx) = oneshot::channel();
+            let server = tokio::task::spawn_blocking(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let result = runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    let app = Application::build_with(config, listener, server_clock)?;
+                    let _ = built_tx.send(app.state().cleanup.clone());
+                    app.run(stopped).await
+                });
+                // Whatever is left ends here, as at a process's exit.
+                drop(runtime);
+                result
+            });
+            (built_rx.await.expect("the server builds"), server)
+        } else {
+            let app = Application::build_with(config, listener, clock.clone())
+                .expect("the server builds");
+            (app.state().cleanup.clone(), tokio::spawn(app.run(stopped)))
+        };
 
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -336,6 +363,18 @@ impl TestApp {
     pub(crate) fn advance(&self, by: Duration) {
         self.sandbox.clock.advance(by);
         self.clock.jumped();
+    }
+
+    /// Shuts this server down as SIGTERM does, and waits until it has
+    /// stopped.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await?,
+            None => Ok(()),
+        }
     }
 
     /// Stops this server at once, as if its process died.
