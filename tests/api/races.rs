@@ -70,9 +70,11 @@ async fn a_failed_create_gives_its_place_under_the_cap_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_during_an_ambiguous_create_deletes_its_account_before_the_process_ends() {
-    let mut options = Options::default();
-    options.own_runtime = true;
-    let app = TestApp::spawn_with(options).await;
+    let app = TestApp::spawn_with(Options {
+        own_runtime: true,
+        ..Options::default()
+    })
+    .await;
     app.wait_for_startup_sweep().await;
     app.sandbox.openai.push_fault(
         Fault::new(FaultKind::CommitThenHang)
