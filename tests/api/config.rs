@@ -50,6 +50,45 @@ fn check_config_prints_the_effective_settings_with_secrets_redacted() {
 }
 
 #[test]
+fn check_config_warns_when_https_is_in_front_and_no_proxy_is_trusted() {
+    let dir = temp_dir("check-proxies");
+    let output = run(&dir, &["check-config"], GOOD);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("TRUSTED_PROXIES=(none"), "{stdout}");
+    assert!(stdout.contains("MAX_CONNECTIONS="), "{stdout}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: ") && l.contains("TRUSTED_PROXIES"))
+        .unwrap_or_else(|| panic!("no warning about proxies: {stderr}"));
+    assert!(warning.contains("REDIRECT_URI"), "{warning}");
+
+    let mut env = GOOD.to_vec();
+    env.extend([("TRUSTED_PROXIES", "10.0.0.0/8"), ("MAX_CONNECTIONS", "500")]);
+    let output = run(&dir, &["check-config"], &env);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("TRUSTED_PROXIES=10.0.0.0/8"), "{stdout}");
+    assert!(stdout.contains("MAX_CONNECTIONS=500"), "{stdout}");
+    assert!(!stderr.contains("TRUSTED_PROXIES"), "{stderr}");
+}
+
+#[test]
+fn check_config_refuses_an_admin_api_over_plain_http_without_echoing_it() {
+    let dir = temp_dir("check-http");
+    let mut env = GOOD.to_vec();
+    env.push(("OPENAI_ADMIN_BASE_URL", "http://openai.example.com/v1"));
+    let output = run(&dir, &["check-config"], &env);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("OPENAI_ADMIN_BASE_URL:"), "{stderr}");
+    assert!(stderr.contains("must be https"), "{stderr}");
+    assert!(stderr.contains("the admin key"), "{stderr}");
+}
+
+#[test]
 fn bad_settings_exit_2_with_one_line_per_problem_and_no_secret() {
     let dir = temp_dir("check-bad");
     let mut env = GOOD.to_vec();

@@ -83,6 +83,10 @@ async fn a_huge_discovery_document_keeps_the_server_unready_but_alive() {
     assert_eq!(body["discovery"], false);
     assert_eq!(app.get("/").await.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    assert!(
+        logs().contains("discovery document: the answer is larger than 256 KiB"),
+        "refused at the cap, not read whole and found unparsable"
+    );
 }
 
 #[tokio::test]
