@@ -480,7 +480,13 @@ impl Keys {
         let admin = &self.inner.admin;
         let created = admin.create_project(name).await?;
         tokio::time::sleep(PROJECT_SETTLE).await;
-        let found = self.projects_named(name).await?;
+        let found = match self.projects_named(name).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, project.id = %created.id, "could not look again for other replicas' projects after creating this one; using it");
+                return Ok(created.id);
+            }
+        };
         let chosen = found
             .iter()
             .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))

@@ -65,7 +65,10 @@ fn check_config_warns_when_https_is_in_front_and_no_proxy_is_trusted() {
     assert!(warning.contains("REDIRECT_URI"), "{warning}");
 
     let mut env = GOOD.to_vec();
-    env.extend([("TRUSTED_PROXIES", "10.0.0.0/8"), ("MAX_CONNECTIONS", "500")]);
+    env.extend([
+        ("TRUSTED_PROXIES", "10.0.0.0/8"),
+        ("MAX_CONNECTIONS", "500"),
+    ]);
     let output = run(&dir, &["check-config"], &env);
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -72,6 +72,11 @@ enum Scenario {
     Expiry(scenario::expiry::Args),
     /// Memory after start and after many flows; start-up time to ready.
     Idle(scenario::idle::Args),
+    /// 1,000 idle connections held open: the server's memory and open
+    /// files, and `/healthz` latency (a new connection per request) without
+    /// and with them; with `--max-connections` below `--idle`, the idlest
+    /// closed to make room.
+    Connections(scenario::connections::Args),
     /// Every scenario at the sizes of the targets (about 7 minutes
     /// on 2 cores, 4 of them in the rate-limited sweep), then every JSON
     /// line again and the binary size.
@@ -114,6 +119,7 @@ async fn run_scenario(scenario: Scenario, binary: &Path) -> anyhow::Result<()> {
         Scenario::Sweep(args) => scenario::sweep::run(binary, &args).await?.print(),
         Scenario::Expiry(args) => scenario::expiry::run(binary, &args).await?.print(),
         Scenario::Idle(args) => scenario::idle::run(binary, &args).await?.print(),
+        Scenario::Connections(args) => scenario::connections::run(binary, &args).await?.print(),
         Scenario::All => scenario::all::run(binary).await?,
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! Reading a process's CPU time and memory from `/proc`, and the machine's
-//! description from `/proc/cpuinfo` and `/proc/meminfo`.
+//! Reading a process's CPU time, memory, open files and open-file limit
+//! from `/proc`, and the machine's description from `/proc/cpuinfo` and
+//! `/proc/meminfo`.
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -170,6 +171,33 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// Open file descriptors of a process: the entries of `/proc/<pid>/fd`
+/// (sockets, the log, the epoll instance, …).
+pub(crate) fn open_fds(pid: u32) -> anyhow::Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("reading {path}"))?;
+    Ok(entries.filter(Result::is_ok).count())
+}
+
+/// The soft limit on open files of a process (`Max open files` in
+/// `/proc/<pid>/limits`); `None` when it is unlimited.
+pub(crate) fn open_file_limit(pid: u32) -> anyhow::Result<Option<u64>> {
+    let path = format!("/proc/{pid}/limits");
+    let limits = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    soft_limit(&limits, "Max open files").with_context(|| format!("no open-file limit in {path}"))
+}
+
+/// The soft limit of a `/proc/<pid>/limits` line (`Max open files  20000
+/// 20000  files`): `Some(None)` when unlimited, `None` when the line is
+/// missing or unreadable.
+fn soft_limit(limits: &str, name: &str) -> Option<Option<u64>> {
+    let line = limits.lines().find(|line| line.starts_with(name))?;
+    match line[name.len()..].split_whitespace().next()? {
+        "unlimited" => Some(None),
+        soft => soft.parse().ok().map(Some),
+    }
+}
+
 /// What the figures were measured on.
 #[derive(Debug, Clone)]
 pub(crate) struct Machine {
@@ -244,6 +272,22 @@ mod tests {
         };
         assert!((memory.rss_mib() - 7.0).abs() < f64::EPSILON);
         assert!((memory.peak_mib() - 9.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_the_soft_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95000                95000                processes \n\
+                      Max open files            20000                40000                files     \n";
+        assert_eq!(soft_limit(limits, "Max open files"), Some(Some(20_000)));
+        assert_eq!(soft_limit(limits, "Max processes"), Some(Some(95_000)));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(soft_limit(unlimited, "Max open files"), Some(None));
+        assert_eq!(soft_limit(limits, "Max locked memory"), None);
+        let pid = std::process::id();
+        assert!(open_file_limit(pid).is_ok());
+        assert!(open_fds(pid).unwrap() >= 3);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! counters.
 
 pub(crate) mod all;
+pub(crate) mod connections;
 pub(crate) mod expiry;
 pub(crate) mod idle;
 pub(crate) mod issue;
@@ -223,6 +224,16 @@ mod tests {
         assert_eq!(
             (idle.flows, idle.expiration_s, idle.quiet_s),
             (10_000, 86_400, 3)
+        );
+        let connections: connections::Args = defaults();
+        assert_eq!(
+            (
+                connections.idle,
+                connections.probes,
+                connections.mix,
+                connections.max_connections
+            ),
+            (1000, 200, false, None)
         );
     }
 

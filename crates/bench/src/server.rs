@@ -143,6 +143,17 @@ pub(crate) fn set_overrides(pairs: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The value `--server-env` gives the setting `name` (the last one wins, as
+/// when the server is spawned), if any.
+pub(crate) fn overridden(name: &str) -> Option<String> {
+    OVERRIDES
+        .get()?
+        .iter()
+        .rev()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
 impl Server {
     /// Starts `binary` wired to `sandbox`, with only the settings it needs
     /// (`extra` on top of the defaults below), in an empty working

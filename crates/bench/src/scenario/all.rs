@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::{expiry, idle, issue, sweep};
+use super::{connections, expiry, idle, issue, sweep};
 use crate::report::Report;
 use crate::server::binary_mb;
 
@@ -61,6 +61,14 @@ pub(crate) async fn run(binary: &Path) -> anyhow::Result<()> {
         ..idle::Args::default()
     };
     keep(idle::run(binary, &steady).await?);
+    // 1,000 idle connections under the server's own cap, then under a cap
+    // of 500, where the idlest make room.
+    keep(connections::run(binary, &connections::Args::default()).await?);
+    let capped = connections::Args {
+        max_connections: Some(500),
+        ..connections::Args::default()
+    };
+    keep(connections::run(binary, &capped).await?);
 
     let mut build = Report::new("binary");
     build
