@@ -1,5 +1,6 @@
-// Copy buttons and local-time display for the key page. Served from our own
-// origin so that the Content-Security-Policy can forbid inline script.
+// Copy buttons and local-time display for the key page, and buttons that a
+// double-click cannot press. Served from our own origin so that the
+// Content-Security-Policy can forbid inline script.
 "use strict";
 document.querySelectorAll("button[data-copy]").forEach(function (button) {
   button.addEventListener("click", function () {
@@ -32,3 +33,21 @@ if (expires && local) {
   var when = new Date(Number(expires.dataset.unix) * 1000);
   local.textContent = "your time: " + when.toLocaleString();
 }
+// Against double-clickjacking: a page opened under the pointer between the
+// two clicks of a double-click must not take the second one. A button
+// marked data-arm works only once the pointer has moved or a key has been
+// pressed on this page.
+document.querySelectorAll("[data-arm]").forEach(function (button) {
+  var armed = false;
+  var arm = function () {
+    armed = true;
+  };
+  ["pointermove", "keydown", "touchstart"].forEach(function (event) {
+    document.addEventListener(event, arm, { once: true, passive: true });
+  });
+  button.addEventListener("click", function (event) {
+    if (!armed) {
+      event.preventDefault();
+    }
+  });
+});

@@ -111,59 +111,55 @@ impl Cleanup {
                 receiver
             }
         };
-        receiver.recv().await.unwrap_or_else(|_| {
-            Err(crate::keys::Error::OpenAi(
-                crate::openai::Error::Transport {
-                    message: "the sweep task stopped before it finished".into(),
-                },
-            ))
-        })
+        receiver
+            .recv()
+            .await
+            .unwrap_or(Err(crate::keys::Error::TaskFailed))
     }
 
-    /// A full sweep asked for from outside (`/revoke`): runs one (or joins
-    /// the one running), unless one asked for from outside started less
-    /// than [`REQUESTED_SWEEP_INTERVAL`] ago; then the caller gets that
-    /// one's outcome, waiting for it if it is still running.
-    pub async fn run_requested(&self) -> Outcome {
+    /// Asks for a full sweep from outside (`/revoke`): starts one (or joins
+    /// the one running) unless one asked for from outside started less than
+    /// [`REQUESTED_SWEEP_INTERVAL`] ago, and returns at once. Its outcome
+    /// arrives in the receiver when known, and goes to the log.
+    pub fn request(&self) -> watch::Receiver<Option<Outcome>> {
         let now = self.clock.now();
-        let mut outcome = {
-            let mut requested = self
-                .requested
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            // A clock set back counts as the interval having passed.
-            let recent = requested.started.is_some_and(|started| {
-                now.duration_since(started)
-                    .is_ok_and(|since| since < REQUESTED_SWEEP_INTERVAL)
-            });
-            match requested.outcome.clone() {
-                Some(outcome) if recent => outcome,
-                _ => {
-                    let (sender, outcome) = watch::channel(None);
-                    requested.started = Some(now);
-                    requested.outcome = Some(outcome.clone());
-                    // In a task of its own, so that the outcome is kept even
-                    // if every caller stops waiting.
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let outcome = this.run_now().await;
-                        if let Err(error) = &outcome {
-                            tracing::warn!(%error, "a cleanup asked for through /revoke failed");
-                        }
-                        let _ = sender.send(Some(outcome));
-                    });
-                    outcome
-                }
+        let mut requested = self
+            .requested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A clock set back counts as the interval having passed.
+        let recent = requested.started.is_some_and(|started| {
+            now.duration_since(started)
+                .is_ok_and(|since| since < REQUESTED_SWEEP_INTERVAL)
+        });
+        if let Some(outcome) = requested.outcome.clone()
+            && recent
+        {
+            return outcome;
+        }
+        let (sender, outcome) = watch::channel(None);
+        requested.started = Some(now);
+        requested.outcome = Some(outcome.clone());
+        // In a task of its own, so that the outcome is kept even if every
+        // caller stops waiting.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcome = this.run_now().await;
+            if let Err(error) = &outcome {
+                tracing::warn!(%error, "a cleanup asked for through /revoke failed");
             }
-        };
+            let _ = sender.send(Some(outcome));
+        });
+        outcome
+    }
+
+    /// [`Cleanup::request`], then its outcome.
+    pub async fn run_requested(&self) -> Outcome {
+        let mut outcome = self.request();
         let settled = outcome.wait_for(Option::is_some).await;
         match settled.as_deref() {
             Ok(Some(outcome)) => outcome.clone(),
-            _ => Err(crate::keys::Error::OpenAi(
-                crate::openai::Error::Transport {
-                    message: "the sweep task stopped before it finished".into(),
-                },
-            )),
+            _ => Err(crate::keys::Error::TaskFailed),
         }
     }
 

@@ -200,9 +200,9 @@ pub struct Config {
     pub server_timing: bool,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
-    /// Client connections open at once; `None` derives it from the
-    /// open-file limit at start (see [`crate::http::serve::ConnectionLimit`]).
-    pub max_connections: Option<usize>,
+    /// Client connections open at once, configured or derived from the
+    /// open-file limit.
+    pub max_connections: ConnectionLimit,
     /// Things that are not errors but deserve a line in the log at start.
     pub warnings: Vec<String>,
 }
@@ -717,7 +717,7 @@ impl Config {
                 _ => {
                     r.problem(
                         vars::MAX_CONNECTIONS,
-                        format!("must be a whole number from 1 to 1000000, not {raw:?} (default: half of the open-file limit left after 256, at most 10000)"),
+                        format!("must be a whole number from 1 to 1000000, not {raw:?} (default: half of the open-file limit left after 256, at most 4096)"),
                     );
                     None
                 }
@@ -763,7 +763,7 @@ impl Config {
             ));
         }
         if let Some(max) = max_connections
-            && let Some(fds) = crate::http::serve::open_file_limit()
+            && let Some(fds) = open_file_limit()
             && u64::try_from(max).unwrap_or(u64::MAX).saturating_mul(2) > fds
         {
             warnings.push(format!(
@@ -816,7 +816,7 @@ impl Config {
                     rate_limit_revoke,
                     server_timing,
                     trusted_proxies,
-                    max_connections,
+                    max_connections: ConnectionLimit::new(max_connections),
                     warnings,
                 })
             }
@@ -916,16 +916,22 @@ impl Config {
                     self.trusted_proxies.to_string()
                 },
             ),
-            (vars::MAX_CONNECTIONS, {
-                let limit = crate::http::serve::ConnectionLimit::new(self.max_connections);
-                match limit.derived_from_fd_limit {
-                    None => limit.max.to_string(),
-                    Some(fds) => format!("{} (derived from the open-file limit {fds})", limit.max),
-                }
-            }),
+            (
+                vars::MAX_CONNECTIONS,
+                match self.max_connections.derived_from_fd_limit {
+                    None => self.max_connections.max.to_string(),
+                    Some(fds) => format!(
+                        "{} (derived from the open-file limit {fds})",
+                        self.max_connections.max
+                    ),
+                },
+            ),
         ]
     }
 }
 
+mod connections;
 #[cfg(test)]
 mod tests;
+
+pub use connections::{ConnectionLimit, open_file_limit};

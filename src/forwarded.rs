@@ -33,7 +33,10 @@ impl fmt::Display for TrustedProxies {
 impl TrustedProxies {
     /// Parses one entry: a network in CIDR form (`10.0.0.0/8`, `fd00::/8`)
     /// or one address (`10.1.2.3`, a /32 or /128). A network with host bits
-    /// set (`10.1.2.3/8`) is refused rather than guessed at.
+    /// set (`10.1.2.3/8`) is refused rather than guessed at, and so is one
+    /// that holds every address (`0.0.0.0/0`): it would let any client
+    /// choose the address it is known by. IPv4-mapped IPv6 entries mean
+    /// their IPv4 network, as peers are compared in that form.
     pub fn parse_entry(raw: &str) -> Result<IpNet, String> {
         if let Ok(ip) = IpAddr::from_str(raw) {
             return Ok(IpNet::from(ip.to_canonical()));
@@ -45,6 +48,17 @@ impl TrustedProxies {
                 "has bits set beyond its prefix; the network is {}",
                 net.trunc()
             ));
+        }
+        if net.prefix_len() == 0 {
+            return Err("holds every address, so any client could choose the address it is known by; list the proxies' own addresses or networks".to_owned());
+        }
+        if let IpNet::V6(v6) = net
+            && let Some(v4) = v6.addr().to_ipv4_mapped()
+            && v6.prefix_len() >= 96
+        {
+            let v4 = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map_err(|_| "is not a valid network".to_owned())?;
+            return Ok(IpNet::V4(v4));
         }
         Ok(net)
     }
@@ -123,35 +137,49 @@ fn xff_hops(values: &[&str]) -> Vec<Option<IpAddr>> {
 
 /// The `for=` of each element of `Forwarded` values (RFC 7239): elements
 /// separated by commas, pairs by semicolons, values tokens or quoted
-/// strings. An element without `for=` is a hop we know nothing of.
+/// strings with `\` escapes. An element without `for=` is a hop we know
+/// nothing of, and so is one whose quotes never close: a client that opens
+/// a quote must not swallow what the proxy appended after it.
 fn forwarded_hops(values: &[&str]) -> Vec<Option<IpAddr>> {
     let mut hops = Vec::new();
     for value in values {
-        for element in split_outside_quotes(value, ',') {
+        let (elements, unterminated) = split_outside_quotes(value, ',');
+        let last = elements.len().saturating_sub(1);
+        for (i, element) in elements.into_iter().enumerate() {
+            if unterminated && i == last {
+                hops.push(None);
+                continue;
+            }
             if element.trim().is_empty() {
                 continue;
             }
-            let node = split_outside_quotes(element, ';')
-                .into_iter()
-                .find_map(|pair| {
-                    let (name, value) = pair.split_once('=')?;
-                    name.trim()
-                        .eq_ignore_ascii_case("for")
-                        .then(|| value.trim().trim_matches('"').to_owned())
-                });
+            let (pairs, _) = split_outside_quotes(element, ';');
+            let node = pairs.into_iter().find_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| unquote(value.trim()))
+            });
             hops.push(node.and_then(|n| parse_node(&n)));
         }
     }
     hops
 }
 
-/// Splits at `separator`, except inside double quotes.
-fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+/// Splits at `separator`, except inside double-quoted strings (where `\`
+/// escapes the next character). Also says whether a quote was left open.
+fn split_outside_quotes(text: &str, separator: char) -> (Vec<&str>, bool) {
     let mut parts = Vec::new();
     let mut quoted = false;
+    let mut escaped = false;
     let mut start = 0;
     for (i, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             c if c == separator && !quoted => {
                 parts.push(&text[start..i]);
@@ -161,7 +189,23 @@ fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
         }
     }
     parts.push(&text[start..]);
-    parts
+    (parts, quoted)
+}
+
+/// A token, or a quoted string without its quotes and escapes.
+fn unquote(value: &str) -> String {
+    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+        return value.to_owned();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// An address as proxies write it: `192.0.2.1`, `192.0.2.1:4711`,
@@ -308,6 +352,44 @@ mod tests {
     }
 
     #[test]
+    fn a_quote_a_client_leaves_open_or_escapes_cannot_swallow_the_proxys_hop() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.2");
+        // What a proxy that appends on the same line passes on.
+        assert_eq!(
+            trusted.client(peer, &[r#"for=6.6.6.6;x="\"", for=198.51.100.7"#], &[]),
+            ip("198.51.100.7"),
+            "an escaped quote does not end the string"
+        );
+        assert_eq!(
+            trusted.client(peer, &[r#"for=6.6.6.6;x="open, for=198.51.100.7"#], &[]),
+            peer,
+            "an unterminated quote makes the rest unknown: the proxy counts"
+        );
+        assert_eq!(
+            trusted.client(peer, &[r#"for="198.51.100.\7""#], &[]),
+            ip("198.51.100.7"),
+            "escapes inside a quoted value are undone"
+        );
+    }
+
+    #[test]
+    fn networks_of_every_address_are_refused_and_mapped_ones_mean_ipv4() {
+        for all in ["0.0.0.0/0", "::/0"] {
+            assert!(TrustedProxies::parse_entry(all).is_err(), "{all}");
+        }
+        assert_eq!(
+            TrustedProxies::parse_entry("::ffff:10.0.0.0/104")
+                .unwrap()
+                .to_string(),
+            "10.0.0.0/8"
+        );
+        let trusted = proxies(&["::ffff:10.0.0.0/104"]);
+        assert!(trusted.contains(ip("10.1.2.3")));
+        assert!(trusted.contains(ip("::ffff:10.1.2.3")));
+    }
+
+    #[test]
     fn two_headers_that_disagree_count_as_the_proxy_itself() {
         let trusted = proxies(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.2");
@@ -343,8 +425,13 @@ mod tests {
             chain.push(junk.replace(',', " "));
             let xff = format!("{}, {real}", chain.join(", "));
             prop_assert_eq!(trusted.client(ip("10.0.0.2"), &[], &[&xff]), real);
+            // In Forwarded, a client's escape or open quote may make the
+            // rest unreadable: then the proxy itself counts, never an
+            // address of the client's choosing.
             let forwarded = format!("for=\"{}\";proto=http, for={real}", junk.replace('"', ""));
-            prop_assert_eq!(trusted.client(ip("10.0.0.2"), &[&forwarded], &[]), real);
+            let peer = ip("10.0.0.2");
+            let client = trusted.client(peer, &[&forwarded], &[]);
+            prop_assert!(client == real || client == peer, "{client}");
             // Whatever a Forwarded value holds, it parses without a panic.
             let _ = trusted.client(ip("10.0.0.2"), &[&junk], &[]);
         }

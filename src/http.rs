@@ -135,6 +135,8 @@ async fn server_timing(request: Request, next: Next) -> Response {
 /// before anything else looks at the request: a body that trickles in a
 /// byte a second, or one larger than any route takes, costs no more than
 /// this wait, and no handler, limit or upstream call ever waits on a client.
+/// Only then is the connection busy (see [`serve`]): until its body is in,
+/// it may be closed to make room like an idle one.
 async fn read_body(request: Request, next: Next) -> Result<Response, HttpError> {
     use http_body_util::BodyExt as _;
     let (parts, body) = request.into_parts();
@@ -155,9 +157,13 @@ async fn read_body(request: Request, next: Next) -> Result<Response, HttpError> 
         Ok(Err(_)) => return Err(HttpError::BadBody),
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    Ok(next
+    // From here on the connection is busy: not to be closed to make room
+    // until the answer has been handed over whole.
+    let busy = serve::Connection::mark_busy(&parts.extensions).map_err(|_| HttpError::Closing)?;
+    let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await)
+        .await;
+    Ok(response.map(|body| axum::body::Body::new(serve::BusyUntilSent::new(body, busy))))
 }
 
 /// The Content-Security-Policy of every page: our own CSS and JS only, no

@@ -48,6 +48,8 @@ pub struct Settings {
 /// How long to let concurrent starts create their project before looking
 /// which one all should use (see [`Keys::project_id`]).
 const PROJECT_SETTLE: Duration = Duration::from_millis(500);
+/// A project found this young may have a twin from a concurrent start.
+const RECENT_PROJECT: Duration = Duration::from_secs(10);
 
 /// A key just created for someone. Shown once, never stored.
 #[derive(Debug)]
@@ -84,6 +86,13 @@ pub enum Error {
     /// The create call succeeded but returned no key.
     #[error("OpenAI created the service account but returned no key")]
     NoKeyReturned,
+    /// The task doing the work stopped before it finished (a bug: it
+    /// panicked).
+    #[error("the task issuing or sweeping stopped before it finished")]
+    TaskFailed,
+    /// The server is shutting down and starts no new create.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// The person already holds the most live keys allowed, counting the keys
@@ -242,6 +251,8 @@ struct Inner {
     priority: Priority,
     /// Issues in progress.
     in_flight: Arc<InFlight>,
+    /// Set at shutdown: no new create starts.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
@@ -254,6 +265,19 @@ fn retryable(error: &openai::Error) -> bool {
     matches!(error, openai::Error::RateLimited { .. })
         || (error.is_ambiguous() && !matches!(error, openai::Error::TooLarge { .. }))
         || matches!(error, openai::Error::Api { status: 409, .. })
+}
+
+/// How long to wait before trying a failed call again: a 429's
+/// `Retry-After`, or a backoff; at most 30 s.
+fn retry_wait(error: &openai::Error, attempt: u32) -> Duration {
+    let wait = match error {
+        openai::Error::RateLimited {
+            retry_after: Some(after),
+            ..
+        } => *after,
+        _ => deleter::backoff(attempt),
+    };
+    wait.min(Duration::from_secs(30))
 }
 
 /// What the listing half of a sweep found.
@@ -283,6 +307,7 @@ impl Keys {
                 reached: std::sync::atomic::AtomicBool::new(false),
                 priority: Priority::default(),
                 in_flight: Arc::default(),
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -316,8 +341,8 @@ impl Keys {
 
     /// Checks that the Admin API answers (for readiness): resolves the
     /// project and reads it.
-    pub async fn probe(&self) -> Result<(), Error> {
-        let project_id = self.project_id().await?.to_owned();
+    pub async fn probe(&self, now: SystemTime) -> Result<(), Error> {
+        let project_id = self.project_id(now).await?.to_owned();
         self.inner.admin.retrieve_project(&project_id).await?;
         self.mark_reached();
         Ok(())
@@ -373,15 +398,21 @@ impl Keys {
     /// done: if the caller goes away mid-create, the create and the clean-up
     /// of a failed one still finish, and shutdown waits for them
     /// ([`Keys::issues_settled`]).
+    /// Refused once [`Keys::close`] has been called.
     pub fn spawn_issue(
         &self,
         owner: EmailAddress,
         reservation: Reservation,
         now: SystemTime,
-    ) -> tokio::task::JoinHandle<Result<IssuedKey, Error>> {
+    ) -> Result<tokio::task::JoinHandle<Result<IssuedKey, Error>>, Error> {
         let in_flight = Arc::clone(&self.inner.in_flight);
-        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        // Counted before looking at `closing`, which `close` sets before
+        // looking at the count: one of the two sees the other.
+        in_flight.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(in_flight);
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
         let keys = self.clone();
         // Its log lines belong to the caller's span (the request's id and
         // user), and its upstream wait to the caller's Server-Timing.
@@ -392,7 +423,20 @@ impl Keys {
             issued
         }
         .instrument(tracing::Span::current());
-        tokio::spawn(crate::timing::carry(issue))
+        Ok(tokio::spawn(crate::timing::carry(issue)))
+    }
+
+    /// Starts no new create from now on (shutdown); those in progress go on
+    /// ([`Keys::issues_settled`]).
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Names of accounts whose create failed ambiguously and that are not
+    /// known to be gone: what a shutdown leaves to the sweep at their
+    /// expiry.
+    pub fn unresolved_failed_creates(&self) -> Vec<String> {
+        self.orphans().iter().cloned().collect()
     }
 
     /// Completes once no issue is in progress.
@@ -403,7 +447,7 @@ impl Keys {
                 let idle = in_flight.idle.notified();
                 tokio::pin!(idle);
                 idle.as_mut().enable();
-                if in_flight.count.load(Ordering::Acquire) == 0 {
+                if in_flight.count.load(Ordering::SeqCst) == 0 {
                     return;
                 }
                 idle.await;
@@ -424,14 +468,14 @@ impl Keys {
 
     /// The project id: configured, or found by name (created when missing)
     /// once and then cached for the life of the process.
-    pub async fn project_id(&self) -> Result<&str, Error> {
+    pub async fn project_id(&self, now: SystemTime) -> Result<&str, Error> {
         let id = self
             .inner
             .project_id
             .get_or_try_init(|| async {
                 match &self.inner.settings.project {
                     ProjectSelector::Id(id) => Ok(id.clone()),
-                    ProjectSelector::Name(name) => self.find_or_create_project(name).await,
+                    ProjectSelector::Name(name) => self.find_or_create_project(name, now).await,
                 }
             })
             .await?;
@@ -465,10 +509,22 @@ impl Keys {
     /// moment, looks again, and uses the oldest (ties: the smallest id),
     /// archiving its own if that is not the one, so that all agree on one
     /// project and no duplicate is left behind.
-    async fn find_or_create_project(&self, name: &str) -> Result<String, Error> {
+    async fn find_or_create_project(&self, name: &str, now: SystemTime) -> Result<String, Error> {
         let found = self.projects_named(name).await?;
         match found.len() {
             0 => {}
+            // Created moments ago, maybe by a replica racing another one:
+            // look again once they have settled, and take what they agree
+            // on, so as not to keep using one that its creator archives.
+            1 if unix(now).abs_diff(found[0].created_at) < RECENT_PROJECT.as_secs() => {
+                tokio::time::sleep(PROJECT_SETTLE).await;
+                let seen = found[0].id.clone();
+                let found = self.projects_named(name).await.unwrap_or(found);
+                let oldest = found
+                    .iter()
+                    .min_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                return Ok(oldest.map_or(seen, |p| p.id.clone()));
+            }
             1 => return Ok(found[0].id.clone()),
             count => {
                 return Err(Error::AmbiguousProject {
@@ -520,7 +576,7 @@ impl Keys {
     // No span of its own: its log lines belong to the request's span, which
     // carries the request id and the signed-in user.
     pub async fn issue(&self, owner: &EmailAddress, now: SystemTime) -> Result<IssuedKey, Error> {
-        let project_id = self.project_id().await?.to_owned();
+        let project_id = self.project_id(now).await?.to_owned();
         let ttl = self.inner.settings.ttl.as_secs();
         let name = AccountName::new(owner.clone(), unix(now).saturating_add_unsigned(ttl));
         let encoded = name.encode();
@@ -626,13 +682,16 @@ impl Keys {
         }
     }
 
+    /// Looks for the account of a create that failed ambiguously and
+    /// deletes it, each call retried like a sweep's; what cannot be done now
+    /// is left to the next sweep, which deletes it whatever its expiry.
     async fn reconcile_failed_create(&self, project_id: &str, name: &str) {
         self.orphans().insert(name.to_owned());
-        let admin = &self.inner.admin;
+        let mut listing = Listing::default();
         let mut after: Option<String> = None;
-        loop {
-            let page = match admin
-                .list_service_accounts(project_id, after.as_deref())
+        let account = loop {
+            let page = match self
+                .list_page(project_id, after.as_deref(), &mut listing, false)
                 .await
             {
                 Ok(page) => page,
@@ -641,46 +700,68 @@ impl Keys {
                     return;
                 }
             };
-            if let Some(account) = page.data.iter().find(|a| a.name == name) {
-                match admin.delete_service_account(project_id, &account.id).await {
-                    Ok(()) | Err(openai::Error::NotFound { .. }) => {
-                        let parsed = AccountName::parse(name);
-                        tracing::info!(
-                            audit = "deleted",
-                            owner = parsed.as_ref().map(|n| n.owner.to_string()).unwrap_or_default(),
-                            service_account.id = %account.id,
-                            expires_at = parsed.map_or(0, |n| n.expires_at),
-                            reason = "failed create",
-                            "deleted the account of a failed create"
-                        );
-                        self.orphans().remove(name);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, service_account.id = %account.id, "could not delete the account of a failed create; the next sweep will");
-                    }
-                }
-                return;
+            if let Some(account) = page.data.into_iter().find(|a| a.name == name) {
+                break account;
             }
             match (page.has_more, page.last_id) {
                 (true, Some(last)) => after = Some(last),
-                _ => return,
+                _ => {
+                    tracing::info!(
+                        "the failed create left no account (yet); the next sweep deletes it if one appears"
+                    );
+                    return;
+                }
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            match self
+                .inner
+                .admin
+                .delete_service_account(project_id, &account.id)
+                .await
+            {
+                Ok(()) | Err(openai::Error::NotFound { .. }) => break,
+                Err(error) if retryable(&error) && attempt + 1 < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_wait(&error, attempt)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, service_account.id = %account.id, "could not delete the account of a failed create; the next sweep will");
+                    return;
+                }
             }
         }
+        let parsed = AccountName::parse(name);
+        tracing::info!(
+            audit = "deleted",
+            owner = parsed.as_ref().map(|n| n.owner.to_string()).unwrap_or_default(),
+            service_account.id = %account.id,
+            expires_at = parsed.map_or(0, |n| n.expires_at),
+            reason = "failed create",
+            "deleted the account of a failed create"
+        );
+        self.orphans().remove(name);
     }
 
-    /// One page of the account list, retried on 429, 5xx and timeouts.
+    /// One page of the account list, retried on 429, 5xx and timeouts;
+    /// for a sweep (`yielding`), only once creates waiting for their turn
+    /// have had it.
     async fn list_page(
         &self,
         project_id: &str,
         after: Option<&str>,
         listing: &mut Listing,
+        yielding: bool,
     ) -> Result<Page<ServiceAccount>, openai::Error> {
         let mut attempt = 0;
         loop {
-            self.inner
-                .priority
-                .wait_turn(self.inner.settings.create_patience)
-                .await;
+            if yielding {
+                self.inner
+                    .priority
+                    .wait_turn(self.inner.settings.create_patience)
+                    .await;
+            }
             listing.calls += 1;
             match self
                 .inner
@@ -692,15 +773,12 @@ impl Keys {
                 Err(error) if retryable(&error) && attempt + 1 < MAX_ATTEMPTS => {
                     attempt += 1;
                     listing.retries += 1;
-                    let wait = match &error {
-                        openai::Error::RateLimited { retry_after, .. } => {
-                            listing.rate_limited += 1;
-                            retry_after.unwrap_or_else(|| deleter::backoff(attempt))
-                        }
-                        _ => deleter::backoff(attempt),
-                    };
+                    if matches!(error, openai::Error::RateLimited { .. }) {
+                        listing.rate_limited += 1;
+                    }
+                    let wait = retry_wait(&error, attempt);
                     tracing::debug!(%error, wait_ms = wait.as_millis(), "retrying a list page");
-                    tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
+                    tokio::time::sleep(wait).await;
                 }
                 Err(error) => return Err(error),
             }
@@ -716,7 +794,7 @@ impl Keys {
         let mut after: Option<String> = None;
         loop {
             let page = match self
-                .list_page(project_id, after.as_deref(), &mut listing)
+                .list_page(project_id, after.as_deref(), &mut listing, true)
                 .await
             {
                 Ok(page) => page,
@@ -828,7 +906,7 @@ impl Keys {
     #[instrument(skip_all)]
     pub async fn sweep(&self, now: SystemTime) -> Result<SweepReport, Error> {
         let started = Instant::now();
-        let project_id = self.project_id().await?.to_owned();
+        let project_id = self.project_id(now).await?.to_owned();
         let now_unix = unix(now);
         let since = self.index().seq();
         let (tx, rx) = mpsc::channel(1024);
@@ -875,7 +953,7 @@ impl Keys {
     #[instrument(skip_all)]
     pub async fn delete_due(&self, now: SystemTime) -> Result<SweepReport, Error> {
         let started = Instant::now();
-        let project_id = self.project_id().await?.to_owned();
+        let project_id = self.project_id(now).await?.to_owned();
         let due = self.index().due(unix(now));
         let mut report = SweepReport {
             kind: "due",

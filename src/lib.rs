@@ -223,19 +223,26 @@ impl Application {
         tracing::info!(%addr, redirect_uri = %self.config.redirect_uri, "listening");
         let grace = self.config.timeout;
         let keys = self.state.keys.clone();
-        let connections = http::serve::ConnectionLimit::new(self.config.max_connections);
+        let connections = self.config.max_connections;
         tracing::info!(
             connections.max = connections.max,
             connections.fd_limit = connections.derived_from_fd_limit,
             "accepting connections"
         );
+        let activity = self.state.activity.clone();
         let router = http::router(self.state);
         let signal_tx = stop_tx.clone();
-        let serve = http::serve::serve(self.listener, router, connections.max, async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; finishing requests in flight");
-            let _ = signal_tx.send(true);
-        });
+        let serve = http::serve::serve(
+            self.listener,
+            router,
+            connections.max,
+            activity,
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections; finishing requests in flight");
+                let _ = signal_tx.send(true);
+            },
+        );
         tokio::pin!(serve);
         let mut stopped = stop_rx.clone();
         let served = tokio::select! {
@@ -249,22 +256,31 @@ impl Application {
                 "requests still in flight after TIMEOUT; stopping anyway"
             );
         }
-        let in_flight = keys.issues_in_flight();
-        if in_flight > 0 {
+        // From here on no create starts; those in progress (with the
+        // clean-up of an ambiguous one) get until the deadline.
+        keys.close();
+        let deadline = signalled + grace.saturating_mul(SHUTDOWN_TIMEOUTS);
+        if keys.issues_in_flight() > 0 {
             tracing::info!(
-                issues.in_flight = in_flight,
+                issues.in_flight = keys.issues_in_flight(),
                 "waiting for key creations in flight to finish or be cleaned up"
             );
-            let deadline = signalled + grace.saturating_mul(SHUTDOWN_TIMEOUTS);
-            if tokio::time::timeout_at(deadline, keys.issues_settled())
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    issues.in_flight = keys.issues_in_flight(),
-                    "stopping with key creations unfinished; an account one of them left in OpenAI is deleted at its expiry by whichever replica runs then"
-                );
-            }
+        }
+        if tokio::time::timeout_at(deadline, keys.issues_settled())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                issues.in_flight = keys.issues_in_flight(),
+                "stopping with key creations unfinished; an account one of them left in OpenAI is deleted at its expiry by whichever replica runs then"
+            );
+        }
+        let unresolved = keys.unresolved_failed_creates();
+        if !unresolved.is_empty() {
+            tracing::error!(
+                accounts = ?unresolved,
+                "stopping with accounts of failed creates that could not be deleted; whichever replica runs at their expiry deletes them"
+            );
         }
         let _ = stop_tx.send(true);
         let _ = (&mut cleanup.0).await;

@@ -192,7 +192,7 @@ impl Provider {
                     ("signing keys", &metadata.jwks_uri),
                     ("authorization endpoint", &metadata.authorization_endpoint),
                 ] {
-                    if !upstream::is_safe_endpoint(endpoint) {
+                    if !upstream::is_safe_endpoint(endpoint, &self.inner.settings.issuer) {
                         return Err(Error::Unreachable(format!(
                             "the discovery document names a {what} that is not https ({}); refusing to use it",
                             endpoint.origin().ascii_serialization()

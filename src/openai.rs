@@ -171,7 +171,7 @@ impl AdminClient {
                 return Err(Error::TooLarge { limit, request_id });
             }
             // A refusal too large to read: its status says enough.
-            Err(upstream::ReadError::TooLarge { .. }) => axum::body::Bytes::new(),
+            Err(upstream::ReadError::TooLarge { .. }) => bytes::Bytes::new(),
             Err(upstream::ReadError::Transport(error)) => return Err(Error::from_transport(error)),
         };
         if status.is_success() {

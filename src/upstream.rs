@@ -4,7 +4,7 @@
 //! than that is refused as it arrives, before it can cost the process its
 //! memory.
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use url::Url;
 
 /// The most the server reads of an Admin API answer.
@@ -47,17 +47,57 @@ pub async fn read_capped(
     Ok(body.into())
 }
 
-/// Whether the server may send a secret to, or trust the answers of, `url`:
-/// https, or plain http to this machine (a local fake).
-pub fn is_safe_endpoint(url: &Url) -> bool {
-    match url.scheme() {
+/// Whether the server may send a secret to, or trust the answers of, an
+/// `endpoint` that `issuer`'s discovery document names: https; plain http
+/// only when the issuer itself is a plain-http fake on this machine and the
+/// endpoint is on this machine too, so that a real issuer's document can
+/// never send the client secret in clear text, not even to a local port.
+pub fn is_safe_endpoint(endpoint: &Url, issuer: &Url) -> bool {
+    match endpoint.scheme() {
         "https" => true,
-        "http" => match url.host() {
-            Some(url::Host::Domain(d)) => d == "localhost",
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        },
+        "http" => issuer.scheme() == "http" && is_loopback(issuer) && is_loopback(endpoint),
         _ => false,
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn plain_http_endpoints_are_only_for_a_local_fake_issuer() {
+        let google = url("https://accounts.google.com");
+        let fake = url("http://127.0.0.1:9000");
+        assert!(is_safe_endpoint(
+            &url("https://oauth2.googleapis.com/token"),
+            &google
+        ));
+        assert!(!is_safe_endpoint(
+            &url("http://oauth2.googleapis.com/token"),
+            &google
+        ));
+        assert!(
+            !is_safe_endpoint(&url("http://localhost:9000/token"), &google),
+            "a real issuer may not point the secret at a local port in clear"
+        );
+        assert!(is_safe_endpoint(&url("http://127.0.0.1:9000/token"), &fake));
+        assert!(!is_safe_endpoint(
+            &url("http://tokens.example.test/token"),
+            &fake
+        ));
+        assert!(!is_safe_endpoint(&url("ftp://127.0.0.1/token"), &fake));
     }
 }

@@ -407,12 +407,21 @@ fn trusted_proxies_are_networks_and_the_missing_ones_are_warned_about_behind_htt
 
 #[test]
 fn max_connections_is_a_positive_number_or_derived() {
-    assert_eq!(parse(&base()).unwrap().max_connections, None);
+    assert!(
+        parse(&base())
+            .unwrap()
+            .max_connections
+            .derived_from_fd_limit
+            .is_some()
+    );
     assert_eq!(
         parse(&with(&[(vars::MAX_CONNECTIONS, "500")]))
             .unwrap()
             .max_connections,
-        Some(500)
+        ConnectionLimit {
+            max: 500,
+            derived_from_fd_limit: None
+        }
     );
     for bad in ["0", "-1", "lots", "2000000"] {
         let err = parse(&with(&[(vars::MAX_CONNECTIONS, bad)])).unwrap_err();

@@ -82,6 +82,9 @@ pub enum HttpError {
     /// The request's body could not be read (a broken chunked encoding).
     #[error("the request body could not be read")]
     BadBody,
+    /// The connection was being closed to make room as the request came.
+    #[error("the connection was closed to make room for others")]
+    Closing,
     /// A page failed to render.
     #[error("rendering failed: {0}")]
     Render(#[from] askama::Error),
@@ -221,6 +224,20 @@ fn public(error: &HttpError) -> Public {
                 ),
                 ..page(StatusCode::BAD_GATEWAY, "OpenAI refused the request", admin)
             },
+            keys::Error::ShuttingDown => Public {
+                retry_after: Some(1),
+                hint: Some("Try again in a moment."),
+                ..page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The server is restarting",
+                    "The server is shutting down and issues no new key. No key was issued.",
+                )
+            },
+            keys::Error::TaskFailed => page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                admin,
+            ),
             keys::Error::AmbiguousProject { .. } => Public {
                 hint: Some("Operator: several projects share the name; set OPENAI_PROJECT_ID."),
                 ..page(
@@ -283,6 +300,15 @@ fn public(error: &HttpError) -> Public {
                 StatusCode::BAD_REQUEST,
                 "Bad request",
                 "The request's body could not be read.",
+            )
+        },
+        HttpError::Closing => Public {
+            close: true,
+            retry_after: Some(1),
+            ..page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "The server is busy. Try again in a moment.",
             )
         },
         HttpError::Render(_) => page(

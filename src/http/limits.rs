@@ -177,10 +177,17 @@ impl RateLimiter {
 pub struct ClientIp(pub Option<IpAddr>);
 
 impl ClientIp {
-    /// A key for per-address buckets.
+    /// A key for per-address buckets: the address, or for IPv6 its /64,
+    /// since whoever has one address of a /64 usually has all 2^64 of them.
     pub fn key(self) -> String {
-        self.0
-            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+        match self.0.map(|ip| ip.to_canonical()) {
+            None => "unknown".to_owned(),
+            Some(IpAddr::V4(v4)) => v4.to_string(),
+            Some(IpAddr::V6(v6)) => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        }
     }
 }
 
@@ -206,16 +213,20 @@ impl ClientIp {
         let Some(peer) = super::serve::peer(request.extensions()) else {
             return Self(None);
         };
-        let values = |name: &str| -> Vec<&str> {
+        // Every value, readable or not: a value dropped for a byte outside
+        // ASCII would let a client hide the hop its proxy appended.
+        let values = |name: &str| -> Vec<String> {
             request
                 .headers()
                 .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .collect()
         };
         let forwarded = values("forwarded");
         let x_forwarded_for = values("x-forwarded-for");
+        let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
+        let x_forwarded_for: Vec<&str> = x_forwarded_for.iter().map(String::as_str).collect();
         Self(Some(trusted.client(
             peer.ip(),
             &forwarded,
@@ -336,6 +347,16 @@ mod tests {
         assert!(limiter.check("b", t0).is_ok(), "a refund never overfills");
         assert!(limiter.check("b", t0).is_ok());
         assert!(limiter.check("b", t0).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let key = |ip: &str| ClientIp(Some(ip.parse().unwrap())).key();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(key("192.0.2.1"), "192.0.2.1");
+        assert_eq!(ClientIp(None).key(), "unknown");
     }
 
     #[test]

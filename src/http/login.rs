@@ -1,8 +1,9 @@
 //! Sign-in: `/` starts the authorization-code flow, `/oauth2/callback`
 //! finishes it and shows a fresh key. The per-login secrets travel in an
-//! encrypted, short-lived cookie, so any replica can finish a login that
-//! another started. The cookie holds a browser's few logins in progress, so
-//! that two tabs, or a stray callback, do not break each other's.
+//! encrypted, short-lived cookie, one per login in progress (named after
+//! the start of its `state`), so any replica can finish a login that
+//! another started, and two tabs or a stray callback do not break each
+//! other's sign-in.
 
 use std::time::Duration;
 
@@ -20,63 +21,52 @@ use super::{AppState, HttpError, LOGIN_TTL};
 use crate::clock;
 use crate::oidc::LoginSecrets;
 
-const COOKIE: &str = "oks_login";
-const SECURE_COOKIE: &str = "__Host-oks_login";
+const COOKIE_PREFIX: &str = "oks_login_";
+const SECURE_COOKIE_PREFIX: &str = "__Host-oks_login_";
+/// Characters of the state that name its cookie: enough to tell a
+/// browser's few logins apart; the cookie holds the whole state to compare.
+const TAG_LEN: usize = 12;
 /// Logins one browser may have in progress at once; starting another drops
 /// the oldest.
 const MAX_LOGINS_PER_BROWSER: usize = 4;
 /// Longest `code` or `state` accepted; real ones are far shorter.
 const MAX_PARAM_LEN: usize = 2048;
 
-/// One login in progress.
+/// One login in progress: what its cookie holds.
 #[derive(Serialize, Deserialize)]
 struct Login {
     #[serde(flatten)]
     secrets: LoginSecrets,
-    /// Unix seconds when the login started.
-    started: u64,
+    /// When the login started, in nanoseconds since the Unix epoch: fine
+    /// enough to tell which of a browser's logins is the oldest.
+    started_ns: u64,
 }
 
-/// What the login cookie holds: a browser's logins in progress, oldest
-/// first.
-#[derive(Default, Serialize, Deserialize)]
-#[serde(transparent)]
-struct Logins(Vec<Login>);
-
-fn cookie_name(state: &AppState) -> &'static str {
+fn cookie_prefix(state: &AppState) -> &'static str {
     if state.secure_cookies {
-        SECURE_COOKIE
+        SECURE_COOKIE_PREFIX
     } else {
-        COOKIE
+        COOKIE_PREFIX
     }
 }
 
-impl Logins {
-    /// This browser's logins, as its cookie says (none if it says nothing
-    /// readable).
-    fn from_jar(state: &AppState, jar: &PrivateCookieJar) -> Self {
-        jar.get(cookie_name(state))
-            .and_then(|c| serde_json::from_str(c.value()).ok())
-            .unwrap_or_default()
-    }
-
-    /// The jar with this list in its cookie, or without the cookie when
-    /// the list is empty.
-    fn into_jar(self, state: &AppState, jar: PrivateCookieJar) -> PrivateCookieJar {
-        if self.0.is_empty() {
-            return jar.remove(login_cookie(state, String::new(), Duration::ZERO));
-        }
-        let value = serde_json::to_string(&self).expect("the login cookie always serialises");
-        jar.add(login_cookie(state, value, LOGIN_TTL))
-    }
-
-    fn is_live(login: &Login, now: u64) -> bool {
-        now.saturating_sub(login.started) <= LOGIN_TTL.as_secs()
-    }
+/// The name of the cookie of the login whose state is `login_state`, if
+/// that state can have one (states are URL-safe base64, as
+/// [`LoginSecrets`] makes them).
+fn cookie_name(state: &AppState, login_state: &str) -> Option<String> {
+    let tag = login_state.get(..TAG_LEN)?;
+    tag.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .then(|| format!("{}{tag}", cookie_prefix(state)))
 }
 
-fn login_cookie(state: &AppState, value: String, max_age: Duration) -> Cookie<'static> {
-    Cookie::build((cookie_name(state), value))
+fn login_cookie(
+    state: &AppState,
+    name: String,
+    value: String,
+    max_age: Duration,
+) -> Cookie<'static> {
+    Cookie::build((name, value))
         .path("/")
         .http_only(true)
         .secure(state.secure_cookies)
@@ -85,8 +75,34 @@ fn login_cookie(state: &AppState, value: String, max_age: Duration) -> Cookie<'s
         .build()
 }
 
-fn unix_now(state: &AppState) -> u64 {
-    u64::try_from(clock::unix_seconds(state.clock.now())).unwrap_or(0)
+/// This browser's logins in progress, oldest first: when each started, and
+/// its cookie's name.
+fn logins_in(state: &AppState, jar: &PrivateCookieJar) -> Vec<(u64, String)> {
+    let prefix = cookie_prefix(state);
+    let mut logins: Vec<(u64, String)> = jar
+        .iter()
+        .filter(|c| c.name().starts_with(prefix))
+        .map(|c| {
+            let started = serde_json::from_str::<Login>(c.value()).map_or(0, |l| l.started_ns);
+            (started, c.name().to_owned())
+        })
+        .collect();
+    logins.sort();
+    logins
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+fn now_ns(state: &AppState) -> u64 {
+    state
+        .clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Whether a login started at `started_ns` is past its lifetime at `now_ns`.
+fn expired(started_ns: u64, now_ns: u64) -> bool {
+    Duration::from_nanos(now_ns.saturating_sub(started_ns)) > LOGIN_TTL
 }
 
 /// Who sent the browser to `/`.
@@ -138,17 +154,31 @@ pub(super) async fn start(
     }
     let secrets = LoginSecrets::generate();
     let url = state.provider.authorization_url(&secrets).await?;
-    let now = unix_now(&state);
-    let mut logins = Logins::from_jar(&state, &jar);
-    logins.0.retain(|l| Logins::is_live(l, now));
-    while logins.0.len() >= MAX_LOGINS_PER_BROWSER {
-        logins.0.remove(0);
+    let Some(name) = cookie_name(&state, &secrets.state) else {
+        unreachable!("generated states are URL-safe base64 of 32 bytes");
+    };
+    let now = now_ns(&state);
+    // Expired logins go, and the oldest beyond the few a browser may have.
+    let mut jar = jar;
+    let logins = logins_in(&state, &jar);
+    let live = logins
+        .iter()
+        .filter(|(started, _)| !expired(*started, now))
+        .count();
+    let mut excess = (live + 1).saturating_sub(MAX_LOGINS_PER_BROWSER);
+    for (started, old) in logins {
+        let expired = expired(started, now);
+        if expired || excess > 0 {
+            excess = excess.saturating_sub(usize::from(!expired));
+            jar = jar.remove(login_cookie(&state, old, String::new(), Duration::ZERO));
+        }
     }
-    logins.0.push(Login {
+    let login = Login {
         secrets,
-        started: now,
-    });
-    let jar = logins.into_jar(&state, jar);
+        started_ns: now,
+    };
+    let value = serde_json::to_string(&login).expect("the login cookie always serialises");
+    let jar = jar.add(login_cookie(&state, name, value, LOGIN_TTL));
     // 302, as the Go original and every OAuth client answers.
     let location = HeaderValue::from_str(url.as_str()).map_err(|_| {
         HttpError::SignIn(crate::oidc::Error::Unreachable(
@@ -236,10 +266,9 @@ pub(super) async fn callback(
 }
 
 /// Takes the login that `returned_state` belongs to out of the jar. Only a
-/// state that matches one of this browser's logins changes the cookie: a
+/// state that matches one of this browser's logins removes a cookie: a
 /// stray callback (another tab's, an attacker's) leaves every login in
-/// progress as it was. A state completes once on this replica, whatever
-/// happens next.
+/// progress as it was.
 fn claim(
     state: &AppState,
     jar: PrivateCookieJar,
@@ -248,35 +277,25 @@ fn claim(
     let Some(returned_state) = returned_state else {
         return (jar, Err(HttpError::BadCallback("no state parameter")));
     };
-    let mut logins = Logins::from_jar(state, &jar);
-    if logins.0.is_empty() {
-        return (jar, Err(HttpError::NoLoginInProgress));
-    }
-    if returned_state.len() > MAX_PARAM_LEN {
-        return (jar, Err(HttpError::StateMismatch));
-    }
-    // Compared with every login, each in constant time.
-    let hits: Vec<bool> = logins
-        .0
-        .iter()
-        .map(|l| constant_time_eq(returned_state, &l.secrets.state))
-        .collect();
-    let Some(index) = hits.iter().position(|hit| *hit) else {
-        return (jar, Err(HttpError::StateMismatch));
+    let none_here = || {
+        if logins_in(state, &jar).is_empty() {
+            HttpError::NoLoginInProgress
+        } else {
+            HttpError::StateMismatch
+        }
     };
-    let login = logins.0.remove(index);
-    let now = unix_now(state);
-    logins.0.retain(|l| Logins::is_live(l, now));
-    let jar = logins.into_jar(state, jar);
-    let expires = login.started.saturating_add(LOGIN_TTL.as_secs());
-    let fresh = state.completed_logins.complete(
-        &login.secrets.state,
-        i64::try_from(expires).unwrap_or(i64::MAX),
-        i64::try_from(now).unwrap_or(i64::MAX),
-    );
-    if !fresh {
-        return (jar, Err(HttpError::LoginAlreadyCompleted));
-    }
+    let login = (returned_state.len() <= MAX_PARAM_LEN)
+        .then(|| cookie_name(state, returned_state))
+        .flatten()
+        .and_then(|name| {
+            let login = serde_json::from_str::<Login>(jar.get(&name)?.value()).ok()?;
+            constant_time_eq(returned_state, &login.secrets.state).then_some((name, login))
+        });
+    let Some((name, login)) = login else {
+        let error = none_here();
+        return (jar, Err(error));
+    };
+    let jar = jar.remove(login_cookie(state, name, String::new(), Duration::ZERO));
     (jar, Ok(login))
 }
 
@@ -286,7 +305,7 @@ async fn finish(
     login: Login,
     callback: Callback,
 ) -> Result<Response, HttpError> {
-    if unix_now(state).saturating_sub(login.started) > LOGIN_TTL.as_secs() {
+    if expired(login.started_ns, now_ns(state)) {
         return Err(HttpError::LoginExpired);
     }
     if let Some(error) = callback.error {
@@ -317,7 +336,28 @@ async fn finish(
             what: "failed sign-ins per address",
             retry_after,
         })?;
-    let identity = state.provider.sign_in(&code, &login.secrets, now).await?;
+    // A state completes once on this replica, whatever happens next.
+    // Recorded only past the allowance, so that flooding the memory of
+    // completed states costs allowance like any other failure.
+    let expires = (login.started_ns / 1_000_000_000).saturating_add(LOGIN_TTL.as_secs());
+    if !state.completed_logins.complete(
+        &login.secrets.state,
+        i64::try_from(expires).unwrap_or(i64::MAX),
+        clock::unix_seconds(now),
+    ) {
+        return Err(HttpError::LoginAlreadyCompleted);
+    }
+    let identity = match state.provider.sign_in(&code, &login.secrets, now).await {
+        Ok(identity) => identity,
+        // Not the caller's doing: the provider is down, or refuses us.
+        Err(
+            error @ (crate::oidc::Error::Unreachable(_) | crate::oidc::Error::ClientRefused(_)),
+        ) => {
+            state.limits.sign_in_per_ip.refund(&client_key, now);
+            return Err(error.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
     let email = state
         .allow
         .decide(&identity, state.allow_unmanaged_emails)
@@ -351,14 +391,9 @@ async fn finish(
     let issued = state
         .keys
         .spawn_issue(email.clone(), reservation, now)
+        .map_err(HttpError::Issue)?
         .await
-        .map_err(|_| {
-            HttpError::Issue(crate::keys::Error::OpenAi(
-                crate::openai::Error::Transport {
-                    message: "the issuing task stopped".into(),
-                },
-            ))
-        })?
+        .map_err(|_| HttpError::Issue(crate::keys::Error::TaskFailed))?
         .map_err(HttpError::Issue)?;
     let expires = clock::from_unix(issued.expires_at);
     let lifetime = clock::until(issued.expires_at, now);

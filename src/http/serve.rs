@@ -5,28 +5,32 @@
 //!   speaks HTTP/1.1 to it, and serves a handful of small pages; HTTP/2 would
 //!   bring its own flow control, its own idle rules and its own history of
 //!   denial-of-service bugs (rapid reset, CONTINUATION floods) for nothing.
-//!   A client that sends the HTTP/2 preface is answered by closing the
+//!   A client that sends the HTTP/2 preface gets a 400 or a closed
 //!   connection.
 //! - **Every connection makes progress or is closed.** A request line and
 //!   headers must arrive within [`HEADER_READ_TIMEOUT`] of the connection
 //!   opening, and of the previous answer on a kept-alive connection, so a
 //!   socket that sends nothing, half a request or half a preface is closed.
 //!   They must fit in [`MAX_HEADER_BYTES`]. Bodies have their own deadline
-//!   (see `read_body` in the router).
+//!   (`read_body` in the router).
 //! - **A bounded number of connections.** At most `max_connections` are
 //!   open. At the cap a new connection closes the one that has been idle
-//!   (no request in progress) the longest, so a flood of idle sockets can
-//!   delay nobody by more than a reconnect, and probes still get through.
-//!   Only when every open connection is busy with a request is the new one
-//!   turned away, with a 503.
+//!   the longest, so a flood of idle sockets can delay nobody by more than
+//!   a reconnect, and probes still get through. A connection is busy, and
+//!   so safe from that, only from the moment its request's body has arrived
+//!   until its answer has been handed over whole: a body that trickles in
+//!   does not pin a slot. Only when every open connection is busy is a new
+//!   one turned away, with a 503.
 //!
-//! Each request learns its peer address.
+//! Each request learns its peer address and its connection.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -40,85 +44,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
+use crate::memory::Activity;
+
 /// Time allowed to send the request line and headers, counted from the
 /// connection's start or from the previous answer on it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room for the request line and all headers (hyper answers 431 beyond).
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-/// File descriptors kept free for everything but client connections: the
-/// listener, logs, and connections to Google and OpenAI beyond one per
-/// client (pooled ones, and a sweep's concurrent deletes).
-const RESERVED_FDS: u64 = 256;
-/// The default cap never goes beyond this, however high the open-file
-/// limit: each connection costs memory (about 10 KiB once it has sent
-/// something), and ten thousand idle ones are already a flood.
-const MAX_DEFAULT_CONNECTIONS: u64 = 10_000;
-/// Nor below this, however low the limit.
-const MIN_DEFAULT_CONNECTIONS: u64 = 16;
 /// Sent to a connection turned away because every slot is busy.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\ncontent-length: 29\r\nconnection: close\r\n\r\nToo many connections; retry.\n";
 /// Least time between two warnings about the connection cap.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// The connection cap, and where it came from (for `check-config`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionLimit {
-    /// Connections open at once.
-    pub max: usize,
-    /// The process's open-file limit, when the cap was derived from it.
-    pub derived_from_fd_limit: Option<u64>,
-}
-
-impl ConnectionLimit {
-    /// `configured` (`MAX_CONNECTIONS`), or a default derived from the
-    /// open-file limit: half of what is left after [`RESERVED_FDS`], since a
-    /// request in progress may hold a connection to Google or OpenAI as
-    /// well, within [`MIN_DEFAULT_CONNECTIONS`]..=[`MAX_DEFAULT_CONNECTIONS`].
-    pub fn new(configured: Option<usize>) -> Self {
-        match configured {
-            Some(max) => Self {
-                max,
-                derived_from_fd_limit: None,
-            },
-            None => {
-                let fds = open_file_limit().unwrap_or(1024);
-                Self {
-                    max: Self::derive(fds),
-                    derived_from_fd_limit: Some(fds),
-                }
-            }
-        }
-    }
-
-    fn derive(fds: u64) -> usize {
-        let max = (fds.saturating_sub(RESERVED_FDS) / 2)
-            .clamp(MIN_DEFAULT_CONNECTIONS, MAX_DEFAULT_CONNECTIONS);
-        usize::try_from(max).unwrap_or(usize::MAX)
-    }
-}
-
-/// The soft limit on open files (`RLIMIT_NOFILE`), from `/proc/self/limits`
-/// (Linux); `None` elsewhere.
-pub fn open_file_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?;
-    if soft == "unlimited" {
-        return Some(u64::MAX);
-    }
-    soft.parse().ok()
-}
+/// The `busy` count of a connection chosen to make room: no request may
+/// start on it any more.
+const EVICTING: u32 = u32::MAX;
 
 /// Serves `router` on `listener`, at most `limit` connections at once,
 /// until `shutdown` completes; then stops accepting and waits for the open
-/// connections to finish their requests.
+/// connections to finish their requests. Connections that end without a
+/// request (a flood) count as `activity`, so that the memory they took is
+/// given back afterwards.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limit: usize,
+    activity: Activity,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut builder = http1::Builder::new();
@@ -154,18 +104,17 @@ pub(crate) async fn serve(
         let state = Arc::clone(&slot.state);
         let router = router.clone();
         let service = tower::service_fn(move |mut request: hyper::Request<Incoming>| {
+            state.requests.fetch_add(1, Ordering::Relaxed);
             request.extensions_mut().insert(ConnectInfo(peer));
-            let busy = Busy::new(Arc::clone(&state));
-            let answer = router.clone().oneshot(request);
-            async move {
-                let response = answer.await;
-                drop(busy);
-                response
-            }
+            request
+                .extensions_mut()
+                .insert(Connection(Arc::clone(&state)));
+            router.clone().oneshot(request)
         });
         let connection = graceful.watch(
             builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
         );
+        let activity = activity.clone();
         tokio::spawn(async move {
             tokio::select! {
                 result = connection => {
@@ -176,6 +125,9 @@ pub(crate) async fn serve(
                 () = slot.state.evict.notified() => {
                     tracing::debug!("closed an idle connection to make room for a new one");
                 }
+            }
+            if slot.state.requests.load(Ordering::Relaxed) == 0 {
+                activity.record();
             }
             drop(slot);
         });
@@ -197,6 +149,26 @@ pub(crate) fn peer(request_extensions: &axum::http::Extensions) -> Option<Socket
         .map(|ConnectInfo(addr)| *addr)
 }
 
+/// The connection a request came on (in its extensions).
+#[derive(Clone)]
+pub(crate) struct Connection(Arc<SlotState>);
+
+/// The connection was chosen to make room just as the request arrived.
+#[derive(Debug)]
+pub(crate) struct Closing;
+
+impl Connection {
+    /// Marks the connection of a request busy, so that it is not closed to
+    /// make room while the request is answered; `Ok(None)` for a request
+    /// that did not come through [`serve`].
+    pub(crate) fn mark_busy(extensions: &axum::http::Extensions) -> Result<Option<Busy>, Closing> {
+        match extensions.get::<Self>() {
+            None => Ok(None),
+            Some(Self(state)) => Busy::new(Arc::clone(state)).map(Some).ok_or(Closing),
+        }
+    }
+}
+
 /// The open connections, at most `cap` of them. Per replica.
 #[derive(Clone)]
 struct Slots(Arc<Mutex<Table>>);
@@ -205,26 +177,30 @@ struct Table {
     cap: usize,
     next_id: u64,
     open: HashMap<u64, Arc<SlotState>>,
-    /// Instants are stored as milliseconds since this one.
-    epoch: Instant,
+    /// Hands out the order in which connections became idle.
+    idle_order: Arc<AtomicU64>,
     evicted_since_warning: u64,
     last_warning: Option<Instant>,
 }
 
 /// What the accept loop knows of one connection.
 struct SlotState {
-    /// Requests in progress (0 or 1: HTTP/1.1 answers one at a time).
+    /// Requests being answered (0 or 1: HTTP/1.1 answers one at a time),
+    /// or [`EVICTING`].
     busy: AtomicU32,
-    /// When it last became idle, in ms since [`Table::epoch`].
-    idle_since_ms: AtomicU64,
+    /// When it last became idle, as a place in [`Table::idle_order`].
+    idle_since: AtomicU64,
+    idle_order: Arc<AtomicU64>,
+    /// Requests it has carried.
+    requests: AtomicU64,
     /// Tells the connection's task to drop it.
     evict: Notify,
-    epoch: Instant,
 }
 
 impl SlotState {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn mark_idle(&self) {
+        let place = self.idle_order.fetch_add(1, Ordering::AcqRel);
+        self.idle_since.store(place, Ordering::Release);
     }
 }
 
@@ -241,23 +217,68 @@ impl Drop for Slot {
     }
 }
 
-/// Marks a connection busy while a request is in progress.
-struct Busy(Arc<SlotState>);
+/// Keeps a connection busy (not to be closed to make room) while alive.
+pub(crate) struct Busy(Arc<SlotState>);
 
 impl Busy {
-    fn new(state: Arc<SlotState>) -> Self {
-        state.busy.fetch_add(1, Ordering::AcqRel);
-        Self(state)
+    /// `None` when the connection is being closed to make room.
+    fn new(state: Arc<SlotState>) -> Option<Self> {
+        state
+            .busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n != EVICTING).then(|| n + 1)
+            })
+            .ok()?;
+        Some(Self(state))
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
         if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0
-                .idle_since_ms
-                .store(self.0.now_ms(), Ordering::Release);
+            self.0.mark_idle();
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its connection busy until it has been
+    /// handed over whole: a key page must not be cut off half-written.
+    pub(crate) struct BusyUntilSent<B> {
+        #[pin]
+        inner: B,
+        busy: Option<Busy>,
+    }
+}
+
+impl<B> BusyUntilSent<B> {
+    pub(crate) fn new(inner: B, busy: Option<Busy>) -> Self {
+        Self { inner, busy }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for BusyUntilSent<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.busy.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -267,7 +288,7 @@ impl Slots {
             cap: cap.max(1),
             next_id: 0,
             open: HashMap::new(),
-            epoch: Instant::now(),
+            idle_order: Arc::default(),
             evicted_since_warning: 0,
             last_warning: None,
         })))
@@ -279,18 +300,27 @@ impl Slots {
 
     /// A slot for a new connection: a free one, or the one of the connection
     /// idle the longest, which is told to close. `None` when every open
-    /// connection is in the middle of a request.
+    /// connection is busy.
     fn admit(&self) -> Option<Slot> {
         let mut table = self.table();
         if table.open.len() >= table.cap {
-            let victim = table
+            let mut idle: Vec<(u64, u64)> = table
                 .open
                 .iter()
                 .filter(|(_, s)| s.busy.load(Ordering::Acquire) == 0)
-                .min_by_key(|(_, s)| s.idle_since_ms.load(Ordering::Acquire))
-                .map(|(id, _)| *id);
+                .map(|(id, s)| (s.idle_since.load(Ordering::Acquire), *id))
+                .collect();
+            idle.sort_unstable();
+            // The first that is still idle once marked: a request may have
+            // begun on it since it was looked at.
+            let victim = idle.into_iter().map(|(_, id)| id).find(|id| {
+                table.open[id]
+                    .busy
+                    .compare_exchange(0, EVICTING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            });
             let Some(victim) = victim else {
-                table.warn("every connection is busy; turning a new one away");
+                table.warn("every connection is busy; turning new ones away");
                 return None;
             };
             if let Some(state) = table.open.remove(&victim) {
@@ -299,17 +329,18 @@ impl Slots {
                 state.evict.notify_one();
             }
             table.evicted_since_warning += 1;
-            table.warn("closing idle connections to make room for new ones");
+            table.warn("closing the connections idle the longest to make room");
         }
         let id = table.next_id;
         table.next_id += 1;
         let state = Arc::new(SlotState {
             busy: AtomicU32::new(0),
-            idle_since_ms: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            idle_order: Arc::clone(&table.idle_order),
+            requests: AtomicU64::new(0),
             evict: Notify::new(),
-            epoch: table.epoch,
         });
-        state.idle_since_ms.store(state.now_ms(), Ordering::Release);
+        state.mark_idle();
         table.open.insert(id, Arc::clone(&state));
         Some(Slot {
             id,
@@ -321,7 +352,8 @@ impl Slots {
 
 impl Table {
     /// Warns about the cap, at most once per [`WARN_EVERY`]: a flood must
-    /// not become a flood of log lines.
+    /// not become a flood of log lines. The count is of connections closed
+    /// to make room since the previous warning, this one's included.
     fn warn(&mut self, what: &str) {
         let now = Instant::now();
         if self
@@ -333,8 +365,9 @@ impl Table {
         self.last_warning = Some(now);
         tracing::warn!(
             connections.max = self.cap,
-            connections.evicted = self.evicted_since_warning,
-            "at MAX_CONNECTIONS: {what}"
+            connections.evicted_since_last_warning = self.evicted_since_warning,
+            "at MAX_CONNECTIONS: {what} (logged at most every {} s)",
+            WARN_EVERY.as_secs()
         );
         self.evicted_since_warning = 0;
     }
@@ -344,37 +377,37 @@ impl Table {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_default_cap_is_half_of_the_open_file_limit_after_a_reserve_within_bounds() {
-        assert_eq!(ConnectionLimit::derive(1024), 384);
-        assert_eq!(ConnectionLimit::derive(4096), 1920);
-        assert_eq!(ConnectionLimit::derive(256), 16);
-        assert_eq!(ConnectionLimit::derive(1 << 20), 10_000);
-        assert_eq!(ConnectionLimit::derive(u64::MAX), 10_000);
-        let configured = ConnectionLimit::new(Some(7));
-        assert_eq!(configured.max, 7);
-        assert_eq!(configured.derived_from_fd_limit, None);
+    /// Whether `future` is ready at its first poll.
+    fn ready_now(future: impl Future<Output = ()>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut future = std::pin::pin!(future);
+        future.as_mut().poll(&mut cx).is_ready()
     }
 
     #[test]
     fn at_the_cap_the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
         let slots = Slots::new(2);
         let first = slots.admit().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
         let second = slots.admit().unwrap();
         // The first is idle the longest: it goes.
         let third = slots.admit().unwrap();
         assert_eq!(slots.table().open.len(), 2);
         assert!(!slots.table().open.contains_key(&first.id));
         assert!(slots.table().open.contains_key(&second.id));
-        // Its task learns of it even though it was not waiting yet.
-        let waited = ready_now(first.state.evict.notified());
-        assert!(waited, "the evicted connection is told");
+        assert!(
+            ready_now(first.state.evict.notified()),
+            "the evicted connection is told, even though it was not waiting yet"
+        );
+        assert!(
+            Busy::new(Arc::clone(&first.state)).is_none(),
+            "no request starts on a connection being closed"
+        );
         // Both left busy: a new connection is turned away.
-        let _a = Busy::new(Arc::clone(&second.state));
-        let _b = Busy::new(Arc::clone(&third.state));
+        let a = Busy::new(Arc::clone(&second.state)).unwrap();
+        let b = Busy::new(Arc::clone(&third.state)).unwrap();
         assert!(slots.admit().is_none());
-        drop(_a);
+        drop(a);
         let fourth = slots.admit();
         assert!(fourth.is_some(), "idle again, so it can make room");
         drop(first);
@@ -383,13 +416,13 @@ mod tests {
             2,
             "an evicted slot is not counted twice"
         );
-    }
-
-    /// Whether `future` is ready at its first poll.
-    fn ready_now(future: impl Future<Output = ()>) -> bool {
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut future = std::pin::pin!(future);
-        future.as_mut().poll(&mut cx).is_ready()
+        drop(b);
+        // `third` finished its request after `fourth` arrived: `fourth`,
+        // never used, has been idle longer.
+        let fourth = fourth.unwrap();
+        let fifth = slots.admit().unwrap();
+        assert!(slots.table().open.contains_key(&third.id));
+        assert!(!slots.table().open.contains_key(&fourth.id));
+        drop(fifth);
     }
 }

@@ -110,7 +110,7 @@ pub(crate) struct Pace<'a> {
     pub(crate) max: usize,
     /// Creates waiting for their turn: no new delete starts meanwhile.
     pub(crate) priority: &'a Priority,
-    /// The longest one wait for creates.
+    /// The longest the deletes wait for creates in a row.
     pub(crate) max_yield: Duration,
 }
 
@@ -139,6 +139,7 @@ pub(crate) async fn run(
     let mut ready: VecDeque<Due> = VecDeque::new();
     let mut waiting: Vec<(Instant, Due)> = Vec::new();
     let mut paused_until: Option<Instant> = None;
+    let mut yielding_since: Option<Instant> = None;
     let mut inflight = JoinSet::new();
     let mut open = true;
 
@@ -156,7 +157,14 @@ pub(crate) async fn run(
                 i += 1;
             }
         }
-        let yielding = priority.is_held();
+        // Creates waiting for their turn go first, but for at most
+        // `max_yield` in a row: a steady stream of them must not stop the
+        // deletes that expiry depends on.
+        let held = priority.is_held();
+        if !held {
+            yielding_since = None;
+        }
+        let yielding = held && *yielding_since.get_or_insert(now) + max_yield > now;
         while !yielding && paused_until.is_none() && inflight.len() < limit.current {
             let Some(job) = ready.pop_front() else { break };
             let admin = admin.clone();
@@ -232,7 +240,9 @@ pub(crate) async fn run(
                     None => std::future::pending().await,
                 }
             }, if next_timer.is_some() => {}
-            () = priority.wait_turn(max_yield), if yielding => {}
+            () = priority.wait_turn(
+                yielding_since.map_or(max_yield, |since| (since + max_yield).saturating_duration_since(now)),
+            ), if yielding => {}
         }
     }
     tally

@@ -93,6 +93,10 @@ async fn concurrent_revokes_share_one_sweep() {
         .set_latency(Duration::from_millis(300), Duration::ZERO);
     let before = app.openai_calls(SA_LIST);
     futures::future::join_all((0..5).map(|_| revoke(&app))).await;
+    eventually("the sweep listed", || app.openai_calls(SA_LIST) > before).await;
+    // Its 300 ms listing is over by now: had any other request started a
+    // sweep of its own, it would show.
+    let _ = app.cleanup.run_requested().await;
     assert_eq!(
         app.openai_calls(SA_LIST) - before,
         1,
