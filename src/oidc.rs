@@ -273,6 +273,12 @@ impl Provider {
                 .id_token
                 .ok_or_else(|| Error::InvalidToken("the token response had no id_token".into()));
         }
+        if status.is_server_error() {
+            // An outage, whatever the body says: not the person's code.
+            return Err(Error::Unreachable(format!(
+                "token endpoint answered {status}"
+            )));
+        }
         match serde_json::from_slice::<TokenError>(&bytes) {
             Ok(e) if e.error == "invalid_client" || e.error == "unauthorized_client" => Err(
                 Error::ClientRefused(format!("{}: {}", e.error, e.error_description)),

@@ -237,3 +237,41 @@ async fn a_body_that_trickles_in_gets_408_before_any_work_is_done() {
     );
     assert_eq!(app.openai_calls(SA_LIST), lists, "no sweep ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_trickling_in_on_every_connection_do_not_lock_out_probes() {
+    let app = TestApp::spawn_with(Options::default().set("MAX_CONNECTIONS", "4")).await;
+    app.wait_for_startup_sweep().await;
+    // Every slot taken by a request whose body comes a byte at a time.
+    let addr = app.addr;
+    let trickles: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                let mut stream = open(
+                    addr,
+                    b"POST /revoke HTTP/1.1\r\nHost: x\r\nContent-Length: 16000\r\n\r\n",
+                );
+                // About three seconds, or until the server hangs up.
+                for _ in 0..6 {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if stream.write_all(b"x").is_err() || is_closed(&stream) {
+                        return true;
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    // Real time, not a clock to move: long enough for the server to have
+    // read their headers and be waiting on their bodies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/healthz", "/readyz"] {
+        let response = plain_client().get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let mut closed = 0;
+    for trickle in trickles {
+        closed += usize::from(trickle.await.unwrap());
+    }
+    assert!(closed >= 1, "a probe made room by closing a trickle");
+}

@@ -138,3 +138,102 @@ async fn logs_and_audit_lines_carry_the_address_the_proxy_forwarded() {
         "the request log line names the client too"
     );
 }
+
+#[tokio::test]
+async fn a_client_cannot_hide_the_proxys_hop_behind_a_quote_or_an_unreadable_value() {
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("TRUSTED_PROXIES", "127.0.0.1")
+            .set("RATE_LIMIT_PER_IP", "1"),
+    )
+    .await;
+    // What a proxy that appends to the client's own header passes on: each
+    // time the client names a fresh address on the left.
+    for i in 0..3 {
+        let quoted = browser_with(&[(
+            "forwarded",
+            &format!(r#"for=198.51.100.{i};x="\"", for=203.0.113.66"#),
+        )]);
+        let expected = if i == 0 {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(
+            app.junk_callback(&quoted).await.status,
+            expected,
+            "attempt {i}"
+        );
+    }
+    // A byte outside ASCII in the proxy-managed header, and a Forwarded of
+    // the client's choosing: the two disagree, so the proxy's own bucket.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "x-forwarded-for",
+        reqwest::header::HeaderValue::from_bytes(b"\x80, 203.0.113.77").unwrap(),
+    );
+    headers.insert("forwarded", "for=198.51.100.200".parse().unwrap());
+    let unreadable = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    assert_eq!(
+        app.junk_callback(&unreadable).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.junk_callback(&unreadable).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a second junk callback from the same place is limited"
+    );
+    let chosen = browser_with(&[("forwarded", "for=198.51.100.200")]);
+    let page = app
+        .sign_in_with(&chosen, Identity::workspace("alice@example.com"))
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::OK,
+        "198.51.100.200 was never charged"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_clients_of_one_64_share_an_allowance() {
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("TRUSTED_PROXIES", "127.0.0.1")
+            .set("RATE_LIMIT_PER_IP", "2"),
+    )
+    .await;
+    for (address, expected) in [
+        ("2001:db8:1:2::1", StatusCode::BAD_REQUEST),
+        ("2001:db8:1:2:ffff::9", StatusCode::BAD_REQUEST),
+        ("2001:db8:1:2:abcd::77", StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let page = app.junk_callback(&behind_proxy(address)).await;
+        assert_eq!(page.status, expected, "{address}");
+    }
+    let next_door = behind_proxy("2001:db8:1:3::1");
+    let page = app
+        .sign_in_with(&next_door, Identity::workspace("alice@example.com"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+}
+
+#[tokio::test]
+async fn a_provider_outage_does_not_use_up_the_allowance() {
+    let app = TestApp::spawn_with(Options::default().set("RATE_LIMIT_PER_IP", "1")).await;
+    for _ in 0..3 {
+        app.sandbox.oidc.fail_next_token(1, 503);
+        let page = app
+            .sign_in_as(Identity::workspace("alice@example.com"))
+            .await;
+        assert_eq!(page.status, StatusCode::BAD_GATEWAY, "{}", page.body);
+    }
+    let page = app
+        .sign_in_as(Identity::workspace("alice@example.com"))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+}
