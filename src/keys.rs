@@ -48,8 +48,10 @@ pub struct Settings {
 /// How long to let concurrent starts create their project before looking
 /// which one all should use (see [`Keys::project_id`]).
 const PROJECT_SETTLE: Duration = Duration::from_millis(500);
-/// A project found this young may have a twin from a concurrent start.
-const RECENT_PROJECT: Duration = Duration::from_secs(10);
+/// A project found this young may have a twin from a concurrent start
+/// whose creators have not settled yet (they look again after
+/// [`PROJECT_SETTLE`], then archive the loser at once).
+const RECENT_PROJECT: Duration = Duration::from_secs(2);
 
 /// A key just created for someone. Shown once, never stored.
 #[derive(Debug)]

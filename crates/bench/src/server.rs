@@ -173,9 +173,10 @@ impl Server {
             ("LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
             ("SESSION_SECRET", SESSION_SECRET.to_owned()),
-            // Every browser of the bench comes from 127.0.0.1: the limit per
-            // address would stop the run after 120 sign-ins. The per-user
-            // limits stay on (each flow signs in a different person).
+            // Every browser of the bench comes from 127.0.0.1: a few failed
+            // flows would use up the one allowance they all share and fail
+            // the rest. The per-user limits stay on (each flow signs in a
+            // different person).
             ("RATE_LIMIT_PER_IP", "0".to_owned()),
             // How long each answer waited on the sandbox, so that the
             // latency the server adds can be told from the sandbox's.

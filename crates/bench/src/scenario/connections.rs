@@ -27,10 +27,6 @@ use crate::stats::Samples;
 /// balancer's health check does.
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
-/// An ordinary request, which the server counts as activity (probes are
-/// not): after it and a quiet second, the server trims its heap.
-const ORDINARY: &[u8] = b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-
 /// How long one probe may take before it counts as an error.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,7 +55,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) mix: bool,
     /// `MAX_CONNECTIONS` of the server. Default: the server's own, half of
-    /// its open-file limit left after 256, at most 10,000.
+    /// its open-file limit left after 256, at most 4,096.
     #[arg(long)]
     pub(crate) max_connections: Option<usize>,
     /// Seconds to let the server settle after ready before the first
@@ -70,10 +66,9 @@ pub(crate) struct Args {
     /// before the readings with them open.
     #[arg(long, default_value_t = 200)]
     pub(crate) accept_ms: u64,
-    /// Seconds without requests, after one ordinary request that follows
-    /// the flood, before the last reading. The flood itself makes no
-    /// request, and the server trims its heap only after requests have
-    /// come and stopped for a second.
+    /// Seconds to wait, once the server has closed the flood, before the
+    /// last reading: the server gives the heap back once connections and
+    /// requests have stopped for a second (health probes do not count).
     #[arg(long, default_value_t = 3)]
     pub(crate) quiet_s: u64,
     /// Seconds to wait, from the first held connection, for the server to
@@ -278,12 +273,10 @@ async fn open_flood(
 }
 
 /// The server's default connection cap for an open-file limit, as it
-/// derives it (`src/http/serve.rs`): half of what is left after 256, within
-/// 16..=10,000.
+/// derives it (`src/config/connections.rs`): half of what is left after
+/// 256, within 16..=4,096.
 fn default_cap(fd_limit: Option<u64>) -> u64 {
-    fd_limit.map_or(10_000, |fds| {
-        (fds.saturating_sub(256) / 2).clamp(16, 10_000)
-    })
+    fd_limit.map_or(4_096, |fds| (fds.saturating_sub(256) / 2).clamp(16, 4_096))
 }
 
 /// The p50, p99 and max of a probe series, their names ending in `suffix`.
@@ -386,8 +379,7 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
     let after = server.memory()?;
     let fds_after = procfs::open_fds(pid)?;
     let cpu = server.cpu()?.since(cpu_before);
-    // Is the flood's memory free in the heap, or still held?
-    let ordinary = exchange(addr, ORDINARY).await;
+    // Does the server give the flood's memory back on its own?
     tokio::time::sleep(Duration::from_secs(args.quiet_s)).await;
     let trimmed = server.memory()?;
     server.ensure_running()?;
@@ -436,10 +428,7 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
         .set("not_closed_by_server", still_open)
         .set_f("rss_mb_after_flood", Some(after.rss_mib()))
         .set("server_fds_after", fds_after)
-        .set_f(
-            "rss_mb_after_flood_trimmed",
-            ordinary.is_ok().then(|| trimmed.rss_mib()),
-        )
+        .set_f("rss_mb_after_flood_quiet", Some(trimmed.rss_mib()))
         .set("quiet_s", args.quiet_s)
         .set_f("server_cpu_ms", Some(cpu.total().as_secs_f64() * 1000.0))
         .set("healthz_errors", quiet.errors + flooded.errors);
@@ -461,11 +450,6 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
         for line in server.log_tail().lines().rev().take(3) {
             report.note(format!("server log: {line}"));
         }
-    }
-    if let Err(error) = &ordinary {
-        report.note(format!(
-            "GET /favicon.ico after the flood failed: {error:#}"
-        ));
     }
     for error in quiet.first_errors.iter().chain(&flooded.first_errors) {
         report.note(format!("healthz error: {error}"));
@@ -496,8 +480,9 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
          (VmRSS); server_fds: entries of /proc/<pid>/fd; rss_kb_per_idle_connection: growth \
          over the connections open after accept_ms; closed_by_server_after_s: from opening to \
          the server's close, for those still open when the readings ended; \
-         rss_mb_after_flood_trimmed: after one GET /favicon.ico and quiet_s seconds (the server \
-         trims its heap after requests stop, and neither the flood nor probes count)",
+         rss_mb_after_flood: settle_s after the server closed the flood; \
+         rss_mb_after_flood_quiet: quiet_s later, with no request in between (the server trims \
+         its heap once connections and requests have stopped for a second)",
     );
     Ok(report)
 }
@@ -539,10 +524,11 @@ mod tests {
 
     #[test]
     fn the_default_cap_follows_the_servers_rule() {
-        assert_eq!(default_cap(Some(20_000)), 9_872);
+        assert_eq!(default_cap(Some(20_000)), 4_096);
+        assert_eq!(default_cap(Some(4_096)), 1_920);
         assert_eq!(default_cap(Some(1024)), 384);
         assert_eq!(default_cap(Some(100)), 16);
-        assert_eq!(default_cap(None), 10_000);
+        assert_eq!(default_cap(None), 4_096);
     }
 
     #[test]

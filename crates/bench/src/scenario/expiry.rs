@@ -105,6 +105,10 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
             ("EXPIRATION", args.expiration_s.to_string()),
             // Only the schedule should drive deletion.
             ("CLEANUP_INTERVAL", "3600".to_owned()),
+            // As deployments that name their project do: a project this
+            // young would otherwise be looked at twice, 0.5 s apart, in
+            // case a concurrent start created another.
+            ("OPENAI_PROJECT_ID", project.clone()),
         ],
     )
     .await?;

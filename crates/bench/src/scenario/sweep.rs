@@ -84,6 +84,10 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
             ("EXPIRATION", "86400".to_owned()),
             ("CLEANUP_INTERVAL", "3600".to_owned()),
             ("CLEANUP_CONCURRENCY", args.concurrency.to_string()),
+            // As deployments that name their project do: a project this
+            // young would otherwise be looked at twice, 0.5 s apart, in
+            // case a concurrent start created another.
+            ("OPENAI_PROJECT_ID", project.clone()),
         ],
     )?;
     let spawned = server.spawned;
