@@ -23,9 +23,9 @@ pub struct ConnectionLimit {
 
 impl ConnectionLimit {
     /// `configured` (`MAX_CONNECTIONS`), or a default derived from the
-    /// open-file limit: half of what is left after [`RESERVED_FDS`], since a
-    /// request in progress may hold a connection to Google or OpenAI as
-    /// well, within [`MIN_DEFAULT`]..=[`MAX_DEFAULT`].
+    /// open-file limit: half of what is left after 256 for everything else,
+    /// since a request in progress may hold a connection to Google or
+    /// OpenAI as well, from 16 to 4,096.
     pub fn new(configured: Option<usize>) -> Self {
         match configured {
             Some(max) => Self {
