@@ -391,7 +391,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     /// http to this machine only (a local fake); nothing after the path.
     fn upstream_url(&mut self, var: &str, raw: &str, carries: &str) -> Option<Url> {
         let url = self.url(var, raw)?;
-        if url.scheme() == "http" && !is_loopback(&url) {
+        if url.scheme() == "http" && !crate::upstream::is_loopback(&url) {
             self.problem(
                 var,
                 format!(
@@ -446,15 +446,6 @@ fn is_google_issuer(url: &Url) -> bool {
         && url.host_str() == Some(GOOGLE_ISSUER_BARE)
         && url.port().is_none()
         && matches!(url.path(), "" | "/")
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
 }
 
 impl Config {
@@ -732,7 +723,7 @@ impl Config {
         }
         if let Some(url) = &redirect_uri
             && url.scheme() == "http"
-            && !is_loopback(url)
+            && !crate::upstream::is_loopback(url)
         {
             warnings.push(format!(
                 "{} is plain http on a non-loopback host: sign-in cookies are sent unencrypted; serve it over https",

@@ -265,26 +265,13 @@ impl TestApp {
 
     /// `GET /`: must redirect to the provider. Returns the authorization URL.
     pub(crate) async fn start_sign_in(&self) -> String {
-        let response = self.get("/").await;
-        assert_eq!(
-            response.status(),
-            StatusCode::FOUND,
-            "GET / should redirect"
-        );
-        location(&response)
+        self.start_sign_in_with(&self.client).await
     }
 
     /// Follows the provider's authorization URL (an identity must be queued
     /// or auto-approved) and returns the callback URL it redirects to.
     pub(crate) async fn authorize(&self, authorization_url: &str) -> String {
-        let response = self.client.get(authorization_url).send().await.unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::FOUND,
-            "the provider should redirect back: {}",
-            response.text().await.unwrap_or_default()
-        );
-        location(&response)
+        self.authorize_with(&self.client, authorization_url).await
     }
 
     /// Follows any URL and returns the page.
