@@ -1,7 +1,10 @@
-//! Who may have a key: the allow-lists of the Go original, with the
-//! Workspace check it lacked.
+//! Who may have what: the allow-lists of the Go original, with the
+//! Workspace check it lacked, and the admins. A decision is a [`Grant`]:
+//! whose keys, how long they live, how many at once, and whether the
+//! person may act on everyone's keys.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::identity::{Domain, EmailAddress, Identity};
 
@@ -44,6 +47,50 @@ pub enum Refusal {
     /// Neither the address nor its domain is on the allow-list.
     #[error("the account is not on the allow-list")]
     NotAllowed,
+}
+
+/// What one allowed person may have. Today every allowed person gets the
+/// same grant in the one project; the policy issue will vary it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Whose keys: the verified, normalised address.
+    pub owner: EmailAddress,
+    /// How long each key lives (`EXPIRATION`).
+    pub lifetime: Duration,
+    /// Live keys they may hold at once (`MAX_KEYS_PER_USER`; 0: no cap).
+    pub cap: usize,
+    /// May see and revoke every key of this server (`ADMIN_USERS`).
+    pub admin: bool,
+}
+
+/// Who may have what, read from the configuration at start and asked on
+/// every request, so that a person taken off the list loses access at
+/// once, whatever their session says.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Who may have a key at all.
+    pub allow: AllowList,
+    /// Whether listed addresses count without the provider managing them.
+    pub trust_unmanaged: bool,
+    /// Who may act on everyone's keys (they must be allowed too).
+    pub admins: BTreeSet<EmailAddress>,
+    /// Lifetime of every key.
+    pub lifetime: Duration,
+    /// Live keys per person (0: no cap).
+    pub cap: usize,
+}
+
+impl Policy {
+    /// The grant of `identity`, or why it gets none.
+    pub fn decide(&self, identity: &Identity) -> Result<Grant, Refusal> {
+        let owner = self.allow.decide(identity, self.trust_unmanaged)?;
+        Ok(Grant {
+            admin: self.admins.contains(&owner),
+            owner,
+            lifetime: self.lifetime,
+            cap: self.cap,
+        })
+    }
 }
 
 impl AllowList {

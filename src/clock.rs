@@ -62,6 +62,32 @@ pub fn until(secs: i64, now: SystemTime) -> Duration {
     from_unix(secs).duration_since(now).unwrap_or_default()
 }
 
+/// A duration as people say it, rounded to its largest unit: "42 seconds",
+/// "2 minutes", "23 hours", "3 days".
+pub fn humanize(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
+    let plural = |n: f64, unit: &str| {
+        if n == 1.0 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
+    let seconds = secs.round();
+    if seconds < 60.0 {
+        return plural(seconds.max(1.0), "second");
+    }
+    let minutes = (secs / 60.0).round();
+    if minutes < 60.0 {
+        return plural(minutes, "minute");
+    }
+    let hours = (secs / 3600.0).round();
+    if hours < 48.0 {
+        return plural(hours, "hour");
+    }
+    plural((secs / 86_400.0).round(), "day")
+}
+
 impl Default for Clock {
     fn default() -> Self {
         Self::system()
@@ -71,5 +97,23 @@ impl Default for Clock {
 impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Clock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        let secs = |s: f64| humanize(Duration::from_secs_f64(s));
+        assert_eq!(secs(0.2), "1 second");
+        assert_eq!(secs(42.4), "42 seconds");
+        assert_eq!(secs(59.6), "1 minute");
+        assert_eq!(secs(119.419), "2 minutes");
+        assert_eq!(secs(3_570.0), "1 hour");
+        assert_eq!(secs(82_800.0), "23 hours");
+        assert_eq!(secs(86_399.0), "24 hours");
+        assert_eq!(secs(3.0 * 86_400.0), "3 days");
     }
 }

@@ -82,6 +82,27 @@ pub mod vars {
     pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
     /// Client connections open at once (default: from the open-file limit).
     pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
+    /// Comma-separated addresses of the admins.
+    pub const ADMIN_USERS: &str = "ADMIN_USERS";
+    /// Lifetime of a browser session, in seconds.
+    pub const SESSION_TTL: &str = "SESSION_TTL";
+    /// Whether signing in issues a key at once (the Go original's way).
+    pub const ISSUE_ON_SIGN_IN: &str = "ISSUE_ON_SIGN_IN";
+    /// Oldest listing, in seconds, that a page listing keys may show.
+    pub const LISTING_MAX_AGE: &str = "LISTING_MAX_AGE";
+    /// Who may use `/revoke`: `public`, `admin` or `off`.
+    pub const REVOKE_ENDPOINT: &str = "REVOKE_ENDPOINT";
+}
+
+/// Who may use `/revoke` (`REVOKE_ENDPOINT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeEndpoint {
+    /// Anyone, as in the Go original.
+    Public,
+    /// Signed-in admins only (a POST from the admin page).
+    Admin,
+    /// Nobody: the route answers 404.
+    Off,
 }
 
 /// Google's documented issuer, and the scheme-less form its tokens may carry.
@@ -203,6 +224,16 @@ pub struct Config {
     /// Client connections open at once, configured or derived from the
     /// open-file limit.
     pub max_connections: ConnectionLimit,
+    /// Who may act on everyone's keys.
+    pub admins: BTreeSet<EmailAddress>,
+    /// Lifetime of a browser session.
+    pub session_ttl: Duration,
+    /// Whether the sign-in callback issues a key at once.
+    pub issue_on_sign_in: bool,
+    /// Oldest listing a page listing keys may show.
+    pub listing_max_age: Duration,
+    /// Who may use `/revoke`.
+    pub revoke_endpoint: RevokeEndpoint,
     /// Things that are not errors but deserve a line in the log at start.
     pub warnings: Vec<String>,
 }
@@ -714,7 +745,50 @@ impl Config {
                 }
             },
         };
+        let mut admins = BTreeSet::new();
+        for raw in r.list(vars::ADMIN_USERS) {
+            match EmailAddress::parse(&raw) {
+                Ok(email) => {
+                    admins.insert(email);
+                }
+                Err(e) => r.problem(
+                    vars::ADMIN_USERS,
+                    format!("entry {raw:?} {e}; expected addresses like alice@example.com"),
+                ),
+            }
+        }
+        let session_ttl = r.seconds(vars::SESSION_TTL, 43_200, 7 * 86_400);
+        let issue_on_sign_in = r.flag(vars::ISSUE_ON_SIGN_IN, true);
+        let listing_max_age = r.seconds(vars::LISTING_MAX_AGE, 15, 3_600);
+        let revoke_endpoint = match r
+            .get(vars::REVOKE_ENDPOINT)
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("public") => RevokeEndpoint::Public,
+            Some("admin") => RevokeEndpoint::Admin,
+            Some("off") => RevokeEndpoint::Off,
+            Some(_) => {
+                r.problem(
+                    vars::REVOKE_ENDPOINT,
+                    "must be public (anyone, as the Go original), admin (signed-in admins) or off",
+                );
+                RevokeEndpoint::Public
+            }
+        };
         let mut warnings = Vec::new();
+        for admin in &admins {
+            let listed = allow.users.contains(admin)
+                || Domain::parse(admin.domain()).is_ok_and(|d| allow.domains.contains(&d));
+            if !listed {
+                warnings.push(format!(
+                    "{} names {admin}, who is on neither {} nor {}: admins must be allowed too, so {admin} cannot sign in",
+                    vars::ADMIN_USERS,
+                    vars::ALLOWED_USERS,
+                    vars::ALLOWED_DOMAINS
+                ));
+            }
+        }
         if r.get(vars::GOOGLE_TOKEN_AUDIENCE).is_some() {
             warnings.push(format!(
                 "{} is ignored: the signing keys come from the issuer's discovery document",
@@ -808,6 +882,11 @@ impl Config {
                     server_timing,
                     trusted_proxies,
                     max_connections: ConnectionLimit::new(max_connections),
+                    admins,
+                    session_ttl,
+                    issue_on_sign_in,
+                    listing_max_age,
+                    revoke_endpoint,
                     warnings,
                 })
             }
@@ -906,6 +985,25 @@ impl Config {
                 } else {
                     self.trusted_proxies.to_string()
                 },
+            ),
+            (
+                vars::ADMIN_USERS,
+                join(self.admins.iter().map(ToString::to_string).collect()),
+            ),
+            (vars::SESSION_TTL, self.session_ttl.as_secs().to_string()),
+            (vars::ISSUE_ON_SIGN_IN, self.issue_on_sign_in.to_string()),
+            (
+                vars::LISTING_MAX_AGE,
+                self.listing_max_age.as_secs().to_string(),
+            ),
+            (
+                vars::REVOKE_ENDPOINT,
+                match self.revoke_endpoint {
+                    RevokeEndpoint::Public => "public",
+                    RevokeEndpoint::Admin => "admin",
+                    RevokeEndpoint::Off => "off",
+                }
+                .to_owned(),
             ),
             (
                 vars::MAX_CONNECTIONS,

@@ -2,13 +2,16 @@
 //! layers (request ids, logging, security headers, limits) applied in one
 //! place.
 
+mod admin;
 mod assets;
+mod client;
 mod error;
-pub mod limits;
 mod login;
+mod me;
 mod ops;
 pub mod replay;
 pub mod serve;
+mod session;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +21,7 @@ use axum::extract::{FromRef, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum_extra::extract::cookie::Key;
 use tower::ServiceBuilder;
 use tower_http::request_id::{
@@ -27,9 +30,9 @@ use tower_http::request_id::{
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::access::AllowList;
 use crate::cleanup::Cleanup;
 use crate::clock::Clock;
+use crate::config::RevokeEndpoint;
 use crate::keys::Keys;
 use crate::oidc::Provider;
 
@@ -45,11 +48,8 @@ pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Everything handlers need. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// Who may have a key.
-    pub allow: Arc<AllowList>,
-    /// Whether listed addresses are trusted without the provider managing
-    /// them.
-    pub allow_unmanaged_emails: bool,
+    /// The use cases: signing in, issuing, listing and revoking keys.
+    pub issuance: crate::issuance::Issuance,
     /// The OIDC relying party.
     pub provider: Provider,
     /// Issuing and sweeping.
@@ -62,8 +62,6 @@ pub struct AppState {
     pub cookie_key: Key,
     /// Whether cookies are `Secure` (and `__Host-` prefixed).
     pub secure_cookies: bool,
-    /// Rate limits and the per-user cap.
-    pub limits: Arc<limits::Limits>,
     /// Whether answers carry a `Server-Timing` header.
     pub server_timing: bool,
     /// Counts requests, so that the heap is trimmed after a burst.
@@ -75,6 +73,14 @@ pub struct AppState {
     pub public_origin: Arc<str>,
     /// Login states completed on this replica.
     pub completed_logins: Arc<replay::CompletedLogins>,
+    /// New-key forms sent on this replica: each mints once.
+    pub used_forms: Arc<replay::CompletedLogins>,
+    /// Lifetime of a browser session (`SESSION_TTL`).
+    pub session_ttl: Duration,
+    /// Whether signing in issues a key at once (`ISSUE_ON_SIGN_IN`).
+    pub issue_on_sign_in: bool,
+    /// Who may use `/revoke`.
+    pub revoke_endpoint: crate::config::RevokeEndpoint,
 }
 
 impl FromRef<AppState> for Key {
@@ -166,6 +172,11 @@ async fn read_body(request: Request, next: Next) -> Result<Response, HttpError> 
     Ok(response.map(|body| axum::body::Body::new(serve::BusyUntilSent::new(body, busy))))
 }
 
+/// Any path no route answers: the small page, not an empty body.
+async fn not_found() -> HttpError {
+    HttpError::NotFound
+}
+
 /// The Content-Security-Policy of every page: our own CSS and JS only, no
 /// inline script, no framing, forms only back to us.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -181,15 +192,31 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("max-age=31536000"),
         )
     });
-    let routes = Router::new()
-        .route("/", get(login::start))
+    let mut routes = Router::new()
+        .route("/", get(me::home))
         .route("/oauth2/callback", get(login::callback))
-        .route("/revoke", get(ops::revoke).post(ops::revoke))
+        .route("/keys", post(me::new_key))
+        .route("/keys/{service_account_id}/revoke", post(me::revoke))
+        .route("/logout", post(me::logout))
+        .route("/admin", get(admin::page))
+        .route(
+            "/admin/keys/{service_account_id}/revoke",
+            post(admin::revoke),
+        )
+        .route("/admin/revoke-owner", post(admin::revoke_owner))
+        .route("/admin/revoke-all", post(admin::revoke_all))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/assets/app.css", get(assets::css))
         .route("/assets/app.js", get(assets::js))
-        .route("/favicon.ico", get(assets::favicon))
+        .route("/favicon.ico", get(assets::favicon));
+    routes = match state.revoke_endpoint {
+        RevokeEndpoint::Public => routes.route("/revoke", get(ops::revoke).post(ops::revoke)),
+        RevokeEndpoint::Admin => routes.route("/revoke", post(ops::revoke_as_admin)),
+        RevokeEndpoint::Off => routes,
+    };
+    let routes = routes
+        .fallback(not_found)
         .layer(axum::middleware::from_fn(read_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -208,7 +235,7 @@ pub fn router(state: AppState) -> Router {
             }
             request.headers_mut().remove(REQUEST_ID);
             // Once, for the limits, the audit lines and the log.
-            let client = limits::ClientIp::of(&request, &trusted_proxies);
+            let client = client::client_of(&request, &trusted_proxies);
             request.extensions_mut().insert(client);
             request
         })
@@ -227,7 +254,7 @@ pub fn router(state: AppState) -> Router {
                         .map_or("", MatchedPath::as_str);
                     let client = request
                         .extensions()
-                        .get::<limits::ClientIp>()
+                        .get::<crate::limits::ClientAddr>()
                         .and_then(|c| c.0)
                         .map(|ip| ip.to_string())
                         .unwrap_or_default();

@@ -97,6 +97,36 @@ pub enum Error {
     ShuttingDown,
 }
 
+/// A live key of this server, as the pages show it. Never its secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The service account that holds the key (`svc_acct_…`).
+    pub service_account_id: String,
+    /// The key's id, once known (`key_…`).
+    pub key_id: Option<String>,
+    /// Whose key it is.
+    pub owner: EmailAddress,
+    /// When it was created (Unix seconds), once known.
+    pub created_at: Option<i64>,
+    /// When it expires (Unix seconds).
+    pub expires_at: i64,
+    /// When it was last used (Unix seconds), as OpenAI last said.
+    pub last_used_at: Option<i64>,
+}
+
+impl From<index::Known> for KeyInfo {
+    fn from(known: index::Known) -> Self {
+        Self {
+            service_account_id: known.id,
+            key_id: known.key_id,
+            owner: known.name.owner,
+            created_at: known.created_at,
+            expires_at: known.name.expires_at,
+            last_used_at: known.last_used_at,
+        }
+    }
+}
+
 /// The person already holds the most live keys allowed, counting the keys
 /// being created for them right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +285,9 @@ struct Inner {
     in_flight: Arc<InFlight>,
     /// Set at shutdown: no new create starts.
     closing: std::sync::atomic::AtomicBool,
+    /// When the last complete listing of every account began; changes when
+    /// one completes.
+    listed: tokio::sync::watch::Sender<Option<SystemTime>>,
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
@@ -288,6 +321,10 @@ struct Listing {
     listed: usize,
     pages: usize,
     kept: Vec<(String, AccountName)>,
+    /// How many were kept (`kept` goes to the schedule).
+    kept_count: usize,
+    /// When each kept account was created: `(expiry, id, created_at)`.
+    created: Vec<(i64, String, i64)>,
     foreign: usize,
     retries: usize,
     rate_limited: usize,
@@ -310,6 +347,7 @@ impl Keys {
                 priority: Priority::default(),
                 in_flight: Arc::default(),
                 closing: std::sync::atomic::AtomicBool::new(false),
+                listed: tokio::sync::watch::Sender::new(None),
             }),
         }
     }
@@ -347,6 +385,95 @@ impl Keys {
         let project_id = self.project_id(now).await?.to_owned();
         self.inner.admin.retrieve_project(&project_id).await?;
         self.mark_reached();
+        Ok(())
+    }
+
+    /// When the last complete listing of every account began, on the
+    /// server's clock (`None`: none yet).
+    pub fn listed_at(&self) -> Option<SystemTime> {
+        *self.inner.listed.borrow()
+    }
+
+    /// Changes each time a complete listing of every account is published.
+    pub fn listings(&self) -> tokio::sync::watch::Receiver<Option<SystemTime>> {
+        self.inner.listed.subscribe()
+    }
+
+    /// `owner`'s live keys, soonest expiry first, as this replica knows them.
+    pub fn keys_of(&self, owner: &EmailAddress, now: SystemTime) -> Vec<KeyInfo> {
+        self.index()
+            .keys_of(owner.as_str(), unix(now))
+            .into_iter()
+            .map(KeyInfo::from)
+            .collect()
+    }
+
+    /// Every live key of this server, soonest expiry first.
+    pub fn all_keys(&self, now: SystemTime) -> Vec<KeyInfo> {
+        self.index()
+            .all_live(unix(now))
+            .into_iter()
+            .map(KeyInfo::from)
+            .collect()
+    }
+
+    /// One live key of this server, by its service account.
+    pub fn find(&self, service_account_id: &str, now: SystemTime) -> Option<KeyInfo> {
+        self.index()
+            .find(service_account_id, unix(now))
+            .map(KeyInfo::from)
+    }
+
+    /// Deletes the account of `key` at once (retried like a sweep's
+    /// deletes), so that its key stops working, and forgets it. A 404 means
+    /// it was gone already.
+    pub async fn delete_now(&self, key: &KeyInfo, now: SystemTime) -> Result<(), Error> {
+        let project_id = self.project_id(now).await?.to_owned();
+        let mut attempt = 0;
+        loop {
+            match self
+                .inner
+                .admin
+                .delete_service_account(&project_id, &key.service_account_id)
+                .await
+            {
+                Ok(()) | Err(openai::Error::NotFound { .. }) => break,
+                Err(error) if retryable(&error) && attempt + 1 < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_wait(&error, attempt)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.index().remove(key.expires_at, &key.service_account_id);
+        Ok(())
+    }
+
+    /// Reads every key of the project from OpenAI's key listing, to learn
+    /// when each was last used (and the key ids of accounts another
+    /// replica created). One call per 100 keys.
+    pub async fn refresh_usage(&self, now: SystemTime) -> Result<(), Error> {
+        let project_id = self.project_id(now).await?.to_owned();
+        let mut usage = std::collections::HashMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .admin
+                .list_project_api_keys(&project_id, after.as_deref())
+                .await?;
+            for key in page.data {
+                let Some(account) = key.owner.and_then(|o| o.service_account) else {
+                    continue;
+                };
+                usage.insert(account.id, (key.id, key.created_at, key.last_used_at));
+            }
+            match (page.has_more, page.last_id) {
+                (true, Some(last)) => after = Some(last),
+                _ => break,
+            }
+        }
+        self.index().note_usage(&usage);
         Ok(())
     }
 
@@ -404,6 +531,7 @@ impl Keys {
     pub fn spawn_issue(
         &self,
         owner: EmailAddress,
+        lifetime: Duration,
         reservation: Reservation,
         now: SystemTime,
     ) -> Result<tokio::task::JoinHandle<Result<IssuedKey, Error>>, Error> {
@@ -419,7 +547,7 @@ impl Keys {
         // Its log lines belong to the caller's span (the request's id and
         // user), and its upstream wait to the caller's Server-Timing.
         let issue = async move {
-            let issued = keys.issue(&owner, now).await;
+            let issued = keys.issue(&owner, lifetime, now).await;
             drop(reservation);
             drop(guard);
             issued
@@ -577,9 +705,14 @@ impl Keys {
     /// remembered for the next sweep in case it appears later.
     // No span of its own: its log lines belong to the request's span, which
     // carries the request id and the signed-in user.
-    pub async fn issue(&self, owner: &EmailAddress, now: SystemTime) -> Result<IssuedKey, Error> {
+    pub async fn issue(
+        &self,
+        owner: &EmailAddress,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedKey, Error> {
         let project_id = self.project_id(now).await?.to_owned();
-        let ttl = self.inner.settings.ttl.as_secs();
+        let ttl = lifetime.as_secs();
         let name = AccountName::new(owner.clone(), unix(now).saturating_add_unsigned(ttl));
         let encoded = name.encode();
         let admin = &self.inner.admin;
@@ -630,8 +763,12 @@ impl Keys {
         };
         let expires_at = key.expires_at.unwrap_or(name.expires_at);
         let enforced_by_openai = enforced && key.expires_at.is_some();
-        self.index()
-            .insert(created.id.clone(), name, Some(key.id.clone()));
+        {
+            let mut index = self.index();
+            let expires = name.expires_at;
+            index.insert(created.id.clone(), name, Some(key.id.clone()));
+            index.note_created(expires, &created.id, created.created_at);
+        }
         self.inner.rearm.notify_one();
         tracing::info!(
             audit = "issued",
@@ -811,14 +948,22 @@ impl Keys {
             for account in page.data {
                 let job = match AccountName::parse(&account.name) {
                     Some(name) if name.expires_at <= now || orphans.contains(&account.name) => {
-                        Due::new(
+                        let key_id = self.index().key_id(name.expires_at, &account.id);
+                        let mut job = Due::new(
                             account.id,
                             account.name,
                             name.owner.to_string(),
                             name.expires_at,
-                        )
+                        );
+                        job.key_id = key_id;
+                        job
                     }
                     Some(name) => {
+                        listing.created.push((
+                            name.expires_at,
+                            account.id.clone(),
+                            account.created_at,
+                        ));
                         listing.kept.push((account.id, name));
                         continue;
                     }
@@ -918,8 +1063,11 @@ impl Keys {
         };
         let (listing, ()) = tokio::join!(
             async {
-                let listing = self.list_all(&project_id, now_unix, &tx).await;
+                let mut listing = self.list_all(&project_id, now_unix, &tx).await;
                 drop(tx);
+                // Published as soon as the listing is complete, not once
+                // the deletes are: pages wait for the listing only.
+                self.publish(&mut listing, since, now);
                 listing
             },
             self.delete(&project_id, rx, &mut report)
@@ -930,17 +1078,11 @@ impl Keys {
         report.listed = listing.listed;
         report.pages = listing.pages;
         report.foreign = listing.foreign;
-        report.kept = listing.kept.len();
+        report.kept = listing.kept_count;
         report.retries += listing.retries;
         report.rate_limited += listing.rate_limited;
         report.admin_calls += listing.calls;
         report.list_error = listing.error.as_ref().map(ToString::to_string);
-        if listing.error.is_none() {
-            self.index().replace(listing.kept, since);
-        } else {
-            // A partial listing must not forget accounts it did not reach.
-            self.index().merge(listing.kept);
-        }
         // Orphans past their expiry are covered by the normal rule.
         self.orphans()
             .retain(|n| AccountName::parse(n).is_some_and(|a| a.expires_at > now_unix));
@@ -948,6 +1090,29 @@ impl Keys {
         report.duration_ms = elapsed_ms(started);
         log_report(&report);
         Ok(report)
+    }
+
+    /// Makes a listing the schedule: all of it when complete (keeping what
+    /// was issued while it ran), or what it reached when it stopped part-way;
+    /// and tells whoever waits for a fresh listing.
+    fn publish(&self, listing: &mut Listing, since: u64, now: SystemTime) {
+        let kept = std::mem::take(&mut listing.kept);
+        listing.kept_count = kept.len();
+        {
+            let mut index = self.index();
+            if listing.error.is_none() {
+                index.replace(kept, since);
+            } else {
+                // A partial listing must not forget accounts it did not reach.
+                index.merge(kept);
+            }
+            for (expires_at, id, created_at) in &listing.created {
+                index.note_created(*expires_at, id, *created_at);
+            }
+        }
+        if listing.error.is_none() {
+            self.inner.listed.send_replace(Some(now));
+        }
     }
 
     /// Deletes the accounts the schedule says are due, without listing: what

@@ -14,7 +14,9 @@ pub mod config;
 pub mod forwarded;
 pub mod http;
 pub mod identity;
+pub mod issuance;
 pub mod keys;
+pub mod limits;
 pub mod memory;
 pub mod oidc;
 pub mod openai;
@@ -144,9 +146,22 @@ impl Application {
                 Key::derive_from(config::SessionSecret::random().expose())
             }
         };
+        let issuance = issuance::Issuance::new(
+            access::Policy {
+                allow: config.allow.clone(),
+                trust_unmanaged: config.allow_unmanaged_emails,
+                admins: config.admins.clone(),
+                lifetime: config.expiration,
+                cap: config.max_keys_per_user,
+            },
+            keys.clone(),
+            cleanup.clone(),
+            Arc::new(limits::Limits::new(&config)),
+            config.listing_max_age,
+            config.timeout,
+        );
         let state = AppState {
-            allow: Arc::new(config.allow.clone()),
-            allow_unmanaged_emails: config.allow_unmanaged_emails,
+            issuance,
             provider,
             keys,
             cleanup,
@@ -158,21 +173,10 @@ impl Application {
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             public_origin: config.redirect_uri.origin().ascii_serialization().into(),
             completed_logins: Arc::default(),
-            limits: Arc::new(http::limits::Limits {
-                issue_per_user: http::limits::RateLimiter::new(
-                    config.rate_limit_per_user,
-                    std::time::Duration::from_secs(3600),
-                ),
-                sign_in_per_ip: http::limits::RateLimiter::new(
-                    config.rate_limit_per_ip,
-                    std::time::Duration::from_secs(3600),
-                ),
-                revoke_per_ip: http::limits::RateLimiter::new(
-                    config.rate_limit_revoke,
-                    std::time::Duration::from_secs(60),
-                ),
-                max_keys_per_user: config.max_keys_per_user,
-            }),
+            used_forms: Arc::default(),
+            session_ttl: config.session_ttl,
+            issue_on_sign_in: config.issue_on_sign_in,
+            revoke_endpoint: config.revoke_endpoint,
         };
         Ok(Self {
             listener,

@@ -205,19 +205,31 @@ impl Provider {
             .await
     }
 
-    /// The URL to send the browser to, for these login secrets.
-    pub async fn authorization_url(&self, secrets: &LoginSecrets) -> Result<Url, Error> {
+    /// The URL to send the browser to, for these login secrets; with
+    /// `choose_account`, the provider asks which account to use
+    /// (`prompt=select_account`) instead of signing the last one in.
+    pub async fn authorization_url(
+        &self,
+        secrets: &LoginSecrets,
+        choose_account: bool,
+    ) -> Result<Url, Error> {
         let metadata = self.metadata().await?;
         let mut url = metadata.authorization_endpoint.clone();
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &self.inner.settings.client_id)
-            .append_pair("redirect_uri", &self.inner.settings.redirect_uri)
-            .append_pair("scope", "openid email")
-            .append_pair("state", &secrets.state)
-            .append_pair("nonce", &secrets.nonce)
-            .append_pair("code_challenge", &secrets.challenge())
-            .append_pair("code_challenge_method", "S256");
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &self.inner.settings.client_id)
+                .append_pair("redirect_uri", &self.inner.settings.redirect_uri)
+                .append_pair("scope", "openid email")
+                .append_pair("state", &secrets.state)
+                .append_pair("nonce", &secrets.nonce)
+                .append_pair("code_challenge", &secrets.challenge())
+                .append_pair("code_challenge_method", "S256");
+            if choose_account {
+                query.append_pair("prompt", "select_account");
+            }
+        }
         Ok(url)
     }
 

@@ -76,6 +76,40 @@ pub struct CreatedServiceAccount {
     pub api_key: Option<CreatedKey>,
 }
 
+/// A project API key as listed (never its secret).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ProjectApiKey {
+    /// `key_…`
+    pub id: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+    /// Unix seconds of the last use; `None` until first use.
+    #[serde(default)]
+    pub last_used_at: Option<i64>,
+    /// Whose key it is.
+    #[serde(default)]
+    pub owner: Option<KeyOwner>,
+}
+
+/// The owner of a project API key: a user or a service account.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KeyOwner {
+    /// `user` or `service_account`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Set when `kind` is `service_account`.
+    #[serde(default)]
+    pub service_account: Option<OwnerAccount>,
+}
+
+/// The service account that owns a key, as a key listing names it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct OwnerAccount {
+    /// `svc_acct_…`
+    pub id: String,
+}
+
 /// One page of a cursor-paginated list.
 #[derive(Debug, Deserialize)]
 pub struct Page<T> {
@@ -251,6 +285,25 @@ impl AdminClient {
         }
         let url = self.url(
             &format!("organization/projects/{project_id}/service_accounts"),
+            &query,
+        );
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// One page of a project's API keys, every enabled one
+    /// (`owner_project_access=any`), with when each was last used.
+    pub async fn list_project_api_keys(
+        &self,
+        project_id: &str,
+        after: Option<&str>,
+    ) -> Result<Page<ProjectApiKey>, Error> {
+        let limit = PAGE_SIZE.to_string();
+        let mut query = vec![("limit", limit.as_str()), ("owner_project_access", "any")];
+        if let Some(after) = after {
+            query.push(("after", after));
+        }
+        let url = self.url(
+            &format!("organization/projects/{project_id}/api_keys"),
             &query,
         );
         self.call(Method::GET, url, None::<&()>).await

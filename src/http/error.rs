@@ -14,6 +14,7 @@ use tower_http::request_id::RequestId;
 
 use super::AppState;
 use crate::access::Refusal;
+use crate::issuance;
 use crate::{keys, oidc, openai};
 
 /// Everything a request can fail with.
@@ -26,9 +27,6 @@ pub enum HttpError {
     /// The login cookie is older than the sign-in lifetime.
     #[error("the sign-in took too long")]
     LoginExpired,
-    /// The login this callback belongs to was completed already (a replay).
-    #[error("the sign-in was completed already")]
-    LoginAlreadyCompleted,
     /// `state` differs from the one in the login cookie.
     #[error("the state parameter does not match this browser's sign-in")]
     StateMismatch,
@@ -38,41 +36,29 @@ pub enum HttpError {
     /// The provider redirected with an error (e.g. `access_denied`).
     #[error("the provider returned the error {0:?}")]
     ProviderError(String),
-    /// Code exchange or token verification failed.
+    /// Starting a sign-in failed (discovery).
     #[error(transparent)]
     SignIn(#[from] oidc::Error),
-    /// The identity is verified but not allowed.
-    #[error("refused {account:?}: {reason}")]
-    Refused {
-        /// The account as the provider named it.
-        account: Option<String>,
-        /// Why.
-        reason: Refusal,
-    },
-    /// Creating the key failed.
-    #[error("issuing a key failed: {0}")]
-    Issue(keys::Error),
-    /// An on-demand cleanup failed.
-    #[error("cleanup failed: {0}")]
-    Sweep(keys::Error),
-    /// Too many requests from this user or address.
-    #[error("rate limited ({what}); retry in {retry_after:?}")]
-    RateLimited {
-        /// Which limit.
-        what: &'static str,
-        /// When to try again.
-        retry_after: std::time::Duration,
-    },
-    /// The user already holds the most live keys allowed.
-    #[error("{owner} already holds {cap} live keys")]
-    KeyCap {
-        /// Who.
-        owner: String,
-        /// The cap.
-        cap: usize,
-        /// Until the oldest expires.
-        retry_after: std::time::Duration,
-    },
+    /// A use case of the issuance core did not go through.
+    #[error(transparent)]
+    Issuance(#[from] issuance::Error),
+    /// A page that needs a session, without one.
+    #[error("not signed in")]
+    NotSignedIn,
+    /// A state-changing request from another site, or without the
+    /// session's CSRF token.
+    #[error("the request did not come from one of this server's pages")]
+    ForeignOrigin,
+    /// A form whose fields could not be read.
+    #[error("the form could not be read")]
+    BadForm,
+    /// The page of a key that was shown already (a reload, a resubmitted
+    /// form, the back button).
+    #[error("the key was shown already")]
+    KeyShownOnce,
+    /// No such page.
+    #[error("no such page")]
+    NotFound,
     /// The request's body did not arrive within the time allowed.
     #[error("the request body did not arrive in time")]
     BodyTimeout,
@@ -95,8 +81,13 @@ struct Public {
     status: StatusCode,
     title: &'static str,
     message: String,
-    hint: Option<&'static str>,
+    hint: Option<String>,
+    /// Offer to sign in again.
     sign_in_again: bool,
+    /// Offer to sign in with another account.
+    another_account: bool,
+    /// Offer the way to my keys.
+    my_keys: bool,
     retry_after: Option<u64>,
     /// Close the connection after the answer: the rest of the request may
     /// still be on its way.
@@ -110,24 +101,48 @@ struct ErrorPage<'a> {
     message: &'a str,
     hint: Option<&'a str>,
     sign_in_again: bool,
+    another_account: bool,
+    my_keys: bool,
     request_id: &'a str,
 }
 
-fn public(error: &HttpError) -> Public {
-    let page = |status, title, message: &str| Public {
+fn page(status: StatusCode, title: &'static str, message: &str) -> Public {
+    Public {
         status,
         title,
         message: message.to_owned(),
         hint: None,
         sign_in_again: false,
+        another_account: false,
+        my_keys: false,
         retry_after: None,
         close: false,
-    };
-    let sign_in = |status, title, message: &str| Public {
+    }
+}
+
+fn sign_in(status: StatusCode, title: &'static str, message: &str) -> Public {
+    Public {
         sign_in_again: true,
         ..page(status, title, message)
-    };
-    let admin = "The server could not create your key. This is not your fault; the operator has the details in the log.";
+    }
+}
+
+fn with_hint(public: Public, hint: &str) -> Public {
+    Public {
+        hint: Some(hint.to_owned()),
+        ..public
+    }
+}
+
+/// Seconds for `Retry-After`, rounded up: a client that waits exactly this
+/// long must find room, not another refusal.
+fn retry_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+const ADMIN: &str = "The server could not do this. This is not your fault; the operator has the details in the log.";
+
+fn public(error: &HttpError) -> Public {
     match error {
         HttpError::NoLoginInProgress => sign_in(
             StatusCode::BAD_REQUEST,
@@ -139,145 +154,52 @@ fn public(error: &HttpError) -> Public {
             "Sign-in expired",
             "The sign-in took too long. Start again.",
         ),
-        HttpError::LoginAlreadyCompleted => sign_in(
-            StatusCode::BAD_REQUEST,
-            "Sign-in already used",
-            "This sign-in was completed already; each one gives one key. Start again for another.",
-        ),
         HttpError::StateMismatch | HttpError::BadCallback(_) => sign_in(
             StatusCode::BAD_REQUEST,
             "Sign-in could not be completed",
             "The answer from the sign-in provider does not belong to this browser's sign-in. Start again.",
         ),
-        HttpError::ProviderError(code) => sign_in(
-            StatusCode::BAD_REQUEST,
-            "Sign-in was not completed",
-            &format!("The sign-in provider did not sign you in ({code})."),
-        ),
-        HttpError::SignIn(oidc::Error::CodeRefused { .. }) => sign_in(
-            StatusCode::BAD_REQUEST,
-            "Sign-in could not be completed",
-            "The sign-in provider refused the sign-in code; it may have been used already or expired. Start again.",
-        ),
-        HttpError::SignIn(oidc::Error::InvalidToken(_)) => sign_in(
-            StatusCode::UNAUTHORIZED,
-            "Identity could not be verified",
-            "The identity the sign-in provider sent could not be verified, so no key was issued.",
-        ),
-        HttpError::SignIn(oidc::Error::Unreachable(_)) => Public {
-            hint: Some("Try again in a minute."),
+        HttpError::ProviderError(code) => Public {
+            another_account: true,
             ..sign_in(
-                StatusCode::BAD_GATEWAY,
-                "Sign-in provider unavailable",
-                "The sign-in provider could not be reached.",
+                StatusCode::BAD_REQUEST,
+                "Sign-in was not completed",
+                &format!("The sign-in provider did not sign you in ({code})."),
             )
         },
-        HttpError::SignIn(oidc::Error::ClientRefused(_)) => page(
-            StatusCode::BAD_GATEWAY,
-            "Server misconfigured",
-            "The sign-in provider refused this server's client credentials. Tell the operator (CLIENT_ID / CLIENT_SECRET).",
+        HttpError::SignIn(error) => sign_in_failed(error),
+        HttpError::Issuance(error) => issuance_failed(error),
+        HttpError::NotSignedIn => sign_in(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in",
+            "Sign in first; your session may have ended.",
         ),
-        HttpError::Refused { account, reason } => Public {
-            hint: Some(
-                "If you should have access, ask the operator of this server to add your account or your organisation's domain to the allow-list.",
-            ),
-            ..page(
+        HttpError::ForeignOrigin => with_hint(
+            page(
                 StatusCode::FORBIDDEN,
-                "No key for this account",
-                &format!(
-                    "The account {} cannot get a key: {reason}.",
-                    account.as_deref().unwrap_or("(no email address)")
-                ),
-            )
-        },
-        HttpError::Issue(error) | HttpError::Sweep(error) => match error {
-            keys::Error::OpenAi(openai::Error::RateLimited { retry_after, .. }) => Public {
-                retry_after: Some(retry_after.map_or(30, |d| d.as_secs().max(1))),
-                hint: Some("Try again in a little while."),
-                ..page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "OpenAI is busy",
-                    "OpenAI is limiting how fast keys can be created right now.",
-                )
-            },
-            keys::Error::OpenAi(openai::Error::Timeout) => Public {
-                hint: Some("Try again in a minute."),
-                ..page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "OpenAI did not answer",
-                    "OpenAI did not answer in time. No key was issued.",
-                )
-            },
-            keys::Error::OpenAi(
-                openai::Error::Unauthorized { .. } | openai::Error::Forbidden { .. },
-            ) => Public {
-                hint: Some("Operator: check OPENAI_MANAGEMENT_KEY (an admin key, sk-admin-…)."),
-                ..page(StatusCode::BAD_GATEWAY, "OpenAI refused the server", admin)
-            },
-            keys::Error::OpenAi(openai::Error::NotFound { .. }) => Public {
-                hint: Some("Operator: check OPENAI_PROJECT_ID / DEFAULT_PROJECT_NAME."),
-                ..page(StatusCode::BAD_GATEWAY, "OpenAI project not found", admin)
-            },
-            keys::Error::OpenAi(openai::Error::BadRequest { .. }) => Public {
-                hint: Some(
-                    "Operator: OpenAI refused the request (for example an organisation key-lifetime policy shorter than EXPIRATION, or an archived project); the log has its message.",
-                ),
-                ..page(StatusCode::BAD_GATEWAY, "OpenAI refused the request", admin)
-            },
-            keys::Error::ShuttingDown => Public {
-                retry_after: Some(1),
-                hint: Some("Try again in a moment."),
-                ..page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The server is restarting",
-                    "The server is shutting down and issues no new key. No key was issued.",
-                )
-            },
-            keys::Error::TaskFailed => page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong",
-                admin,
+                "Refused",
+                "This request did not come from one of this server's pages, so nothing was done.",
             ),
-            keys::Error::AmbiguousProject { .. } => Public {
-                hint: Some("Operator: several projects share the name; set OPENAI_PROJECT_ID."),
-                ..page(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Server misconfigured",
-                    admin,
-                )
-            },
-            _ => Public {
-                hint: Some("Try again in a minute."),
-                ..page(StatusCode::BAD_GATEWAY, "OpenAI failed", admin)
-            },
-        },
-        HttpError::RateLimited { retry_after, .. } => Public {
-            // Rounded up: a client that waits exactly this long must find
-            // a token, not another 429.
-            retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            hint: Some("Wait a little and try again."),
+            "Use the buttons on this server's own pages; reload the page if it was open for a long time.",
+        ),
+        HttpError::BadForm => page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The form could not be read.",
+        ),
+        HttpError::KeyShownOnce => Public {
+            my_keys: true,
             ..page(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many requests",
-                "Too many requests came from you in a short time.",
+                StatusCode::GONE,
+                "Key already shown",
+                "A key is shown once, when it is made, and never again: reloading or going back cannot show it. It is still listed (not its value) on your keys page, where you can revoke it or get a new one.",
             )
         },
-        HttpError::KeyCap {
-            cap, retry_after, ..
-        } => Public {
-            retry_after: Some(retry_after.as_secs().max(1)),
-            hint: Some(
-                "Use one of the keys you already have; a new one can be issued when the oldest expires.",
-            ),
-            ..page(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many live keys",
-                &format!(
-                    "You already hold {cap} keys that have not expired, the most one person may hold. The oldest expires in {}.",
-                    humantime::format_duration(*retry_after)
-                ),
-            )
-        },
+        HttpError::NotFound => page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such page here.",
+        ),
         HttpError::BodyTimeout => Public {
             close: true,
             ..page(
@@ -319,6 +241,190 @@ fn public(error: &HttpError) -> Public {
     }
 }
 
+fn sign_in_failed(error: &oidc::Error) -> Public {
+    match error {
+        oidc::Error::CodeRefused { .. } => sign_in(
+            StatusCode::BAD_REQUEST,
+            "Sign-in could not be completed",
+            "The sign-in provider refused the sign-in code; it may have been used already or expired. Start again.",
+        ),
+        oidc::Error::InvalidToken(_) => sign_in(
+            StatusCode::UNAUTHORIZED,
+            "Identity could not be verified",
+            "The identity the sign-in provider sent could not be verified, so no key was issued.",
+        ),
+        oidc::Error::Unreachable(_) => with_hint(
+            sign_in(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in provider unavailable",
+                "The sign-in provider could not be reached.",
+            ),
+            "Try again in a minute.",
+        ),
+        oidc::Error::ClientRefused(_) => page(
+            StatusCode::BAD_GATEWAY,
+            "Server misconfigured",
+            "The sign-in provider refused this server's client credentials. Tell the operator (CLIENT_ID / CLIENT_SECRET).",
+        ),
+    }
+}
+
+/// A true hint for each refusal: what the person can do about it.
+fn refusal_hint(reason: &Refusal) -> String {
+    match reason {
+        Refusal::NoEmail => "Sign in with an account that has an email address.".to_owned(),
+        Refusal::EmailNotVerified => "Verify this address with your identity provider, then sign in again; or sign in with another account.".to_owned(),
+        Refusal::NotManagedByDomain { domain } => format!(
+            "Sign in with your organisation's own account for {domain} (a Google Workspace account), not a personal one."
+        ),
+        Refusal::Unmanaged => "Sign in with your organisation's own account, not a personal one that uses the same address.".to_owned(),
+        Refusal::NotAllowed => "If you should have access, ask the operator of this server to add your account or your organisation's domain to the allow-list, or sign in with another account.".to_owned(),
+    }
+}
+
+fn issuance_failed(error: &issuance::Error) -> Public {
+    match error {
+        issuance::Error::Refused { account, reason } => Public {
+            hint: Some(refusal_hint(reason)),
+            another_account: true,
+            ..page(
+                StatusCode::FORBIDDEN,
+                "No key for this account",
+                &format!(
+                    "The account {} cannot get a key: {reason}.",
+                    account.as_deref().unwrap_or("(no email address)")
+                ),
+            )
+        },
+        issuance::Error::SignIn(error) => sign_in_failed(error),
+        issuance::Error::Replayed => sign_in(
+            StatusCode::BAD_REQUEST,
+            "Sign-in already used",
+            "This sign-in was completed already; each one is used once. Start again.",
+        ),
+        issuance::Error::RateLimited { retry_after, .. } => Public {
+            retry_after: Some(retry_seconds(*retry_after)),
+            ..with_hint(
+                page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many requests",
+                    "Too many requests came from you in a short time.",
+                ),
+                &format!("Try again in {}.", crate::clock::humanize(*retry_after)),
+            )
+        },
+        issuance::Error::CapReached {
+            cap, retry_after, ..
+        } => Public {
+            retry_after: Some(retry_seconds(*retry_after)),
+            my_keys: true,
+            ..with_hint(
+                page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many live keys",
+                    &format!(
+                        "You already hold {cap} keys that have not expired, the most one person may hold."
+                    ),
+                ),
+                &format!(
+                    "Revoke one on your keys page to get a new one at once, or wait: the oldest expires in {}.",
+                    crate::clock::humanize(*retry_after)
+                ),
+            )
+        },
+        issuance::Error::NotFound => page(
+            StatusCode::NOT_FOUND,
+            "No such key",
+            "There is no live key of yours with this id. It may have expired or been revoked already.",
+        ),
+        issuance::Error::NotAdmin { .. } => page(
+            StatusCode::FORBIDDEN,
+            "Admins only",
+            "This page is for the admins of this server.",
+        ),
+        issuance::Error::NotConfirmed => page(
+            StatusCode::BAD_REQUEST,
+            "Not confirmed",
+            "Nothing was revoked: type the project id exactly to confirm.",
+        ),
+        issuance::Error::PartlyRevoked { failed, wanted } => with_hint(
+            page(
+                StatusCode::BAD_GATEWAY,
+                "Not every key was revoked",
+                &format!("{failed} of {wanted} keys could not be revoked."),
+            ),
+            "Try again; OpenAI may be busy. The operator has the details in the log.",
+        ),
+        issuance::Error::Keys(error) => keys_failed(error),
+    }
+}
+
+fn keys_failed(error: &keys::Error) -> Public {
+    match error {
+        keys::Error::OpenAi(openai::Error::RateLimited { retry_after, .. }) => Public {
+            retry_after: Some(retry_after.map_or(30, |d| d.as_secs().max(1))),
+            ..with_hint(
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OpenAI is busy",
+                    "OpenAI is limiting how fast keys can be created or revoked right now.",
+                ),
+                "Try again in a little while.",
+            )
+        },
+        keys::Error::OpenAi(openai::Error::Timeout) => with_hint(
+            page(
+                StatusCode::GATEWAY_TIMEOUT,
+                "OpenAI did not answer",
+                "OpenAI did not answer in time. Nothing was done.",
+            ),
+            "Try again in a minute.",
+        ),
+        keys::Error::OpenAi(
+            openai::Error::Unauthorized { .. } | openai::Error::Forbidden { .. },
+        ) => with_hint(
+            page(StatusCode::BAD_GATEWAY, "OpenAI refused the server", ADMIN),
+            "Operator: check OPENAI_MANAGEMENT_KEY (an admin key, sk-admin-…).",
+        ),
+        keys::Error::OpenAi(openai::Error::NotFound { .. }) => with_hint(
+            page(StatusCode::BAD_GATEWAY, "OpenAI project not found", ADMIN),
+            "Operator: check OPENAI_PROJECT_ID / DEFAULT_PROJECT_NAME.",
+        ),
+        keys::Error::OpenAi(openai::Error::BadRequest { .. }) => with_hint(
+            page(StatusCode::BAD_GATEWAY, "OpenAI refused the request", ADMIN),
+            "Operator: OpenAI refused the request (for example an organisation key-lifetime policy shorter than EXPIRATION, or an archived project); the log has its message.",
+        ),
+        keys::Error::AmbiguousProject { .. } => with_hint(
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Server misconfigured",
+                ADMIN,
+            ),
+            "Operator: several projects share the name; set OPENAI_PROJECT_ID.",
+        ),
+        keys::Error::ShuttingDown => Public {
+            retry_after: Some(1),
+            ..with_hint(
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The server is restarting",
+                    "The server is shutting down and issues no new key. No key was issued.",
+                ),
+                "Try again in a moment.",
+            )
+        },
+        keys::Error::TaskFailed => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            ADMIN,
+        ),
+        _ => with_hint(
+            page(StatusCode::BAD_GATEWAY, "OpenAI failed", ADMIN),
+            "Try again in a minute.",
+        ),
+    }
+}
+
 /// Carries the error from the handler to [`render_error_pages`].
 #[derive(Clone)]
 struct Carried(Arc<HttpError>);
@@ -356,8 +462,10 @@ pub(super) async fn render_error_pages(
     let page = ErrorPage {
         title: shown.title,
         message: &shown.message,
-        hint: shown.hint,
+        hint: shown.hint.as_deref(),
         sign_in_again: shown.sign_in_again,
+        another_account: shown.another_account,
+        my_keys: shown.my_keys,
         request_id: &request_id,
     };
     let body = page

@@ -10,15 +10,17 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Redirect;
 use axum::response::{Html, IntoResponse, Response};
 use axum_extra::extract::PrivateCookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
-use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 
-use super::limits::ClientIp;
-use super::{AppState, HttpError, LOGIN_TTL};
+use super::session::{self, MaybeSignedIn};
+use super::{AppState, HttpError, LOGIN_TTL, me};
 use crate::clock;
+use crate::issuance::{self, IssueRequest};
+use crate::limits::ClientAddr;
 use crate::oidc::LoginSecrets;
 
 const COOKIE_PREFIX: &str = "oks_login_";
@@ -136,16 +138,43 @@ fn initiator(headers: &HeaderMap, own_origin: &str) -> Initiator {
 #[template(path = "landing.html")]
 struct LandingPage;
 
+/// Where to send a browser that asked for `/` under another host than the
+/// public one, if it did. Only when the public URL is plain http: then no
+/// proxy stands in front, and `Host` is what the browser typed; behind an
+/// https proxy, `Host` may be the proxy's own name for this server.
+fn elsewhere(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let public = url::Url::parse(&state.public_origin).ok()?;
+    if public.scheme() != "http" {
+        return None;
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    // The same port under another name (`localhost` for `127.0.0.1`): a
+    // replica on a port of its own is reached on purpose.
+    let (name, port) = host.rsplit_once(':').unwrap_or((host, "80"));
+    let public_port = public.port_or_known_default()?.to_string();
+    let same = name
+        .trim_matches(['[', ']'])
+        .eq_ignore_ascii_case(public.host_str()?.trim_matches(['[', ']']));
+    (port == public_port && !same).then(|| format!("{}/", state.public_origin))
+}
+
 /// Starts a sign-in: new secrets in a cookie of their own, redirect to the
 /// provider. When another site sent the browser here, first a page with a
 /// button: the provider signs a returning person in silently, so following
 /// another site's link must not be enough to mint a key in their name.
+/// Opened under another host name than `REDIRECT_URI`'s (`localhost` for
+/// `127.0.0.1`), first over to that one, or the login cookie would be set
+/// where the callback never comes.
 pub(super) async fn start(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    state: &AppState,
+    headers: &HeaderMap,
     jar: PrivateCookieJar,
+    choose_account: bool,
 ) -> Result<Response, HttpError> {
-    if initiator(&headers, &state.public_origin) == Initiator::OtherSite {
+    if let Some(home) = elsewhere(state, headers) {
+        return Ok(Redirect::to(&home).into_response());
+    }
+    if initiator(headers, &state.public_origin) == Initiator::OtherSite {
         let mut response = Html(LandingPage.render()?).into_response();
         response
             .headers_mut()
@@ -153,14 +182,17 @@ pub(super) async fn start(
         return Ok(response);
     }
     let secrets = LoginSecrets::generate();
-    let url = state.provider.authorization_url(&secrets).await?;
-    let Some(name) = cookie_name(&state, &secrets.state) else {
+    let url = state
+        .provider
+        .authorization_url(&secrets, choose_account)
+        .await?;
+    let Some(name) = cookie_name(state, &secrets.state) else {
         unreachable!("generated states are URL-safe base64 of 32 bytes");
     };
-    let now = now_ns(&state);
+    let now = now_ns(state);
     // Expired logins go, and the oldest beyond the few a browser may have.
     let mut jar = jar;
-    let logins = logins_in(&state, &jar);
+    let logins = logins_in(state, &jar);
     let live = logins
         .iter()
         .filter(|(started, _)| !expired(*started, now))
@@ -170,7 +202,7 @@ pub(super) async fn start(
         let expired = expired(started, now);
         if expired || excess > 0 {
             excess = excess.saturating_sub(usize::from(!expired));
-            jar = jar.remove(login_cookie(&state, old, String::new(), Duration::ZERO));
+            jar = jar.remove(login_cookie(state, old, String::new(), Duration::ZERO));
         }
     }
     let login = Login {
@@ -178,7 +210,7 @@ pub(super) async fn start(
         started_ns: now,
     };
     let value = serde_json::to_string(&login).expect("the login cookie always serialises");
-    let jar = jar.add(login_cookie(&state, name, value, LOGIN_TTL));
+    let jar = jar.add(login_cookie(state, name, value, LOGIN_TTL));
     // 302, as the Go original and every OAuth client answers.
     let location = HeaderValue::from_str(url.as_str()).map_err(|_| {
         HttpError::SignIn(crate::oidc::Error::Unreachable(
@@ -223,18 +255,8 @@ impl Callback {
     }
 }
 
-#[derive(Template)]
-#[template(path = "key.html")]
-struct KeyPage<'a> {
-    owner: &'a str,
-    key: &'a str,
-    expires_utc: String,
-    expires_unix: i64,
-    lifetime: String,
-    enforced_by_openai: bool,
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
+/// Compares two secrets in time that depends on their length only.
+pub(super) fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -242,11 +264,13 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Finishes a sign-in: finds this login's cookie by its state, exchanges
-/// the code, verifies the identity, checks the allow-list, issues a key.
+/// Finishes a sign-in: finds this login's cookie by its state, signs the
+/// person in through the issuance core, starts their session, and then
+/// issues a key (`ISSUE_ON_SIGN_IN`) or shows their keys.
 pub(super) async fn callback(
     State(state): State<AppState>,
-    client: ClientIp,
+    client: ClientAddr,
+    MaybeSignedIn(signed_in): MaybeSignedIn,
     jar: PrivateCookieJar,
     RawQuery(query): RawQuery,
 ) -> Result<(PrivateCookieJar, Response), (PrivateCookieJar, HttpError)> {
@@ -257,9 +281,41 @@ pub(super) async fn callback(
     let (jar, login) = claim(&state, jar, callback.state.as_deref());
     let login = match login {
         Ok(login) => login,
+        // A reload of the page a key was shown on: its login is spent.
+        Err(HttpError::NoLoginInProgress | HttpError::StateMismatch) if signed_in.is_some() => {
+            return Err((jar, HttpError::KeyShownOnce));
+        }
         Err(error) => return Err((jar, error)),
     };
-    match finish(&state, client, login, callback).await {
+    let now = state.clock.now();
+    let (identity, grant) = match finish(&state, client, login, callback, now).await {
+        Ok(signed_in) => signed_in,
+        Err(error) => return Err((jar, error)),
+    };
+    tracing::Span::current().record("user.email", grant.owner.as_str());
+    let jar = session::start(&state, jar, &identity, &grant, now);
+    if !state.issue_on_sign_in {
+        return Ok((jar, Redirect::to("/").into_response()));
+    }
+    let issued = state
+        .issuance
+        .issue(&identity, &IssueRequest::default(), now)
+        .await;
+    let answer = match issued {
+        Ok(issued) => me::key_page(grant.owner.as_str(), &issued, now),
+        Err(issuance::Error::CapReached {
+            cap, retry_after, ..
+        }) => {
+            let signed_in = session::SignedIn {
+                identity,
+                grant,
+                csrf: session::csrf_of(&state, &jar).unwrap_or_default(),
+            };
+            me::at_cap(&state, &signed_in, cap, retry_after).await
+        }
+        Err(error) => Err(error.into()),
+    };
+    match answer {
         Ok(response) => Ok((jar, response)),
         Err(error) => Err((jar, error)),
     }
@@ -299,12 +355,16 @@ fn claim(
     (jar, Ok(login))
 }
 
+/// Checks the callback against its login, then signs the person in through
+/// the issuance core: the code exchange and token check, under the client's
+/// allowance of failed sign-ins, and the policy.
 async fn finish(
     state: &AppState,
-    client: ClientIp,
+    client: ClientAddr,
     login: Login,
     callback: Callback,
-) -> Result<Response, HttpError> {
+    now: std::time::SystemTime,
+) -> Result<(crate::identity::Identity, crate::access::Grant), HttpError> {
     if expired(login.started_ns, now_ns(state)) {
         return Err(HttpError::LoginExpired);
     }
@@ -320,95 +380,19 @@ async fn finish(
         .code
         .filter(|c| !c.is_empty() && c.len() <= MAX_PARAM_LEN)
         .ok_or(HttpError::BadCallback("no usable code parameter"))?;
-
-    let now = state.clock.now();
-    // Before the provider is asked: a script replaying callbacks costs us
-    // token-endpoint calls. Each attempt holds one of its address's
-    // tokens, given back when the person turns out to be allowed, so that
-    // only failures use the allowance up: honest sign-ins never do, and a
-    // script's junk codes drain its own address's allowance alone.
-    let client_key = client.key();
-    state
-        .limits
-        .sign_in_per_ip
-        .check(&client_key, now)
-        .map_err(|retry_after| HttpError::RateLimited {
-            what: "failed sign-ins per address",
-            retry_after,
-        })?;
-    // A state completes once on this replica, whatever happens next.
-    // Recorded only past the allowance, so that flooding the memory of
-    // completed states costs allowance like any other failure.
-    let expires = (login.started_ns / 1_000_000_000).saturating_add(LOGIN_TTL.as_secs());
-    if !state.completed_logins.complete(
-        &login.secrets.state,
-        i64::try_from(expires).unwrap_or(i64::MAX),
-        clock::unix_seconds(now),
-    ) {
-        return Err(HttpError::LoginAlreadyCompleted);
-    }
-    let identity = match state.provider.sign_in(&code, &login.secrets, now).await {
-        Ok(identity) => identity,
-        // Not the caller's doing: the provider is down, or refuses us.
-        Err(
-            error @ (crate::oidc::Error::Unreachable(_) | crate::oidc::Error::ClientRefused(_)),
-        ) => {
-            state.limits.sign_in_per_ip.refund(&client_key, now);
-            return Err(error.into());
+    let exchange = async {
+        // A state completes once on this replica, whatever happens next.
+        // Recorded only past the allowance, so that flooding the memory of
+        // completed states costs allowance like any other failure.
+        let expires = (login.started_ns / 1_000_000_000).saturating_add(LOGIN_TTL.as_secs());
+        if !state.completed_logins.complete(
+            &login.secrets.state,
+            i64::try_from(expires).unwrap_or(i64::MAX),
+            clock::unix_seconds(now),
+        ) {
+            return Err(issuance::Error::Replayed);
         }
-        Err(error) => return Err(error.into()),
+        Ok(state.provider.sign_in(&code, &login.secrets, now).await?)
     };
-    let email = state
-        .allow
-        .decide(&identity, state.allow_unmanaged_emails)
-        .map_err(|reason| HttpError::Refused {
-            account: identity.email_claim.clone(),
-            reason,
-        })?;
-    state.limits.sign_in_per_ip.refund(&client_key, now);
-    tracing::Span::current().record("user.email", email.as_str());
-    state
-        .limits
-        .issue_per_user
-        .check(email.as_str(), now)
-        .map_err(|retry_after| HttpError::RateLimited {
-            what: "keys per user",
-            retry_after,
-        })?;
-    // The cap reads what this replica knows (its last full listing plus its
-    // own issues since, and those in progress), so it costs no Admin API
-    // call; the place is held until the create settles.
-    let cap = state.limits.max_keys_per_user;
-    let reservation =
-        state
-            .keys
-            .reserve(&email, cap, now)
-            .map_err(|reached| HttpError::KeyCap {
-                owner: email.to_string(),
-                cap,
-                retry_after: clock::until(reached.oldest_expiry, now).max(Duration::from_secs(1)),
-            })?;
-    let issued = state
-        .keys
-        .spawn_issue(email.clone(), reservation, now)
-        .map_err(HttpError::Issue)?
-        .await
-        .map_err(|_| HttpError::Issue(crate::keys::Error::TaskFailed))?
-        .map_err(HttpError::Issue)?;
-    let expires = clock::from_unix(issued.expires_at);
-    let lifetime = clock::until(issued.expires_at, now);
-    let page = KeyPage {
-        owner: email.as_str(),
-        key: issued.value.expose_secret(),
-        expires_utc: humantime::format_rfc3339_seconds(expires).to_string(),
-        expires_unix: issued.expires_at,
-        lifetime: humantime::format_duration(lifetime).to_string(),
-        enforced_by_openai: issued.enforced_by_openai,
-    };
-    let body = page.render()?;
-    let mut response = Html(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    Ok(state.issuance.sign_in(client, now, exchange).await?)
 }

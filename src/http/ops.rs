@@ -8,8 +8,9 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::json;
 
-use super::limits::ClientIp;
+use super::session::Form;
 use super::{AppState, HttpError};
+use crate::limits::ClientAddr;
 
 /// What `/revoke` tells anyone who asks: that a sweep was asked for, and
 /// nothing of what it found, nor (by answering at once) how long it took.
@@ -23,18 +24,21 @@ pub(super) struct SweepRequested {
 /// see [`crate::cleanup::REQUESTED_SWEEP_INTERVAL`]) and answers at once.
 pub(super) async fn revoke(
     State(state): State<AppState>,
-    client: ClientIp,
+    client: ClientAddr,
 ) -> Result<Json<SweepRequested>, HttpError> {
-    // Cheap to ask, costly to answer: each sweep lists every account.
+    state.issuance.request_sweep(client, state.clock.now())?;
+    Ok(Json(SweepRequested { sweep: "requested" }))
+}
+
+/// `/revoke` with `REVOKE_ENDPOINT=admin`: a signed-in admin's form only.
+pub(super) async fn revoke_as_admin(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    Form { signed_in, .. }: Form<serde::de::IgnoredAny>,
+) -> Result<Json<SweepRequested>, HttpError> {
     state
-        .limits
-        .revoke_per_ip
-        .check(&client.key(), state.clock.now())
-        .map_err(|retry_after| HttpError::RateLimited {
-            what: "cleanups per address",
-            retry_after,
-        })?;
-    drop(state.cleanup.request());
+        .issuance
+        .request_sweep_as_admin(&signed_in.identity, client, state.clock.now())?;
     Ok(Json(SweepRequested { sweep: "requested" }))
 }
 

@@ -30,6 +30,31 @@ struct Entry {
     /// Insertion sequence, so that a full listing keeps entries issued
     /// while it ran.
     seq: u64,
+    /// When the account was created (Unix seconds; 0: not known yet).
+    created: u32,
+    /// When its key was last used, as OpenAI last said (Unix seconds; 0:
+    /// never, or not known).
+    last_used: u32,
+}
+
+/// One live key as the index knows it, for the pages that list keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub(crate) id: String,
+    pub(crate) name: AccountName,
+    pub(crate) key_id: Option<String>,
+    pub(crate) created_at: Option<i64>,
+    pub(crate) last_used_at: Option<i64>,
+}
+
+/// Unix seconds in the 4 bytes an entry keeps (0 for none or before 1970;
+/// saturating in 2106).
+fn seconds(at: Option<i64>) -> u32 {
+    at.map_or(0, |at| u32::try_from(at.max(0)).unwrap_or(u32::MAX))
+}
+
+fn from_seconds(at: u32) -> Option<i64> {
+    (at > 0).then(|| i64::from(at))
 }
 
 impl Entry {
@@ -99,6 +124,8 @@ impl Index {
             text: Entry::text(&name, key_id.as_deref()),
             owner,
             seq: self.seq,
+            created: 0,
+            last_used: 0,
         };
         self.schedule.insert(key, entry);
     }
@@ -131,20 +158,24 @@ impl Index {
         let old = std::mem::take(&mut self.schedule);
         self.owners.clear();
         let mut recent = Vec::new();
-        let mut key_ids = HashMap::new();
+        let mut known = HashMap::new();
         for ((at, id), entry) in old {
             if entry.seq > since
                 && let Some(name) = AccountName::parse(entry.name())
             {
                 recent.push((String::from(id.clone()), name));
             }
-            if let Some(key_id) = entry.key_id() {
-                key_ids.insert((at, id), key_id.to_owned());
-            }
+            let key_id = entry.key_id().map(str::to_owned);
+            known.insert((at, id), (key_id, entry.created, entry.last_used));
         }
         for (id, name) in listed.into_iter().chain(recent) {
-            let key_id = key_ids.remove(&(name.expires_at, Box::<str>::from(id.as_str())));
+            let key = (name.expires_at, Box::<str>::from(id.as_str()));
+            let (key_id, created, last_used) = known.remove(&key).unwrap_or_default();
             self.insert(id, name, key_id);
+            if let Some(entry) = self.schedule.get_mut(&key) {
+                entry.created = created;
+                entry.last_used = last_used;
+            }
         }
     }
 
@@ -217,6 +248,77 @@ impl Index {
     /// The earliest expiry after `now` among `owner`'s accounts.
     pub(crate) fn earliest_for(&self, owner: &str, now: i64) -> Option<i64> {
         self.live_expiries(owner, now).min()
+    }
+
+    /// Notes when an account was created.
+    pub(crate) fn note_created(&mut self, expires_at: i64, id: &str, created_at: i64) {
+        if let Some(entry) = self.schedule.get_mut(&(expires_at, Box::<str>::from(id))) {
+            entry.created = seconds(Some(created_at));
+        }
+    }
+
+    /// Notes what OpenAI's key listing says of the accounts it names: each
+    /// one's key id, when the key was created and last used.
+    pub(crate) fn note_usage(&mut self, keys: &HashMap<String, (String, i64, Option<i64>)>) {
+        for ((_, id), entry) in &mut self.schedule {
+            let Some((key_id, created_at, last_used_at)) = keys.get(&**id) else {
+                continue;
+            };
+            if entry.key_id().is_none()
+                && let Some(name) = AccountName::parse(entry.name())
+            {
+                entry.text = Entry::text(&name, Some(key_id));
+            }
+            if entry.created == 0 {
+                entry.created = seconds(Some(*created_at));
+            }
+            entry.last_used = seconds(*last_used_at);
+        }
+    }
+
+    fn known(id: &str, entry: &Entry) -> Option<Known> {
+        Some(Known {
+            id: id.to_owned(),
+            name: AccountName::parse(entry.name())?,
+            key_id: entry.key_id().map(str::to_owned),
+            created_at: from_seconds(entry.created),
+            last_used_at: from_seconds(entry.last_used),
+        })
+    }
+
+    /// `owner`'s accounts still live at `now`, soonest expiry first.
+    pub(crate) fn keys_of(&self, owner: &str, now: i64) -> Vec<Known> {
+        let hash = self.owner_key(owner);
+        let mut expiries: Vec<i64> = self.live_expiries(owner, now).collect();
+        expiries.sort_unstable();
+        expiries.dedup();
+        expiries
+            .into_iter()
+            .flat_map(|at| {
+                self.schedule
+                    .range((at, Box::<str>::from(""))..(at.saturating_add(1), Box::<str>::from("")))
+                    .filter(move |(_, entry)| entry.owner == hash)
+                    .filter_map(|((_, id), entry)| Self::known(id, entry))
+            })
+            // Exact, not by hash: whose key it is decides who may see it.
+            .filter(|known| known.name.owner.as_str() == owner)
+            .collect()
+    }
+
+    /// Every account still live at `now`, soonest expiry first.
+    pub(crate) fn all_live(&self, now: i64) -> Vec<Known> {
+        self.schedule
+            .range((now.saturating_add(1), Box::<str>::from(""))..)
+            .filter_map(|((_, id), entry)| Self::known(id, entry))
+            .collect()
+    }
+
+    /// The account `id`, live at `now`, if this index knows it.
+    pub(crate) fn find(&self, id: &str, now: i64) -> Option<Known> {
+        self.schedule
+            .range((now.saturating_add(1), Box::<str>::from(""))..)
+            .find(|((_, known), _)| &**known == id)
+            .and_then(|((_, id), entry)| Self::known(id, entry))
     }
 
     /// Counts a create in progress for `owner`.
@@ -338,6 +440,42 @@ mod tests {
         );
         assert_eq!(index.live_for("a@example.com", 0), 1);
         assert_eq!(index.live_for("b@example.com", 0), 0);
+    }
+
+    #[test]
+    fn an_owners_keys_come_with_what_listings_said_of_them() {
+        let mut index = Index::default();
+        index.insert("a1".into(), name(30), Some("key_1".into()));
+        index.insert("a2".into(), name(10), None);
+        index.insert("b1".into(), name_of("b@example.com", 20), None);
+        index.note_created(30, "a1", 1_000);
+        let usage = HashMap::from([
+            ("a2".to_owned(), ("key_2".to_owned(), 900, Some(1_500))),
+            ("zz".to_owned(), ("key_z".to_owned(), 1, None)),
+        ]);
+        index.note_usage(&usage);
+        let mine = index.keys_of("a@example.com", 5);
+        let ids: Vec<_> = mine.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["a2", "a1"], "soonest expiry first");
+        assert_eq!(mine[0].key_id.as_deref(), Some("key_2"));
+        assert_eq!(mine[0].created_at, Some(900));
+        assert_eq!(mine[0].last_used_at, Some(1_500));
+        assert_eq!(mine[1].created_at, Some(1_000));
+        assert_eq!(mine[1].last_used_at, None);
+        assert_eq!(
+            index.keys_of("a@example.com", 10).len(),
+            1,
+            "a2 expired at 10"
+        );
+        assert_eq!(index.all_live(5).len(), 3);
+        assert_eq!(
+            index.find("b1", 5).unwrap().name.owner.as_str(),
+            "b@example.com"
+        );
+        assert_eq!(index.find("b1", 20), None, "no longer live");
+        // A listing keeps what was learnt.
+        index.replace(vec![("a2".into(), name(10))], index.seq());
+        assert_eq!(index.find("a2", 5).unwrap().last_used_at, Some(1_500));
     }
 
     #[test]

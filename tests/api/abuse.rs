@@ -33,7 +33,13 @@ async fn at_the_cap_of_live_keys_a_new_key_is_refused_until_the_oldest_expires()
     }
     let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
     assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.body);
-    assert!(page.body.contains("2 keys"), "{}", page.body);
+    assert!(page.body.contains("2 live keys"), "{}", page.body);
+    assert_eq!(
+        page.body.matches("class=\"danger revoke\"").count(),
+        2,
+        "at the cap, my keys with a revoke button each: {}",
+        page.body
+    );
     assert!(
         (590..=600).contains(&retry_after(&page)),
         "{:?}",

@@ -1094,7 +1094,6 @@ async fn unknown_methods_get_405() {
 async fn unknown_paths_get_404_and_nothing_from_the_disk() {
     let app = TestApp::spawn().await;
     for path in [
-        "/admin",
         "/.env",
         "/.git/config",
         "/oauth2",
@@ -1103,6 +1102,7 @@ async fn unknown_paths_get_404_and_nothing_from_the_disk() {
         "/assets/app.css.map",
         "/assets/Cargo.toml",
         "/revoke/all",
+        "/admin/keys",
         "/v1/models",
         "/index.html",
     ] {

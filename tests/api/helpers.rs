@@ -297,9 +297,18 @@ impl TestApp {
     }
 
     /// `GET /` in `browser`: must redirect to the provider. Returns the
-    /// authorization URL.
+    /// authorization URL. A browser signed in already gets its keys at
+    /// `/`; it signs in again (as another account) through
+    /// `/?account=choose`.
     pub(crate) async fn start_sign_in_with(&self, browser: &reqwest::Client) -> String {
-        let response = browser.get(self.url("/")).send().await.unwrap();
+        let mut response = browser.get(self.url("/")).send().await.unwrap();
+        if response.status() == StatusCode::OK {
+            response = browser
+                .get(self.url("/?account=choose"))
+                .send()
+                .await
+                .unwrap();
+        }
         assert_eq!(
             response.status(),
             StatusCode::FOUND,

@@ -203,9 +203,13 @@ async fn a_code_cannot_be_used_twice() {
     let first = app.open(&callback).await;
     assert_eq!(first.status, StatusCode::OK);
 
-    // Replaying the same callback URL: the login cookie is gone.
+    // Replaying the same callback URL (a reload): the login is spent, and
+    // the page says the key was shown once.
     let replay = app.open(&callback).await;
-    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert_eq!(replay.status, StatusCode::GONE);
+    assert!(replay.body.contains("shown once"), "{}", replay.body);
+    assert!(replay.body.contains("href=\"/\""), "a way to my keys");
+    assert!(!replay.body.contains("sk-svcacct-"));
 
     // Replaying the old code inside a fresh login: the provider refuses it.
     let fresh = Url::parse(&app.start_sign_in().await).unwrap();

@@ -1,15 +1,12 @@
-//! Per-client rate limits: token buckets keyed by user or address, so that
-//! reloading the callback or scripting `/revoke` cannot mint unlimited keys
-//! or burn the organisation's Admin API quota. In memory, per replica.
+//! Rate limits: token buckets keyed by person or client address, so that
+//! reloading a page or scripting `/revoke` cannot mint unlimited keys or
+//! burn the organisation's Admin API quota. In memory, per replica.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
-use std::convert::Infallible;
 use std::hash::BuildHasher as _;
 use std::net::IpAddr;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -171,12 +168,11 @@ impl RateLimiter {
 }
 
 /// The client's address: the TCP peer, or behind a trusted proxy the
-/// address it forwarded (see [`crate::forwarded`]). Worked out once per
-/// request by the router and kept in its extensions.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientIp(pub Option<IpAddr>);
+/// address it forwarded (see [`crate::forwarded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub Option<IpAddr>);
 
-impl ClientIp {
+impl ClientAddr {
     /// A key for per-address buckets: the address, or for IPv6 its /64,
     /// since whoever has one address of a /64 usually has all 2^64 of them.
     pub fn key(self) -> String {
@@ -191,61 +187,26 @@ impl ClientIp {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Self>()
-            .copied()
-            .unwrap_or_else(|| Self(super::serve::peer(&parts.extensions).map(|a| a.ip()))))
-    }
-}
-
-impl ClientIp {
-    /// Works out who sent `request`: its TCP peer, or the client a trusted
-    /// proxy names.
-    pub(crate) fn of(
-        request: &axum::http::Request<axum::body::Body>,
-        trusted: &crate::forwarded::TrustedProxies,
-    ) -> Self {
-        let Some(peer) = super::serve::peer(request.extensions()) else {
-            return Self(None);
-        };
-        // Every value, readable or not: a value dropped for a byte outside
-        // ASCII would let a client hide the hop its proxy appended.
-        let values = |name: &str| -> Vec<String> {
-            request
-                .headers()
-                .get_all(name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect()
-        };
-        let forwarded = values("forwarded");
-        let x_forwarded_for = values("x-forwarded-for");
-        let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
-        let x_forwarded_for: Vec<&str> = x_forwarded_for.iter().map(String::as_str).collect();
-        Self(Some(trusted.client(
-            peer.ip(),
-            &forwarded,
-            &x_forwarded_for,
-        )))
-    }
-}
-
-/// The limits of one server.
+/// The rate limits of one replica.
 #[derive(Debug)]
 pub struct Limits {
-    /// Keys issued per user.
+    /// Keys issued per person (`RATE_LIMIT_PER_USER` an hour).
     pub issue_per_user: RateLimiter,
-    /// Sign-ins completed per client address.
+    /// Failed sign-ins per client address (`RATE_LIMIT_PER_IP` an hour).
     pub sign_in_per_ip: RateLimiter,
-    /// `/revoke` calls per client address.
+    /// `/revoke` calls per client address (`RATE_LIMIT_REVOKE` a minute).
     pub revoke_per_ip: RateLimiter,
-    /// Live keys one user may hold (0: no cap).
-    pub max_keys_per_user: usize,
+}
+
+impl Limits {
+    /// The limits of these settings.
+    pub fn new(config: &crate::config::Config) -> Self {
+        Self {
+            issue_per_user: RateLimiter::new(config.rate_limit_per_user, Duration::from_secs(3600)),
+            sign_in_per_ip: RateLimiter::new(config.rate_limit_per_ip, Duration::from_secs(3600)),
+            revoke_per_ip: RateLimiter::new(config.rate_limit_revoke, Duration::from_secs(60)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -351,12 +312,12 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64() {
-        let key = |ip: &str| ClientIp(Some(ip.parse().unwrap())).key();
+        let key = |ip: &str| ClientAddr(Some(ip.parse().unwrap())).key();
         assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("::ffff:192.0.2.1"), "192.0.2.1");
         assert_eq!(key("192.0.2.1"), "192.0.2.1");
-        assert_eq!(ClientIp(None).key(), "unknown");
+        assert_eq!(ClientAddr(None).key(), "unknown");
     }
 
     #[test]

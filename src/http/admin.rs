@@ -1,0 +1,111 @@
+//! The admin page: every live key of this server by owner, and revoking
+//! one, every key of one person (offboarding), or every key (break-glass).
+//! Who is an admin is the issuance core's decision; each handler extracts,
+//! calls it, renders.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::me::Row;
+use super::session::{Form, SignedIn};
+use super::{AppState, HttpError};
+use crate::identity::EmailAddress;
+
+/// One person's keys on the admin page.
+struct Owner {
+    email: String,
+    keys: Vec<Row>,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+struct AdminPage<'a> {
+    admin: &'a str,
+    csrf: &'a str,
+    project_id: String,
+    owners: Vec<Owner>,
+}
+
+/// `GET /admin`: every live key, by owner.
+pub(super) async fn page(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+) -> Result<Response, HttpError> {
+    let now = state.clock.now();
+    let keys = state.issuance.list_all(&signed_in.identity, now).await?;
+    let mut by_owner: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for key in keys {
+        by_owner
+            .entry(key.owner.to_string())
+            .or_default()
+            .push(Row::of(key, now));
+    }
+    let page = AdminPage {
+        admin: signed_in.grant.owner.as_str(),
+        csrf: &signed_in.csrf,
+        project_id: state.issuance.project_id(now).await?,
+        owners: by_owner
+            .into_iter()
+            .map(|(email, keys)| Owner { email, keys })
+            .collect(),
+    };
+    Ok(super::me::no_store(Html(page.render()?).into_response()))
+}
+
+/// `POST /admin/keys/{service_account_id}/revoke`: any key of this server.
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    Path(service_account_id): Path<String>,
+    Form { signed_in, .. }: Form<serde::de::IgnoredAny>,
+) -> Result<Response, HttpError> {
+    let now = state.clock.now();
+    state
+        .issuance
+        .admin_revoke(&signed_in.identity, &service_account_id, now)
+        .await?;
+    Ok(Redirect::to("/admin").into_response())
+}
+
+/// The offboarding form.
+#[derive(Deserialize)]
+pub(super) struct RevokeOwner {
+    owner: String,
+}
+
+/// `POST /admin/revoke-owner`: every key of one person.
+pub(super) async fn revoke_owner(
+    State(state): State<AppState>,
+    Form { signed_in, fields }: Form<RevokeOwner>,
+) -> Result<Response, HttpError> {
+    let owner = EmailAddress::parse(fields.owner.trim()).map_err(|_| HttpError::BadForm)?;
+    let now = state.clock.now();
+    state
+        .issuance
+        .revoke_all_of(&signed_in.identity, &owner, now)
+        .await?;
+    Ok(Redirect::to("/admin").into_response())
+}
+
+/// The break-glass form.
+#[derive(Deserialize)]
+pub(super) struct RevokeAll {
+    confirm: String,
+}
+
+/// `POST /admin/revoke-all`: every key this server issued, confirmed by
+/// typing the project id.
+pub(super) async fn revoke_all(
+    State(state): State<AppState>,
+    Form { signed_in, fields }: Form<RevokeAll>,
+) -> Result<Response, HttpError> {
+    let now = state.clock.now();
+    state
+        .issuance
+        .revoke_everything(&signed_in.identity, &fields.confirm, now)
+        .await?;
+    Ok(Redirect::to("/admin").into_response())
+}

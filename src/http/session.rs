@@ -1,0 +1,308 @@
+//! The browser session: an encrypted cookie holding the verified identity,
+//! when it ends, and the session's CSRF token. No server-side store: any
+//! replica with `SESSION_SECRET` reads it. Who the identity may be is asked
+//! again on every request (see [`crate::issuance::Issuance::authorize`]).
+//!
+//! [`SignedIn`] is the extractor of pages that need a session; [`Form`] is
+//! the one of every state-changing request: a POST whose origin is ours and
+//! whose CSRF token is the session's.
+
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum_extra::extract::PrivateCookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, HttpError};
+use crate::access::Grant;
+use crate::clock;
+use crate::identity::{EmailAddress, Identity};
+
+const COOKIE: &str = "oks_session";
+const SECURE_COOKIE: &str = "__Host-oks_session";
+
+/// What the session cookie holds.
+#[derive(Clone, Serialize, Deserialize)]
+struct Stored {
+    /// The provider's subject.
+    sub: String,
+    /// The verified, normalised address.
+    email: String,
+    /// The `email` claim as the provider sent it.
+    email_claim: Option<String>,
+    email_verified: bool,
+    hd: Option<String>,
+    /// Unix seconds after which the session is over.
+    expires: i64,
+    /// The token every form of this session carries.
+    csrf: String,
+}
+
+impl Stored {
+    fn identity(&self) -> Option<Identity> {
+        Some(Identity {
+            subject: self.sub.clone(),
+            email: Some(EmailAddress::parse(&self.email).ok()?),
+            email_claim: self.email_claim.clone(),
+            email_verified: self.email_verified,
+            hosted_domain: self.hd.clone(),
+        })
+    }
+}
+
+/// The name of the session cookie (`__Host-` over https).
+fn cookie_name(state: &AppState) -> &'static str {
+    if state.secure_cookies {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
+fn cookie(state: &AppState, value: String, max_age: Duration) -> Cookie<'static> {
+    Cookie::build((cookie_name(state), value))
+        .path("/")
+        .http_only(true)
+        .secure(state.secure_cookies)
+        .same_site(SameSite::Lax)
+        .max_age(max_age.try_into().unwrap_or_default())
+        .build()
+}
+
+/// Starts a session for `identity` (whose grant is `grant`), for
+/// `SESSION_TTL`.
+pub(super) fn start(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    identity: &Identity,
+    grant: &Grant,
+    now: SystemTime,
+) -> PrivateCookieJar {
+    let ttl = state.session_ttl;
+    let stored = Stored {
+        sub: identity.subject.clone(),
+        email: grant.owner.to_string(),
+        email_claim: identity.email_claim.clone(),
+        email_verified: identity.email_verified,
+        hd: identity.hosted_domain.clone(),
+        expires: clock::unix_seconds(now).saturating_add_unsigned(ttl.as_secs()),
+        csrf: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
+    };
+    let value = serde_json::to_string(&stored).expect("a session always serialises");
+    jar.add(cookie(state, value, ttl))
+}
+
+/// The CSRF token of the session in `jar` (one just started included).
+pub(super) fn csrf_of(state: &AppState, jar: &PrivateCookieJar) -> Option<String> {
+    jar.get(cookie_name(state))
+        .and_then(|c| serde_json::from_str::<Stored>(c.value()).ok())
+        .map(|stored| stored.csrf)
+}
+
+/// Ends the session (sign-out).
+pub(super) fn end(state: &AppState, jar: PrivateCookieJar) -> PrivateCookieJar {
+    jar.remove(cookie(state, String::new(), Duration::ZERO))
+}
+
+/// A signed-in person whom the current configuration still allows.
+#[derive(Clone, Debug)]
+pub(crate) struct SignedIn {
+    /// Who, as the provider vouched at sign-in.
+    pub(crate) identity: Identity,
+    /// What they may have, decided now.
+    pub(crate) grant: Grant,
+    /// The token their forms carry.
+    pub(crate) csrf: String,
+}
+
+impl SignedIn {
+    /// The session in `jar`, if there is a live one; an error when its
+    /// person is no longer allowed.
+    fn read(state: &AppState, jar: &PrivateCookieJar) -> Result<Option<Self>, HttpError> {
+        let Some(stored) = jar
+            .get(cookie_name(state))
+            .and_then(|c| serde_json::from_str::<Stored>(c.value()).ok())
+        else {
+            return Ok(None);
+        };
+        if stored.expires <= clock::unix_seconds(state.clock.now()) {
+            return Ok(None);
+        }
+        let Some(identity) = stored.identity() else {
+            return Ok(None);
+        };
+        let grant = state.issuance.authorize(&identity)?;
+        Ok(Some(Self {
+            identity,
+            grant,
+            csrf: stored.csrf,
+        }))
+    }
+}
+
+/// A page that may or may not have a session: `None` without one, and for
+/// a person taken off the list (who may then sign in as someone else).
+pub(crate) struct MaybeSignedIn(pub(crate) Option<SignedIn>);
+
+impl<S> FromRequestParts<S> for MaybeSignedIn
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let jar = PrivateCookieJar::<axum_extra::extract::cookie::Key>::from_headers(
+            &parts.headers,
+            state.cookie_key.clone(),
+        );
+        Ok(Self(SignedIn::read(&state, &jar).ok().flatten()))
+    }
+}
+
+impl<S> FromRequestParts<S> for SignedIn
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let jar = PrivateCookieJar::<axum_extra::extract::cookie::Key>::from_headers(
+            &parts.headers,
+            state.cookie_key.clone(),
+        );
+        Self::read(&state, &jar)?.ok_or(HttpError::NotSignedIn)
+    }
+}
+
+/// Whether a state-changing request comes from one of our own pages:
+/// `Sec-Fetch-Site` says so, or without it the `Origin` (or, failing that,
+/// the `Referer`) is ours. A browser that sends none of them gets the
+/// benefit of the doubt; the CSRF token still has to match.
+fn same_origin(headers: &HeaderMap, own_origin: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"same-origin";
+    }
+    let origin_of = |value: &str| {
+        url::Url::parse(value)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
+    };
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && origin != "null"
+    {
+        return origin_of(origin).as_deref() == Some(own_origin);
+    }
+    match headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
+        Some(referer) => origin_of(referer).as_deref() == Some(own_origin),
+        None => true,
+    }
+}
+
+/// A POST form of a signed-in person: from one of our pages, carrying the
+/// session's CSRF token (`csrf`), with its other fields in `T`.
+pub(crate) struct Form<T> {
+    /// The person.
+    pub(crate) signed_in: SignedIn,
+    /// The form's fields.
+    pub(crate) fields: T,
+}
+
+/// The token every form carries, beside its own fields.
+#[derive(Deserialize)]
+struct Csrf {
+    csrf: String,
+}
+
+impl<S, T> FromRequest<S> for Form<T>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+    T: DeserializeOwned,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        if !same_origin(request.headers(), &app.public_origin) {
+            return Err(HttpError::ForeignOrigin);
+        }
+        let (mut parts, body) = request.into_parts();
+        let signed_in = SignedIn::from_request_parts(&mut parts, state).await?;
+        let bytes = axum::body::to_bytes(body, super::BODY_LIMIT)
+            .await
+            .map_err(|_| HttpError::BadBody)?;
+        let Csrf { csrf } = serde_urlencoded::from_bytes(&bytes).map_err(|_| HttpError::BadForm)?;
+        if !super::login::constant_time_eq(&csrf, &signed_in.csrf) {
+            return Err(HttpError::ForeignOrigin);
+        }
+        let fields = serde_urlencoded::from_bytes(&bytes).map_err(|_| HttpError::BadForm)?;
+        Ok(Self { signed_in, fields })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_our_own_pages_may_post() {
+        let ours = "https://keys.example.com";
+        assert!(same_origin(
+            &headers(&[("sec-fetch-site", "same-origin")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &headers(&[("sec-fetch-site", "same-site")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            ours
+        ));
+        assert!(same_origin(
+            &headers(&[("origin", "https://keys.example.com")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &headers(&[("origin", "https://evil.example.net")]),
+            ours
+        ));
+        assert!(
+            !same_origin(
+                &headers(&[
+                    ("origin", "null"),
+                    ("referer", "https://evil.example.net/x")
+                ]),
+                ours
+            ),
+            "an opaque origin falls back to the referer"
+        );
+        assert!(same_origin(
+            &headers(&[("referer", "https://keys.example.com/admin")]),
+            ours
+        ));
+        assert!(
+            same_origin(&headers(&[]), ours),
+            "the CSRF token decides then"
+        );
+    }
+}
