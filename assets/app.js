@@ -1,38 +1,82 @@
-// Copy buttons and local-time display for the key page, and buttons that a
-// double-click cannot press. Served from our own origin so that the
-// Content-Security-Policy can forbid inline script.
+// Copy buttons, local times, and buttons that a double-click cannot press.
+// Served from our own origin so that the Content-Security-Policy can forbid
+// inline script.
 "use strict";
+
+// Copy buttons: the clipboard when the browser allows it; otherwise the
+// text is selected and a hint says to press Ctrl+C. Either way the button
+// says what happened, then resets.
 document.querySelectorAll("button[data-copy]").forEach(function (button) {
-  button.addEventListener("click", function () {
-    var source = document.getElementById(button.dataset.copy);
-    var text = source.value !== undefined ? source.value : source.textContent;
-    var done = function () {
-      button.textContent = "Copied";
-      button.classList.add("copied");
-    };
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done);
-    } else if (source.select) {
+  var label = button.textContent;
+  var reset = function () {
+    button.textContent = label;
+    button.classList.remove("copied");
+  };
+  var say = function (text, copied) {
+    button.textContent = text;
+    button.classList.toggle("copied", copied);
+    setTimeout(reset, 2000);
+  };
+  var select = function (source) {
+    if (source.select) {
+      source.focus();
       source.select();
-      document.execCommand("copy");
-      done();
     } else {
       var range = document.createRange();
       range.selectNodeContents(source);
       var selection = window.getSelection();
       selection.removeAllRanges();
       selection.addRange(range);
-      document.execCommand("copy");
-      done();
+    }
+  };
+  var refused = function (source) {
+    select(source);
+    var hint = document.querySelector(".copy-hint");
+    if (hint) {
+      hint.hidden = false;
+    }
+    say("Press Ctrl+C", false);
+  };
+  button.addEventListener("click", function () {
+    var source = document.getElementById(button.dataset.copy);
+    var text = source.value !== undefined ? source.value : source.textContent;
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () {
+        say("Copied", true);
+      }, function () {
+        refused(source);
+      });
+      return;
+    }
+    select(source);
+    var ok = false;
+    try {
+      ok = document.execCommand("copy");
+    } catch (e) {
+      ok = false;
+    }
+    if (ok) {
+      say("Copied", true);
+    } else {
+      refused(source);
     }
   });
 });
+
+// Local times, with the time zone's name; the UTC time stays as the title.
+var local = function (unix) {
+  return new Date(Number(unix) * 1000).toLocaleString(undefined, { timeZoneName: "short" });
+};
 var expires = document.getElementById("expires");
-var local = document.getElementById("expires-local");
-if (expires && local) {
-  var when = new Date(Number(expires.dataset.unix) * 1000);
-  local.textContent = "your time: " + when.toLocaleString();
+var expiresLocal = document.getElementById("expires-local");
+if (expires && expiresLocal) {
+  expiresLocal.textContent = "your time: " + local(expires.dataset.unix);
 }
+document.querySelectorAll("time.local[data-unix]").forEach(function (time) {
+  time.title = time.textContent + " (UTC)";
+  time.textContent = local(time.dataset.unix);
+});
+
 // Against double-clickjacking: a page opened under the pointer between the
 // two clicks of a double-click must not take the second one. A button
 // marked data-arm works only once the pointer has moved or a key has been

@@ -413,8 +413,9 @@ impl Issuance {
     /// `listing_wait`; then it shows what this replica knows.
     async fn fresh(&self, now: SystemTime) {
         let max_age = self.inner.listing_max_age;
+        // A listing that began after `now` is fresh too.
         let fresh_at = |at: Option<SystemTime>| {
-            at.is_some_and(|at| now.duration_since(at).is_ok_and(|age| age <= max_age))
+            at.is_some_and(|at| now.duration_since(at).map_or(true, |age| age <= max_age))
         };
         if fresh_at(self.inner.keys.listed_at()) && self.usage_is_fresh(now) {
             return;
@@ -454,7 +455,7 @@ impl Issuance {
     fn usage_is_fresh(&self, now: SystemTime) -> bool {
         self.inner.usage_at.borrow().is_some_and(|at| {
             now.duration_since(at)
-                .is_ok_and(|age| age <= self.inner.listing_max_age)
+                .map_or(true, |age| age <= self.inner.listing_max_age)
         })
     }
 }

@@ -241,7 +241,9 @@ where
         let bytes = axum::body::to_bytes(body, super::BODY_LIMIT)
             .await
             .map_err(|_| HttpError::BadBody)?;
-        let Csrf { csrf } = serde_urlencoded::from_bytes(&bytes).map_err(|_| HttpError::BadForm)?;
+        // A form without the token is refused like one with a wrong token.
+        let Csrf { csrf } =
+            serde_urlencoded::from_bytes(&bytes).map_err(|_| HttpError::ForeignOrigin)?;
         if !super::login::constant_time_eq(&csrf, &signed_in.csrf) {
             return Err(HttpError::ForeignOrigin);
         }

@@ -185,8 +185,18 @@ impl TestApp {
     /// Another replica: same sandbox, same settings (public redirect URI and
     /// session secret included), its own listener and process state.
     pub(crate) async fn replica(&self) -> Self {
+        self.replica_with(&[]).await
+    }
+
+    /// Another replica whose settings differ in `changes` (an operator
+    /// changing the configuration and rolling it out).
+    pub(crate) async fn replica_with(&self, changes: &[(&str, &str)]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start(Arc::clone(&self.sandbox), listener, self.env.clone(), false).await
+        let mut env = self.env.clone();
+        for (var, value) in changes {
+            env.insert((*var).to_owned(), (*value).to_owned());
+        }
+        Self::start(Arc::clone(&self.sandbox), listener, env, false).await
     }
 
     async fn start(
@@ -566,4 +576,49 @@ pub(crate) async fn models_status(app: &TestApp, key: &str) -> StatusCode {
         .await
         .unwrap()
         .status()
+}
+
+/// The value of the hidden field `name` of the first form that has one.
+pub(crate) fn hidden(body: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = body
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden {name} on the page:\n{body}"))
+        + marker.len();
+    let end = body[start..].find('"').expect("the value is quoted");
+    body[start..start + end].to_owned()
+}
+
+/// `POST path` as a form of this browser with `fields`; the answer.
+pub(crate) async fn post_form(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> KeyPage {
+    KeyPage::read(
+        browser
+            .post(app.url(path))
+            .form(fields)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// My keys page of `browser`.
+pub(crate) async fn my_keys(app: &TestApp, browser: &reqwest::Client) -> KeyPage {
+    KeyPage::read(browser.get(app.url("/")).send().await.unwrap()).await
+}
+
+/// The service accounts listed on a page of keys, in order.
+pub(crate) fn listed_accounts(body: &str) -> Vec<String> {
+    body.match_indices("data-account=\"")
+        .map(|(at, m)| {
+            let start = at + m.len();
+            let end = body[start..].find('"').unwrap();
+            body[start..start + end].to_owned()
+        })
+        .collect()
 }

@@ -3,6 +3,7 @@
 //! the sandbox recorded.
 
 mod abuse;
+mod admin;
 mod attacks;
 mod cleanup;
 mod config;
@@ -13,6 +14,7 @@ mod failures;
 mod forwarding;
 mod helpers;
 mod logins;
+mod pages;
 mod races;
 mod signin;
 mod upstream;
