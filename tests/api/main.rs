@@ -5,6 +5,7 @@
 mod abuse;
 mod admin;
 mod attacks;
+mod browser;
 mod cleanup;
 mod config;
 mod connections;
