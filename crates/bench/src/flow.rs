@@ -1,6 +1,7 @@
 //! The sign-in flow as a browser walks it, hop by hop with redirects off:
 //! `GET /` → the provider's authorization URL → the callback → the key page,
-//! and running many of them at a bounded concurrency.
+//! and running many of them at a bounded concurrency; and a sign-in that
+//! only starts a session (`ISSUE_ON_SIGN_IN=false`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -133,8 +134,53 @@ pub(crate) async fn sign_in(
     })
 }
 
+/// Signs `email` in on a server started with `ISSUE_ON_SIGN_IN=false`:
+/// `GET /` (302), the provider's authorization URL (302, `email`
+/// auto-approved), then the callback, which must answer 303 to `/` and
+/// start a session. Returns the browser's cookie jar, which holds it.
+/// Sign-ins must not overlap: the provider hands out queued identities in
+/// order.
+pub(crate) async fn sign_in_session(
+    client: &reqwest::Client,
+    base_url: &str,
+    provider: &FakeOidc,
+    email: &str,
+) -> anyhow::Result<Jar> {
+    provider.queue_identity(Identity::workspace(email));
+    let jar = Jar::default();
+    let home = Url::parse(&format!("{base_url}/"))?;
+    let (authorize, _) = redirect(client, &jar, &home).await.context("GET /")?;
+    let (callback, _) = redirect(client, &jar, &authorize)
+        .await
+        .context("the provider's authorization URL")?;
+    let response = get(client, &jar, &callback).await.context("the callback")?;
+    let status = response.status();
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    if status != StatusCode::SEE_OTHER || location.as_deref() != Some("/") {
+        let body = response.text().await.unwrap_or_default();
+        bail!(
+            "the callback answered {status} to {location:?}, not 303 to / \
+             (is ISSUE_ON_SIGN_IN false?): {}",
+            excerpt(&body)
+        );
+    }
+    ensure!(
+        jar.cookies(&home).is_some(),
+        "the callback set no session cookie"
+    );
+    Ok(jar)
+}
+
 /// GET with the jar's cookies; stores what the answer sets.
-async fn get(client: &reqwest::Client, jar: &Jar, url: &Url) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn get(
+    client: &reqwest::Client,
+    jar: &Jar,
+    url: &Url,
+) -> anyhow::Result<reqwest::Response> {
     let mut request = client.get(url.clone());
     if let Some(cookies) = jar.cookies(url) {
         request = request.header(COOKIE, cookies);
@@ -166,7 +212,8 @@ async fn redirect(
     Ok((next, response.headers().clone()))
 }
 
-fn excerpt(body: &str) -> String {
+/// The first 200 characters of a page, for an error message.
+pub(crate) fn excerpt(body: &str) -> String {
     body.chars().take(200).collect()
 }
 

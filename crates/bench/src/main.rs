@@ -77,9 +77,15 @@ enum Scenario {
     /// and with them; with `--max-connections` below `--idle`, the idlest
     /// closed to make room.
     Connections(scenario::connections::Args),
-    /// Every scenario at the sizes of the targets (about 7 minutes
-    /// on 2 cores, 4 of them in the rate-limited sweep), then every JSON
-    /// line again and the binary size.
+    /// Signed-in people viewing "my keys" (`GET /`) at 1, 10 and 100 views
+    /// per second against 1,000 live keys, revoking one every 50 views:
+    /// Admin API calls per minute by route and listing passes (the target:
+    /// one per `LISTING_MAX_AGE`, whatever the rate), view latency, server
+    /// CPU per view. About 4 minutes.
+    Dashboard(scenario::dashboard::Args),
+    /// Every scenario at the sizes of the targets (about 11 minutes
+    /// on 2 cores, 4 of them in the rate-limited sweep and 4 in
+    /// `dashboard`), then every JSON line again and the binary size.
     All,
 }
 
@@ -120,6 +126,7 @@ async fn run_scenario(scenario: Scenario, binary: &Path) -> anyhow::Result<()> {
         Scenario::Expiry(args) => scenario::expiry::run(binary, &args).await?.print(),
         Scenario::Idle(args) => scenario::idle::run(binary, &args).await?.print(),
         Scenario::Connections(args) => scenario::connections::run(binary, &args).await?.print(),
+        Scenario::Dashboard(args) => scenario::dashboard::run(binary, &args).await?.print(),
         Scenario::All => scenario::all::run(binary).await?,
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 pub(crate) mod all;
 pub(crate) mod connections;
+pub(crate) mod dashboard;
 pub(crate) mod expiry;
 pub(crate) mod idle;
 pub(crate) mod issue;
@@ -234,6 +235,18 @@ mod tests {
                 connections.max_connections
             ),
             (1000, 200, false, None)
+        );
+        let dashboard: dashboard::Args = defaults();
+        assert_eq!(
+            (
+                dashboard.keys,
+                dashboard.users,
+                dashboard.rates.clone(),
+                dashboard.duration_s,
+                dashboard.revoke_every,
+                dashboard.listing_max_age_s
+            ),
+            (1000, 100, vec![1.0, 10.0, 100.0], 60, 50, 15)
         );
     }
 
