@@ -8,6 +8,7 @@
 // says what happened, then resets.
 document.querySelectorAll("button[data-copy]").forEach(function (button) {
   var label = button.textContent;
+  var timer = null;
   var reset = function () {
     button.textContent = label;
     button.classList.remove("copied");
@@ -15,7 +16,8 @@ document.querySelectorAll("button[data-copy]").forEach(function (button) {
   var say = function (text, copied) {
     button.textContent = text;
     button.classList.toggle("copied", copied);
-    setTimeout(reset, 2000);
+    clearTimeout(timer);
+    timer = setTimeout(reset, 2000);
   };
   var select = function (source) {
     if (source.select) {
@@ -92,6 +94,34 @@ document.querySelectorAll("[data-arm]").forEach(function (button) {
   button.addEventListener("click", function (event) {
     if (!armed) {
       event.preventDefault();
+    }
+  });
+});
+
+// A form is sent once: a second click while the first is on its way would
+// mint a key nobody sees.
+document.querySelectorAll("form").forEach(function (form) {
+  form.addEventListener("submit", function () {
+    form.querySelectorAll("button[type=submit]").forEach(function (button) {
+      button.disabled = true;
+    });
+  });
+});
+
+// A key page restored from the back/forward cache shows no key: a key is
+// shown once.
+window.addEventListener("pageshow", function (event) {
+  if (!event.persisted) {
+    return;
+  }
+  ["key", "export"].forEach(function (id) {
+    var element = document.getElementById(id);
+    if (element) {
+      if (element.value !== undefined) {
+        element.value = "";
+      } else {
+        element.textContent = "(shown once: see your keys page)";
+      }
     }
   });
 });

@@ -9,7 +9,6 @@ mod error;
 mod login;
 mod me;
 mod ops;
-pub mod replay;
 pub mod serve;
 mod session;
 
@@ -71,14 +70,8 @@ pub struct AppState {
     /// This server's public origin (`scheme://host[:port]` of
     /// `REDIRECT_URI`), to tell our own pages from other sites.
     pub public_origin: Arc<str>,
-    /// Login states completed on this replica.
-    pub completed_logins: Arc<replay::CompletedLogins>,
-    /// New-key forms sent on this replica: each mints once.
-    pub used_forms: Arc<replay::CompletedLogins>,
     /// Lifetime of a browser session (`SESSION_TTL`).
     pub session_ttl: Duration,
-    /// Whether signing in issues a key at once (`ISSUE_ON_SIGN_IN`).
-    pub issue_on_sign_in: bool,
     /// Who may use `/revoke`.
     pub revoke_endpoint: crate::config::RevokeEndpoint,
 }
@@ -177,6 +170,16 @@ async fn not_found() -> HttpError {
     HttpError::NotFound
 }
 
+/// A method a route does not take: the small page too.
+async fn method_not_allowed() -> HttpError {
+    HttpError::MethodNotAllowed
+}
+
+/// Where a GET of a form's address goes.
+async fn to_my_keys() -> axum::response::Redirect {
+    axum::response::Redirect::to("/")
+}
+
 /// The Content-Security-Policy of every page: our own CSS and JS only, no
 /// inline script, no framing, forms only back to us.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -195,9 +198,14 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .route("/", get(me::home))
         .route("/oauth2/callback", get(login::callback))
-        .route("/keys", post(me::new_key))
-        .route("/keys/{service_account_id}/revoke", post(me::revoke))
-        .route("/logout", post(me::logout))
+        // A GET of these (a restored tab, a copied address) mints and
+        // deletes nothing: it goes to my keys.
+        .route("/keys", post(me::new_key).get(to_my_keys))
+        .route(
+            "/keys/{service_account_id}/revoke",
+            post(me::revoke).get(to_my_keys),
+        )
+        .route("/logout", post(me::logout).get(to_my_keys))
         .route("/admin", get(admin::page))
         .route(
             "/admin/keys/{service_account_id}/revoke",
@@ -217,6 +225,7 @@ pub fn router(state: AppState) -> Router {
     };
     let routes = routes
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(read_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -5,7 +5,7 @@
 //! here (with [`crate::access`]), never in a handler.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::access::{Grant, Policy, Refusal};
@@ -15,6 +15,7 @@ use crate::identity::{EmailAddress, Identity};
 use crate::keys::{IssuedKey, KeyInfo, Keys};
 use crate::limits::{ClientAddr, Limits};
 use crate::oidc;
+use crate::replay::CompletedLogins;
 
 /// Why a use case did not go through. Variants are what the front doors
 /// tell apart.
@@ -34,6 +35,10 @@ pub enum Error {
     /// The login was completed already (a replay).
     #[error("the sign-in was completed already")]
     Replayed,
+    /// A new-key form sent again (a reload, the back button, a second
+    /// click): its key was shown already, or is being made.
+    #[error("this new-key form was sent already")]
+    FormSpent,
     /// Too many requests from this person or address.
     #[error("rate limited ({what}); retry in {retry_after:?}")]
     RateLimited {
@@ -65,6 +70,13 @@ pub enum Error {
     /// The break-glass revocation was not confirmed with the project id.
     #[error("the confirmation does not name the project")]
     NotConfirmed,
+    /// A revocation of everything of someone (or everything) needs a
+    /// complete listing, and none could be had; nothing was revoked.
+    #[error("could not list every key: {message}")]
+    ListingIncomplete {
+        /// What went wrong.
+        message: String,
+    },
     /// Some of the keys to revoke could not be; the log says why.
     #[error("{failed} of {wanted} keys could not be revoked")]
     PartlyRevoked {
@@ -83,6 +95,41 @@ pub enum Error {
 #[derive(Clone, Debug, Default)]
 pub struct IssueRequest {}
 
+/// A login being completed: its `state`, and when its cookie dies (Unix
+/// seconds), until which it is remembered as completed.
+#[derive(Clone, Copy, Debug)]
+pub struct Login<'a> {
+    /// The login's `state`.
+    pub state: &'a str,
+    /// When its cookie dies.
+    pub expires: i64,
+}
+
+/// How the pages that list keys and mint them behave.
+#[derive(Clone, Copy, Debug)]
+pub struct Pages {
+    /// Oldest listing a page may show (`LISTING_MAX_AGE`).
+    pub listing_max_age: Duration,
+    /// The longest a page waits for a fresh listing (`TIMEOUT`).
+    pub listing_wait: Duration,
+    /// Whether signing in issues a key at once (`ISSUE_ON_SIGN_IN`).
+    pub issue_on_sign_in: bool,
+    /// How long a spent new-key form is remembered (`SESSION_TTL`: the
+    /// page it came from cannot outlive the session).
+    pub forms_kept: Duration,
+}
+
+/// Keys as a page shows them, and whether the listing behind them is as
+/// fresh as promised (a page says so when it is not).
+#[derive(Clone, Debug)]
+pub struct Listed<T> {
+    /// The keys.
+    pub keys: T,
+    /// False when no listing younger than `LISTING_MAX_AGE` could be had in
+    /// time: the keys are what this replica knew.
+    pub fresh: bool,
+}
+
 /// The issuance core. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Issuance {
@@ -95,14 +142,35 @@ struct Inner {
     keys: Keys,
     cleanup: Cleanup,
     limits: Arc<Limits>,
-    listing_max_age: Duration,
-    /// The longest a page waits for a fresh listing (`TIMEOUT`).
-    listing_wait: Duration,
+    pages: Pages,
+    /// Login states completed on this replica.
+    completed_logins: CompletedLogins,
+    /// New-key forms being used or used on this replica (a session also
+    /// carries its own spent forms, for the other replicas).
+    spent_forms: CompletedLogins,
     /// Held by the page view that refreshes the listing, so that
     /// concurrent views share one listing pass instead of one each.
     pass: tokio::sync::Mutex<()>,
     /// When the key listing (for last use) was last read.
-    usage_at: tokio::sync::watch::Sender<Option<SystemTime>>,
+    usage_at: Mutex<Option<SystemTime>>,
+    /// When a pass last ended without a fresh listing, or without the key
+    /// listing: not tried again before `LISTING_MAX_AGE` has passed, so
+    /// that an Admin API that refuses does not cost a call per view.
+    listing_failed_at: Mutex<Option<SystemTime>>,
+    usage_failed_at: Mutex<Option<SystemTime>>,
+}
+
+/// Whether `at` is at most `max_age` before `now` (or after it).
+fn within(at: Option<SystemTime>, now: SystemTime, max_age: Duration) -> bool {
+    at.is_some_and(|at| now.duration_since(at).map_or(true, |age| age <= max_age))
+}
+
+fn read(slot: &Mutex<Option<SystemTime>>) -> Option<SystemTime> {
+    *slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(slot: &Mutex<Option<SystemTime>>, at: SystemTime) {
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(at);
 }
 
 impl Issuance {
@@ -112,8 +180,7 @@ impl Issuance {
         keys: Keys,
         cleanup: Cleanup,
         limits: Arc<Limits>,
-        listing_max_age: Duration,
-        listing_wait: Duration,
+        pages: Pages,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -121,17 +188,15 @@ impl Issuance {
                 keys,
                 cleanup,
                 limits,
-                listing_max_age,
-                listing_wait,
+                pages,
+                completed_logins: CompletedLogins::default(),
+                spent_forms: CompletedLogins::default(),
                 pass: tokio::sync::Mutex::new(()),
-                usage_at: tokio::sync::watch::Sender::new(None),
+                usage_at: Mutex::new(None),
+                listing_failed_at: Mutex::new(None),
+                usage_failed_at: Mutex::new(None),
             }),
         }
-    }
-
-    /// The keys it issues and revokes.
-    pub fn keys(&self) -> &Keys {
-        &self.inner.keys
     }
 
     /// The grant of `identity` under the current configuration: asked on
@@ -147,22 +212,24 @@ impl Issuance {
             })
     }
 
-    /// Signs someone in from `client`: `exchange` (the code exchange and
-    /// token check, which fails with [`Error::Replayed`] for a login
-    /// completed already) under the address's allowance of failed
-    /// sign-ins, then the policy.
+    /// Signs someone in from `client`: completes `login` once on this
+    /// replica, then `exchange` (the code exchange and token check), under
+    /// the address's allowance of failed sign-ins, then the policy.
     ///
     /// The allowance is checked before `exchange` runs, since each exchange
     /// costs a call to the provider. Each attempt holds one of the
     /// address's tokens, given back when the person turns out to be
     /// allowed or the provider to be down: only failures that are the
     /// caller's use it up, so honest sign-ins never do, and junk codes
-    /// drain their own address's allowance alone.
+    /// drain their own address's allowance alone. A state is recorded as
+    /// completed only past the allowance, so that flooding that memory
+    /// costs allowance like any other failure.
     pub async fn sign_in(
         &self,
         client: ClientAddr,
+        login: Login<'_>,
         now: SystemTime,
-        exchange: impl Future<Output = Result<Identity, Error>>,
+        exchange: impl Future<Output = Result<Identity, oidc::Error>>,
     ) -> Result<(Identity, Grant), Error> {
         let limiter = &self.inner.limits.sign_in_per_ip;
         let key = client.key();
@@ -172,19 +239,40 @@ impl Issuance {
                 what: "failed sign-ins per address",
                 retry_after,
             })?;
+        if !self.inner.completed_logins.complete(
+            login.state,
+            login.expires,
+            clock::unix_seconds(now),
+        ) {
+            return Err(Error::Replayed);
+        }
         let identity = match exchange.await {
             Ok(identity) => identity,
-            Err(
-                error @ Error::SignIn(oidc::Error::Unreachable(_) | oidc::Error::ClientRefused(_)),
-            ) => {
+            // Not the caller's doing: the provider is down, or refuses us.
+            Err(error @ (oidc::Error::Unreachable(_) | oidc::Error::ClientRefused(_))) => {
                 limiter.refund(&key, now);
-                return Err(error);
+                return Err(error.into());
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         };
         let grant = self.authorize(&identity)?;
         limiter.refund(&key, now);
         Ok((identity, grant))
+    }
+
+    /// What follows a sign-in: a key, issued at once (`ISSUE_ON_SIGN_IN`),
+    /// or `None` when the person is to land on their keys.
+    pub async fn after_sign_in(
+        &self,
+        identity: &Identity,
+        now: SystemTime,
+    ) -> Result<Option<IssuedKey>, Error> {
+        if !self.inner.pages.issue_on_sign_in {
+            return Ok(None);
+        }
+        self.issue(identity, &IssueRequest::default(), now)
+            .await
+            .map(Some)
     }
 
     /// Issues a key to `identity`: the policy, the person's rate, a place
@@ -220,27 +308,71 @@ impl Issuance {
         Ok(issued)
     }
 
+    /// [`Issuance::issue`] for a new-key form: each form mints once. One
+    /// that the session says it spent (`spent`, any replica), or that this
+    /// replica has seen (a second click racing the first), is
+    /// [`Error::FormSpent`]. A form whose issue failed can be sent again.
+    pub async fn issue_once(
+        &self,
+        identity: &Identity,
+        form: &str,
+        spent: &[String],
+        now: SystemTime,
+    ) -> Result<IssuedKey, Error> {
+        // Refused before it is remembered: a person cannot flush others'
+        // forms with made-up ones (a real one is 22 characters).
+        if form.is_empty() || form.len() > 64 || spent.iter().any(|s| s == form) {
+            return Err(Error::FormSpent);
+        }
+        self.authorize(identity)?;
+        let kept =
+            clock::unix_seconds(now).saturating_add_unsigned(self.inner.pages.forms_kept.as_secs());
+        if !self
+            .inner
+            .spent_forms
+            .complete(form, kept, clock::unix_seconds(now))
+        {
+            return Err(Error::FormSpent);
+        }
+        let issued = self.issue(identity, &IssueRequest::default(), now).await;
+        if issued.is_err() {
+            // Nothing was shown, and nothing usable was made (an ambiguous
+            // create's account is deleted): the form may be sent again.
+            self.inner.spent_forms.forget(form);
+        }
+        issued
+    }
+
     /// `identity`'s live keys, soonest expiry first, from a listing at most
-    /// `LISTING_MAX_AGE` old.
+    /// `LISTING_MAX_AGE` old (or, when none could be had in time, what this
+    /// replica knows, said so).
     pub async fn list_for(
         &self,
         identity: &Identity,
         now: SystemTime,
-    ) -> Result<Vec<KeyInfo>, Error> {
+    ) -> Result<Listed<Vec<KeyInfo>>, Error> {
         let grant = self.authorize(identity)?;
-        self.fresh(now).await;
-        Ok(self.inner.keys.keys_of(&grant.owner, now))
+        let fresh = self.fresh(now).await;
+        Ok(Listed {
+            keys: self.inner.keys.keys_of(&grant.owner, now),
+            fresh,
+        })
     }
 
-    /// Every live key of this server, for an admin.
+    /// Every live key of this server, for an admin, and the project they
+    /// are in.
     pub async fn list_all(
         &self,
         identity: &Identity,
         now: SystemTime,
-    ) -> Result<Vec<KeyInfo>, Error> {
-        self.admin(identity)?;
-        self.fresh(now).await;
-        Ok(self.inner.keys.all_keys(now))
+    ) -> Result<Listed<(Vec<KeyInfo>, String)>, Error> {
+        self.admin(identity, "see every key")?;
+        let fresh = self.fresh(now).await;
+        let project_id = self.inner.keys.project_id(now).await?.to_owned();
+        Ok(Listed {
+            keys: (self.inner.keys.all_keys(now), project_id),
+            fresh,
+        })
     }
 
     /// Revokes one of the person's own keys at once. Anything else (another
@@ -254,7 +386,7 @@ impl Issuance {
         now: SystemTime,
     ) -> Result<KeyInfo, Error> {
         let grant = self.authorize(identity)?;
-        self.revoke_as(grant, service_account_id, false, now).await
+        self.revoke_one(grant, service_account_id, false, now).await
     }
 
     /// Revokes any live key of this server at once, for an admin.
@@ -264,11 +396,11 @@ impl Issuance {
         service_account_id: &str,
         now: SystemTime,
     ) -> Result<KeyInfo, Error> {
-        let grant = self.admin(identity)?;
-        self.revoke_as(grant, service_account_id, true, now).await
+        let grant = self.admin(identity, "revoke a key")?;
+        self.revoke_one(grant, service_account_id, true, now).await
     }
 
-    async fn revoke_as(
+    async fn revoke_one(
         &self,
         grant: Grant,
         service_account_id: &str,
@@ -287,38 +419,39 @@ impl Issuance {
         if key.owner != grant.owner && !any_owner {
             return Err(Error::NotFound);
         }
-        keys.delete_now(&key, now).await?;
-        tracing::info!(
-            audit = "revoked",
-            actor = %grant.owner,
-            action = if key.owner == grant.owner { "revoke own key" } else { "revoke a key" },
-            owner = %key.owner,
-            accounts = ?[&key.service_account_id],
-            "revoked a key"
-        );
-        Ok(key)
+        let action = if key.owner == grant.owner {
+            "revoke own key"
+        } else {
+            "revoke a key"
+        };
+        let failed = keys
+            .revoke(vec![key.clone()], grant.owner, action, now)
+            .await
+            .map_err(|_| crate::keys::Error::TaskFailed)??;
+        if failed.is_empty() {
+            Ok(key)
+        } else {
+            Err(Error::PartlyRevoked {
+                failed: 1,
+                wanted: 1,
+            })
+        }
     }
 
-    /// Revokes every key of `owner` (offboarding), for an admin.
+    /// Revokes every key of `owner` (offboarding), for an admin: from a
+    /// complete listing that began now, expired keys not yet deleted
+    /// included.
     pub async fn revoke_all_of(
         &self,
         identity: &Identity,
         owner: &EmailAddress,
         now: SystemTime,
     ) -> Result<Vec<KeyInfo>, Error> {
-        let grant = self.admin(identity)?;
-        self.fresh(now).await;
-        let keys = self.inner.keys.keys_of(owner, now);
-        let revoked = self.delete_all(&keys, now).await;
-        tracing::info!(
-            audit = "revoked",
-            actor = %grant.owner,
-            action = "revoke every key of one person",
-            owner = %owner,
-            accounts = ?revoked.iter().map(|k| &k.service_account_id).collect::<Vec<_>>(),
-            "revoked every key of one person"
-        );
-        revoked_or_error(revoked, keys.len())
+        let action = "revoke every key of one person";
+        let grant = self.admin(identity, action)?;
+        self.complete_listing(now).await?;
+        let keys = self.inner.keys.accounts_of(owner);
+        self.revoke_many(grant, keys, action, now).await
     }
 
     /// Revokes every key this server issued (break-glass), for an admin who
@@ -329,28 +462,55 @@ impl Issuance {
         confirmation: &str,
         now: SystemTime,
     ) -> Result<Vec<KeyInfo>, Error> {
-        let grant = self.admin(identity)?;
+        let action = "revoke every key (break-glass)";
+        let grant = self.admin(identity, action)?;
         let project_id = self.inner.keys.project_id(now).await?.to_owned();
         if confirmation.trim() != project_id {
+            tracing::warn!(
+                audit = "refused",
+                actor = %grant.owner,
+                action,
+                "a break-glass revocation was not confirmed with the project id; nothing revoked"
+            );
             return Err(Error::NotConfirmed);
         }
-        self.fresh(now).await;
-        let keys = self.inner.keys.all_keys(now);
-        let revoked = self.delete_all(&keys, now).await;
-        tracing::warn!(
-            audit = "revoked",
-            actor = %grant.owner,
-            action = "revoke every key (break-glass)",
-            project.id = %project_id,
-            accounts = ?revoked.iter().map(|k| &k.service_account_id).collect::<Vec<_>>(),
-            "revoked every key this server issued"
-        );
-        revoked_or_error(revoked, keys.len())
+        self.complete_listing(now).await?;
+        let keys = self.inner.keys.all_accounts();
+        self.revoke_many(grant, keys, action, now).await
     }
 
-    /// The project every key is issued in.
-    pub async fn project_id(&self, now: SystemTime) -> Result<String, Error> {
-        Ok(self.inner.keys.project_id(now).await?.to_owned())
+    /// Revokes `keys` as `grant`'s person: one audit line as it starts, one
+    /// per account as it goes (in a task of its own, so that a browser
+    /// that gives up does not cut it short).
+    async fn revoke_many(
+        &self,
+        grant: Grant,
+        keys: Vec<KeyInfo>,
+        action: &'static str,
+        now: SystemTime,
+    ) -> Result<Vec<KeyInfo>, Error> {
+        tracing::info!(
+            audit = "revoking",
+            actor = %grant.owner,
+            action,
+            accounts = keys.len(),
+            "revoking keys"
+        );
+        let wanted = keys.len();
+        let failed = self
+            .inner
+            .keys
+            .revoke(keys.clone(), grant.owner, action, now)
+            .await
+            .map_err(|_| crate::keys::Error::TaskFailed)??;
+        if failed.is_empty() {
+            Ok(keys)
+        } else {
+            Err(Error::PartlyRevoked {
+                failed: failed.len(),
+                wanted,
+            })
+        }
     }
 
     /// Asks for a cleanup from `client` (`/revoke`), under the address's
@@ -376,73 +536,94 @@ impl Issuance {
         client: ClientAddr,
         now: SystemTime,
     ) -> Result<(), Error> {
-        let grant = self.admin(identity)?;
+        let grant = self.admin(identity, "ask for a cleanup")?;
         self.request_sweep(client, now)?;
         tracing::info!(audit = "sweep", actor = %grant.owner, action = "ask for a cleanup", "asked for a cleanup");
         Ok(())
     }
 
-    fn admin(&self, identity: &Identity) -> Result<Grant, Error> {
+    /// The grant of an admin; anyone else's attempt is refused, and said
+    /// so in an audit line.
+    fn admin(&self, identity: &Identity, action: &'static str) -> Result<Grant, Error> {
         let grant = self.authorize(identity)?;
         if grant.admin {
             Ok(grant)
         } else {
+            tracing::warn!(audit = "refused", actor = %grant.owner, action, "not an admin");
             Err(Error::NotAdmin { actor: grant.owner })
         }
     }
 
-    /// Deletes `keys`, carrying on past failures; the ones gone.
-    async fn delete_all(&self, keys: &[KeyInfo], now: SystemTime) -> Vec<KeyInfo> {
-        let mut revoked = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.inner.keys.delete_now(key, now).await {
-                Ok(()) => revoked.push(key.clone()),
-                Err(error) => {
-                    tracing::warn!(%error, service_account.id = %key.service_account_id, "could not revoke a key");
-                }
+    /// A complete listing that began at `now` or later (a sweep, joined or
+    /// started): what revoking everything of someone must act on, or an
+    /// error when none could be had.
+    async fn complete_listing(&self, now: SystemTime) -> Result<(), Error> {
+        // The second run, if the first joined one that began earlier.
+        for _ in 0..2 {
+            let report = self.inner.cleanup.run_now().await?;
+            if let Some(message) = report.list_error {
+                return Err(Error::ListingIncomplete { message });
+            }
+            if self.inner.keys.listed_at().is_some_and(|at| at >= now) {
+                return Ok(());
             }
         }
-        revoked
+        Err(Error::ListingIncomplete {
+            message: "no listing began after the request".to_owned(),
+        })
     }
 
     /// Makes sure the listing behind a page is at most `LISTING_MAX_AGE`
-    /// old: concurrent views wait for one pass rather than each starting
-    /// their own. The pass is a full sweep in the background (its listing
-    /// is published as soon as it is complete, before its deletes end) and
-    /// the key listing for last use. A page waits for it at most
-    /// `listing_wait`; then it shows what this replica knows.
-    async fn fresh(&self, now: SystemTime) {
-        let max_age = self.inner.listing_max_age;
-        // A listing that began after `now` is fresh too.
-        let fresh_at = |at: Option<SystemTime>| {
-            at.is_some_and(|at| now.duration_since(at).map_or(true, |age| age <= max_age))
-        };
-        if fresh_at(self.inner.keys.listed_at()) && self.usage_is_fresh(now) {
-            return;
+    /// old; true when it is. Concurrent views wait for one pass rather than
+    /// each starting their own. The pass is a full sweep in the background
+    /// (its listing is published as soon as it is complete, before its
+    /// deletes end; one that began too long ago does not count, and
+    /// another is started), then the key listing for last use. A page waits
+    /// for it at most `TIMEOUT`; then it shows what this replica knows. A
+    /// pass that failed is not tried again before `LISTING_MAX_AGE`.
+    async fn fresh(&self, now: SystemTime) -> bool {
+        let max_age = self.inner.pages.listing_max_age;
+        let keys = &self.inner.keys;
+        let listing_fresh = || within(keys.listed_at(), now, max_age);
+        let usage_fresh = || within(read(&self.inner.usage_at), now, max_age);
+        if listing_fresh() && usage_fresh() {
+            return true;
         }
-        let wait = async {
+        let pass = async {
             let _pass = self.inner.pass.lock().await;
-            let mut listings = self.inner.keys.listings();
-            if !fresh_at(*listings.borrow()) {
-                let cleanup = self.inner.cleanup.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = cleanup.run_now().await {
-                        tracing::warn!(%error, "could not list the keys for a page; it shows what this replica knows");
+            if !listing_fresh() && !within(read(&self.inner.listing_failed_at), now, max_age) {
+                let mut listings = keys.listings();
+                for _ in 0..2 {
+                    let cleanup = self.inner.cleanup.clone();
+                    let run = tokio::spawn(async move { cleanup.run_now().await });
+                    tokio::select! {
+                        _ = listings.wait_for(|at| within(*at, now, max_age)) => break,
+                        ran = run => {
+                            if let Ok(Err(error)) = ran {
+                                tracing::warn!(%error, "could not list the keys for a page");
+                                break;
+                            }
+                        }
                     }
-                });
-                let _ = listings.wait_for(|at| fresh_at(*at)).await;
+                    if listing_fresh() {
+                        break;
+                    }
+                }
+                if !listing_fresh() {
+                    write(&self.inner.listing_failed_at, now);
+                }
             }
-            if !self.usage_is_fresh(now) {
-                match self.inner.keys.refresh_usage(now).await {
-                    Ok(()) => self.inner.usage_at.send_replace(Some(now)),
+            if !usage_fresh() && !within(read(&self.inner.usage_failed_at), now, max_age) {
+                match keys.refresh_usage(now).await {
+                    Ok(()) => write(&self.inner.usage_at, now),
                     Err(error) => {
                         tracing::warn!(%error, "could not read when keys were last used");
-                        None
+                        write(&self.inner.usage_failed_at, now);
                     }
-                };
+                }
             }
         };
-        if tokio::time::timeout(self.inner.listing_wait, wait)
+        if tokio::time::timeout(self.inner.pages.listing_wait, pass)
             .await
             .is_err()
         {
@@ -450,24 +631,6 @@ impl Issuance {
                 "the listing for a page took too long; it shows what this replica knows"
             );
         }
-    }
-
-    fn usage_is_fresh(&self, now: SystemTime) -> bool {
-        self.inner.usage_at.borrow().is_some_and(|at| {
-            now.duration_since(at)
-                .map_or(true, |age| age <= self.inner.listing_max_age)
-        })
-    }
-}
-
-/// The keys revoked, or the error when some could not be.
-fn revoked_or_error(revoked: Vec<KeyInfo>, wanted: usize) -> Result<Vec<KeyInfo>, Error> {
-    if revoked.len() == wanted {
-        Ok(revoked)
-    } else {
-        Err(Error::PartlyRevoked {
-            failed: wanted - revoked.len(),
-            wanted,
-        })
+        listing_fresh()
     }
 }

@@ -424,31 +424,91 @@ impl Keys {
             .map(KeyInfo::from)
     }
 
-    /// Deletes the account of `key` at once (retried like a sweep's
-    /// deletes), so that its key stops working, and forgets it. A 404 means
-    /// it was gone already.
-    pub async fn delete_now(&self, key: &KeyInfo, now: SystemTime) -> Result<(), Error> {
-        let project_id = self.project_id(now).await?.to_owned();
-        let mut attempt = 0;
-        loop {
-            match self
-                .inner
-                .admin
-                .delete_service_account(&project_id, &key.service_account_id)
-                .await
-            {
-                Ok(()) | Err(openai::Error::NotFound { .. }) => break,
-                Err(error) if retryable(&error) && attempt + 1 < MAX_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(retry_wait(&error, attempt)).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        self.index().remove(key.expires_at, &key.service_account_id);
-        Ok(())
+    /// Every account of `owner` this replica knows, expired-but-not-yet-
+    /// deleted ones included (their keys may still work where OpenAI does
+    /// not enforce the expiry).
+    pub fn accounts_of(&self, owner: &EmailAddress) -> Vec<KeyInfo> {
+        self.keys_of(owner, SystemTime::UNIX_EPOCH)
     }
 
+    /// Every account of this server this replica knows, expired-but-not-
+    /// yet-deleted ones included.
+    pub fn all_accounts(&self) -> Vec<KeyInfo> {
+        self.all_keys(SystemTime::UNIX_EPOCH)
+    }
+
+    /// Revokes `keys` (deletes their accounts) in a task of its own, so
+    /// that a caller that goes away does not cut a revocation short: under
+    /// a sweep's adaptive concurrency and 429 handling, each account retried
+    /// a few times, and forgotten once gone. Each deleted account is one
+    /// audit line naming `actor` and `action`, written as it goes. The
+    /// accounts that could not be deleted come back.
+    pub fn revoke(
+        &self,
+        keys: Vec<KeyInfo>,
+        actor: EmailAddress,
+        action: &'static str,
+        now: SystemTime,
+    ) -> tokio::task::JoinHandle<Result<Vec<KeyInfo>, Error>> {
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                let project_id = this.project_id(now).await?.to_owned();
+                let (jobs, rx) = mpsc::channel(keys.len().max(1));
+                for key in &keys {
+                    let mut job = Due::new(
+                        key.service_account_id.clone(),
+                        String::new(),
+                        key.owner.to_string(),
+                        key.expires_at,
+                    );
+                    job.key_id = key.key_id.clone();
+                    // The channel holds them all.
+                    let _ = jobs.try_send(job);
+                }
+                drop(jobs);
+                let settings = &this.inner.settings;
+                let mut failed = Vec::new();
+                deleter::run(
+                    &this.inner.admin,
+                    &project_id,
+                    deleter::Pace {
+                        initial: settings.concurrency,
+                        max: settings.max_concurrency,
+                        priority: &this.inner.priority,
+                        max_yield: settings.create_patience,
+                    },
+                    rx,
+                    |job, fate| match fate {
+                        Fate::Deleted | Fate::AlreadyGone => {
+                            tracing::info!(
+                                audit = "revoked",
+                                actor = %actor,
+                                action,
+                                owner = %job.owner,
+                                service_account.id = %job.id,
+                                key.id = job.key_id.as_deref().unwrap_or_default(),
+                                expires_at = job.expires_at,
+                                already_gone = matches!(fate, Fate::AlreadyGone),
+                                "revoked a key"
+                            );
+                            this.index().remove_deleted(job.expires_at, &job.id);
+                        }
+                        Fate::Failed(error) => {
+                            tracing::warn!(%error, actor = %actor, action, service_account.id = %job.id, "could not revoke a key");
+                            failed.push(job.id.clone());
+                        }
+                    },
+                )
+                .await;
+                Ok(keys
+                    .into_iter()
+                    .filter(|k| failed.contains(&k.service_account_id))
+                    .collect())
+            }
+            .instrument(tracing::Span::current()),
+        )
+    }
     /// Reads every key of the project from OpenAI's key listing, to learn
     /// when each was last used (and the key ids of accounts another
     /// replica created). One call per 100 keys.
@@ -1028,7 +1088,7 @@ impl Keys {
                             "deleted an expired service account"
                         );
                     }
-                    self.index().remove(job.expires_at, &job.id);
+                    self.index().remove_deleted(job.expires_at, &job.id);
                     self.orphans().remove(&job.name);
                 }
                 Fate::Failed(error) => {

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod memory;
 pub mod oidc;
 pub mod openai;
+pub mod replay;
 pub mod telemetry;
 pub mod timing;
 pub mod upstream;
@@ -157,8 +158,12 @@ impl Application {
             keys.clone(),
             cleanup.clone(),
             Arc::new(limits::Limits::new(&config)),
-            config.listing_max_age,
-            config.timeout,
+            issuance::Pages {
+                listing_max_age: config.listing_max_age,
+                listing_wait: config.timeout,
+                issue_on_sign_in: config.issue_on_sign_in,
+                forms_kept: config.session_ttl,
+            },
         );
         let state = AppState {
             issuance,
@@ -172,10 +177,7 @@ impl Application {
             activity,
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             public_origin: config.redirect_uri.origin().ascii_serialization().into(),
-            completed_logins: Arc::default(),
-            used_forms: Arc::default(),
             session_ttl: config.session_ttl,
-            issue_on_sign_in: config.issue_on_sign_in,
             revoke_endpoint: config.revoke_endpoint,
         };
         Ok(Self {

@@ -27,6 +27,9 @@ struct AdminPage<'a> {
     admin: &'a str,
     csrf: &'a str,
     project_id: String,
+    notice: Option<String>,
+    /// `REVOKE_ENDPOINT=admin`: the admin page offers the cleanup.
+    cleanup_button: bool,
     owners: Vec<Owner>,
 }
 
@@ -36,7 +39,8 @@ pub(super) async fn page(
     signed_in: SignedIn,
 ) -> Result<Response, HttpError> {
     let now = state.clock.now();
-    let keys = state.issuance.list_all(&signed_in.identity, now).await?;
+    let listed = state.issuance.list_all(&signed_in.identity, now).await?;
+    let (keys, project_id) = listed.keys;
     let mut by_owner: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     for key in keys {
         by_owner
@@ -47,7 +51,9 @@ pub(super) async fn page(
     let page = AdminPage {
         admin: signed_in.grant.owner.as_str(),
         csrf: &signed_in.csrf,
-        project_id: state.issuance.project_id(now).await?,
+        project_id,
+        notice: (!listed.fresh).then(super::me::stale_notice),
+        cleanup_button: state.revoke_endpoint == crate::config::RevokeEndpoint::Admin,
         owners: by_owner
             .into_iter()
             .map(|(email, keys)| Owner { email, keys })

@@ -59,6 +59,9 @@ pub enum HttpError {
     /// No such page.
     #[error("no such page")]
     NotFound,
+    /// A method the route does not take.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// The request's body did not arrive within the time allowed.
     #[error("the request body did not arrive in time")]
     BodyTimeout,
@@ -187,18 +190,16 @@ fn public(error: &HttpError) -> Public {
             "Bad request",
             "The form could not be read.",
         ),
-        HttpError::KeyShownOnce => Public {
-            my_keys: true,
-            ..page(
-                StatusCode::GONE,
-                "Key already shown",
-                "A key is shown once, when it is made, and never again: reloading or going back cannot show it. It is still listed (not its value) on your keys page, where you can revoke it or get a new one.",
-            )
-        },
+        HttpError::KeyShownOnce => key_shown_once(),
         HttpError::NotFound => page(
             StatusCode::NOT_FOUND,
             "Not found",
             "There is no such page here.",
+        ),
+        HttpError::MethodNotAllowed => page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Not allowed",
+            "This address does not take this kind of request.",
         ),
         HttpError::BodyTimeout => Public {
             close: true,
@@ -238,6 +239,20 @@ fn public(error: &HttpError) -> Public {
             "Something went wrong",
             "The page could not be shown.",
         ),
+    }
+}
+
+fn key_shown_once() -> Public {
+    Public {
+        my_keys: true,
+        ..with_hint(
+            page(
+                StatusCode::GONE,
+                "Key already shown",
+                "A key is shown once, when it is made, and never again: reloading, going back or sending the form again cannot show it, nor make another. It is listed (not its value) on your keys page, where you can revoke it or get a new one.",
+            ),
+            "If you never saw it (a second click, say), revoke the newest key on your keys page.",
+        )
     }
 }
 
@@ -332,10 +347,19 @@ fn issuance_failed(error: &issuance::Error) -> Public {
                 ),
             )
         },
+        issuance::Error::FormSpent => key_shown_once(),
+        issuance::Error::ListingIncomplete { .. } => with_hint(
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Nothing was revoked",
+                "OpenAI could not list every key just now, so nothing was revoked: acting on a partial list would leave keys behind.",
+            ),
+            "Try again in a minute.",
+        ),
         issuance::Error::NotFound => page(
             StatusCode::NOT_FOUND,
             "No such key",
-            "There is no live key of yours with this id. It may have expired or been revoked already.",
+            "There is no live key with this id that you may revoke. It may have expired or been revoked already.",
         ),
         issuance::Error::NotAdmin { .. } => page(
             StatusCode::FORBIDDEN,

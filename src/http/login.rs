@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::session::{self, MaybeSignedIn};
 use super::{AppState, HttpError, LOGIN_TTL, me};
-use crate::clock;
-use crate::issuance::{self, IssueRequest};
+use crate::issuance;
 use crate::limits::ClientAddr;
 use crate::oidc::LoginSecrets;
 
@@ -136,7 +135,10 @@ fn initiator(headers: &HeaderMap, own_origin: &str) -> Initiator {
 
 #[derive(Template)]
 #[template(path = "landing.html")]
-struct LandingPage;
+struct LandingPage<'a> {
+    /// Where the button goes: back to `/`, as asked.
+    back: &'a str,
+}
 
 /// Where to send a browser that asked for `/` under another host than the
 /// public one, if it did. Only when the public URL is plain http: then no
@@ -155,7 +157,7 @@ fn elsewhere(state: &AppState, headers: &HeaderMap) -> Option<String> {
     let same = name
         .trim_matches(['[', ']'])
         .eq_ignore_ascii_case(public.host_str()?.trim_matches(['[', ']']));
-    (port == public_port && !same).then(|| format!("{}/", state.public_origin))
+    (port == public_port && !same).then(|| state.public_origin.to_string())
 }
 
 /// Starts a sign-in: new secrets in a cookie of their own, redirect to the
@@ -171,11 +173,16 @@ pub(super) async fn start(
     jar: PrivateCookieJar,
     choose_account: bool,
 ) -> Result<Response, HttpError> {
+    let back = if choose_account {
+        "/?account=choose"
+    } else {
+        "/"
+    };
     if let Some(home) = elsewhere(state, headers) {
-        return Ok(Redirect::to(&home).into_response());
+        return Ok(Redirect::to(&format!("{home}{back}")).into_response());
     }
     if initiator(headers, &state.public_origin) == Initiator::OtherSite {
-        let mut response = Html(LandingPage.render()?).into_response();
+        let mut response = Html(LandingPage { back }.render()?).into_response();
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -294,15 +301,9 @@ pub(super) async fn callback(
     };
     tracing::Span::current().record("user.email", grant.owner.as_str());
     let jar = session::start(&state, jar, &identity, &grant, now);
-    if !state.issue_on_sign_in {
-        return Ok((jar, Redirect::to("/").into_response()));
-    }
-    let issued = state
-        .issuance
-        .issue(&identity, &IssueRequest::default(), now)
-        .await;
-    let answer = match issued {
-        Ok(issued) => me::key_page(grant.owner.as_str(), &issued, now),
+    let answer = match state.issuance.after_sign_in(&identity, now).await {
+        Ok(Some(issued)) => me::key_page(grant.owner.as_str(), &issued, now),
+        Ok(None) => Ok(Redirect::to("/").into_response()),
         Err(issuance::Error::CapReached {
             cap, retry_after, ..
         }) => {
@@ -310,6 +311,7 @@ pub(super) async fn callback(
                 identity,
                 grant,
                 csrf: session::csrf_of(&state, &jar).unwrap_or_default(),
+                spent: Vec::new(),
             };
             me::at_cap(&state, &signed_in, cap, retry_after).await
         }
@@ -356,8 +358,9 @@ fn claim(
 }
 
 /// Checks the callback against its login, then signs the person in through
-/// the issuance core: the code exchange and token check, under the client's
-/// allowance of failed sign-ins, and the policy.
+/// the issuance core: the login completes once, then the code exchange and
+/// token check under the client's allowance of failed sign-ins, then the
+/// policy.
 async fn finish(
     state: &AppState,
     client: ClientAddr,
@@ -380,19 +383,11 @@ async fn finish(
         .code
         .filter(|c| !c.is_empty() && c.len() <= MAX_PARAM_LEN)
         .ok_or(HttpError::BadCallback("no usable code parameter"))?;
-    let exchange = async {
-        // A state completes once on this replica, whatever happens next.
-        // Recorded only past the allowance, so that flooding the memory of
-        // completed states costs allowance like any other failure.
-        let expires = (login.started_ns / 1_000_000_000).saturating_add(LOGIN_TTL.as_secs());
-        if !state.completed_logins.complete(
-            &login.secrets.state,
-            i64::try_from(expires).unwrap_or(i64::MAX),
-            clock::unix_seconds(now),
-        ) {
-            return Err(issuance::Error::Replayed);
-        }
-        Ok(state.provider.sign_in(&code, &login.secrets, now).await?)
+    let expires = (login.started_ns / 1_000_000_000).saturating_add(LOGIN_TTL.as_secs());
+    let once = issuance::Login {
+        state: &login.secrets.state,
+        expires: i64::try_from(expires).unwrap_or(i64::MAX),
     };
-    Ok(state.issuance.sign_in(client, now, exchange).await?)
+    let exchange = state.provider.sign_in(&code, &login.secrets, now);
+    Ok(state.issuance.sign_in(client, once, now, exchange).await?)
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::session::{Form, MaybeSignedIn, SignedIn};
 use super::{AppState, HttpError, login};
 use crate::clock;
-use crate::issuance::{self, IssueRequest};
+use crate::issuance;
 use crate::keys::{IssuedKey, KeyInfo};
 
 /// An instant as the pages show it: UTC text, and Unix seconds for the
@@ -125,7 +125,9 @@ pub(super) async fn keys_page(
     status: StatusCode,
 ) -> Result<Response, HttpError> {
     let now = state.clock.now();
-    let keys = state.issuance.list_for(&signed_in.identity, now).await?;
+    let listed = state.issuance.list_for(&signed_in.identity, now).await?;
+    let notice = notice.or_else(|| (!listed.fresh).then(stale_notice));
+    let keys = listed.keys;
     let grant = &signed_in.grant;
     let page = KeysPage {
         owner: grant.owner.as_str(),
@@ -145,6 +147,11 @@ pub(super) async fn keys_page(
         keys: keys.into_iter().map(|key| Row::of(key, now)).collect(),
     };
     Ok(no_store((status, Html(page.render()?)).into_response()))
+}
+
+/// What a page says when OpenAI did not list the keys in time.
+pub(super) fn stale_notice() -> String {
+    "OpenAI did not answer in time, so this list may be out of date: keys made or revoked through another server in the last moments may be missing or still shown. Reload in a little while.".to_owned()
 }
 
 /// `?account=choose` on `/`: sign in with another account.
@@ -179,31 +186,27 @@ pub(super) struct NewKey {
 }
 
 /// `POST /keys`: a new key, shown once. The same form sent again (a reload,
-/// the back button) mints nothing and says the key was shown; at the cap,
-/// my keys with a word on what to do.
+/// the back button, a second click) mints nothing and says the key was
+/// shown; at the cap, my keys with a word on what to do.
 pub(super) async fn new_key(
     State(state): State<AppState>,
+    jar: PrivateCookieJar,
     Form { signed_in, fields }: Form<NewKey>,
-) -> Result<Response, HttpError> {
+) -> Result<(PrivateCookieJar, Response), HttpError> {
     let now = state.clock.now();
-    let remember_until =
-        clock::unix_seconds(now).saturating_add_unsigned(state.session_ttl.as_secs());
-    if fields.form.len() > 64
-        || !state
-            .used_forms
-            .complete(&fields.form, remember_until, clock::unix_seconds(now))
-    {
-        return Err(HttpError::KeyShownOnce);
-    }
     match state
         .issuance
-        .issue(&signed_in.identity, &IssueRequest::default(), now)
+        .issue_once(&signed_in.identity, &fields.form, &signed_in.spent, now)
         .await
     {
-        Ok(issued) => key_page(signed_in.grant.owner.as_str(), &issued, now),
+        Ok(issued) => {
+            let jar = super::session::spend(&state, jar, &fields.form, now);
+            Ok((jar, key_page(signed_in.grant.owner.as_str(), &issued, now)?))
+        }
+        Err(issuance::Error::FormSpent) => Err(HttpError::KeyShownOnce),
         Err(issuance::Error::CapReached {
             cap, retry_after, ..
-        }) => at_cap(&state, &signed_in, cap, retry_after).await,
+        }) => Ok((jar, at_cap(&state, &signed_in, cap, retry_after).await?)),
         Err(error) => Err(error.into()),
     }
 }
@@ -253,7 +256,7 @@ pub(super) async fn revoke(
 pub(super) async fn logout(
     State(state): State<AppState>,
     jar: PrivateCookieJar,
-    Form { .. }: Form<serde::de::IgnoredAny>,
+    _: super::session::SignOut,
 ) -> Result<(PrivateCookieJar, Response), HttpError> {
     let jar = super::session::end(&state, jar);
     let page = Html(SignedOutPage.render()?).into_response();

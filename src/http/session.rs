@@ -42,6 +42,10 @@ struct Stored {
     expires: i64,
     /// The token every form of this session carries.
     csrf: String,
+    /// The new-key forms this session has spent lately, so that any
+    /// replica refuses one sent again.
+    #[serde(default)]
+    spent: Vec<String>,
 }
 
 impl Stored {
@@ -93,9 +97,42 @@ pub(super) fn start(
         hd: identity.hosted_domain.clone(),
         expires: clock::unix_seconds(now).saturating_add_unsigned(ttl.as_secs()),
         csrf: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
+        spent: Vec::new(),
     };
-    let value = serde_json::to_string(&stored).expect("a session always serialises");
-    jar.add(cookie(state, value, ttl))
+    seal(state, jar, &stored, now)
+}
+
+/// The new-key forms a session remembers having spent.
+const SPENT_KEPT: usize = 8;
+
+fn seal(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    stored: &Stored,
+    now: SystemTime,
+) -> PrivateCookieJar {
+    let value = serde_json::to_string(stored).expect("a session always serialises");
+    let left = u64::try_from(stored.expires.saturating_sub(clock::unix_seconds(now))).unwrap_or(0);
+    jar.add(cookie(state, value, Duration::from_secs(left)))
+}
+
+/// Notes in the session that `form` was spent (it minted a key).
+pub(super) fn spend(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    form: &str,
+    now: SystemTime,
+) -> PrivateCookieJar {
+    let Some(mut stored) = jar
+        .get(cookie_name(state))
+        .and_then(|c| serde_json::from_str::<Stored>(c.value()).ok())
+    else {
+        return jar;
+    };
+    stored.spent.push(form.to_owned());
+    let excess = stored.spent.len().saturating_sub(SPENT_KEPT);
+    stored.spent.drain(..excess);
+    seal(state, jar, &stored, now)
 }
 
 /// The CSRF token of the session in `jar` (one just started included).
@@ -119,6 +156,8 @@ pub(crate) struct SignedIn {
     pub(crate) grant: Grant,
     /// The token their forms carry.
     pub(crate) csrf: String,
+    /// The new-key forms their session spent lately.
+    pub(crate) spent: Vec<String>,
 }
 
 impl SignedIn {
@@ -142,6 +181,7 @@ impl SignedIn {
             identity,
             grant,
             csrf: stored.csrf,
+            spent: stored.spent,
         }))
     }
 }
@@ -249,6 +289,43 @@ where
         }
         let fields = serde_urlencoded::from_bytes(&bytes).map_err(|_| HttpError::BadForm)?;
         Ok(Self { signed_in, fields })
+    }
+}
+
+/// A sign-out: a POST from one of our pages whose token is the session's
+/// (if there is a session). The policy is not asked, so that someone taken
+/// off the list, or whose session has ended, can still clear the cookie.
+pub(crate) struct SignOut;
+
+impl<S> FromRequest<S> for SignOut
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        if !same_origin(request.headers(), &app.public_origin) {
+            return Err(HttpError::ForeignOrigin);
+        }
+        let jar = PrivateCookieJar::<axum_extra::extract::cookie::Key>::from_headers(
+            request.headers(),
+            app.cookie_key.clone(),
+        );
+        let Some(expected) = csrf_of(&app, &jar) else {
+            return Ok(Self);
+        };
+        let bytes = axum::body::to_bytes(request.into_body(), super::BODY_LIMIT)
+            .await
+            .map_err(|_| HttpError::BadBody)?;
+        let Csrf { csrf } =
+            serde_urlencoded::from_bytes(&bytes).map_err(|_| HttpError::ForeignOrigin)?;
+        if super::login::constant_time_eq(&csrf, &expected) {
+            Ok(Self)
+        } else {
+            Err(HttpError::ForeignOrigin)
+        }
     }
 }
 

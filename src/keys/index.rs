@@ -90,6 +90,11 @@ pub(crate) struct Index {
     /// Creates in progress per owner (by the same hash as `owners`): they
     /// count against the cap until they settle.
     pending: HashMap<u64, u32>,
+    /// Accounts this replica deleted, by the sequence of their deletion: a
+    /// listing that began before may still name them, and must not bring
+    /// them back. Forgotten once a complete listing that began after them
+    /// is in.
+    deleted: HashMap<Box<str>, u64>,
 }
 
 impl Index {
@@ -154,7 +159,21 @@ impl Index {
     /// Replaces the contents with a full listing, keeping entries inserted
     /// after sequence `since` (issued while the listing ran, so possibly not
     /// in it).
+    /// Forgets an account this replica deleted, so that no listing that
+    /// began before the delete brings it back.
+    pub(crate) fn remove_deleted(&mut self, expires_at: i64, id: &str) {
+        self.seq += 1;
+        self.deleted.insert(id.into(), self.seq);
+        self.remove(expires_at, id);
+    }
+
     pub(crate) fn replace(&mut self, listed: Vec<(String, AccountName)>, since: u64) {
+        let listed: Vec<_> = listed
+            .into_iter()
+            .filter(|(id, _)| self.deleted.get(id.as_str()).is_none_or(|at| *at <= since))
+            .collect();
+        // Deleted before this listing began: it cannot name them any more.
+        self.deleted.retain(|_, at| *at > since);
         let old = std::mem::take(&mut self.schedule);
         self.owners.clear();
         let mut recent = Vec::new();
@@ -184,6 +203,10 @@ impl Index {
     /// holds for it (renamed by someone) loses its old entry, which would
     /// otherwise have it deleted at the old expiry.
     pub(crate) fn merge(&mut self, listed: Vec<(String, AccountName)>) {
+        let listed: Vec<_> = listed
+            .into_iter()
+            .filter(|(id, _)| !self.deleted.contains_key(id.as_str()))
+            .collect();
         let found: HashMap<&str, i64> = listed
             .iter()
             .map(|(id, name)| (id.as_str(), name.expires_at))
@@ -476,6 +499,28 @@ mod tests {
         // A listing keeps what was learnt.
         index.replace(vec![("a2".into(), name(10))], index.seq());
         assert_eq!(index.find("a2", 5).unwrap().last_used_at, Some(1_500));
+    }
+
+    #[test]
+    fn a_listing_that_began_before_a_delete_does_not_bring_the_account_back() {
+        let mut index = Index::default();
+        index.insert("a".into(), name(30), None);
+        index.insert("b".into(), name(30), None);
+        // A listing begins, reads both, then `a` is revoked through us.
+        let since = index.seq();
+        index.remove_deleted(30, "a");
+        index.replace(vec![("a".into(), name(30)), ("b".into(), name(30))], since);
+        let live: Vec<_> = index.all_live(0).into_iter().map(|k| k.id).collect();
+        assert_eq!(live, ["b"]);
+        assert_eq!(index.live_for("a@example.com", 0), 1);
+        // The same from a partial listing.
+        index.merge(vec![("a".into(), name(30))]);
+        assert_eq!(index.all_live(0).len(), 1);
+        // A listing that began after the delete is believed, and the mark
+        // goes (an account of that id named again is someone's new one).
+        let since = index.seq();
+        index.replace(vec![("b".into(), name(30))], since);
+        assert!(index.deleted.is_empty());
     }
 
     #[test]

@@ -256,11 +256,17 @@ async fn state_changing_requests_need_our_origin_and_the_sessions_csrf_token() {
         let page = KeyPage::read(request.send().await.unwrap()).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{what}: {}", page.body);
     }
-    // A GET never mints or deletes.
+    // A GET never mints or deletes: it goes to my keys.
     for path in ["/keys", "/keys/svc_acct_x/revoke", "/logout"] {
         let response = browser.get(app.url(path)).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(location(&response), "/");
     }
+    assert_eq!(
+        my_keys(&app, &browser).await.status,
+        StatusCode::OK,
+        "still signed in"
+    );
     assert_eq!(app.openai_calls(SA_CREATE), 0);
     // Without a session, a form is refused before anything else.
     let page = post_form(

@@ -1,7 +1,8 @@
-//! The sign-ins this replica has completed, remembered until their login
-//! cookie has expired, so that one login (one `state`) completes at most
-//! once even if its cookie and a second code from the same authorization
-//! URL come back. In memory, per replica: see SECURITY.md for what that
+//! Values used once on this replica, remembered until they could not come
+//! back anyway: completed login states (until their login cookie has
+//! expired), so that one login completes at most once even if its cookie
+//! and a second code from the same authorization URL come back; and spent
+//! new-key forms. In memory, per replica: see SECURITY.md for what that
 //! means with several.
 
 use std::collections::hash_map::RandomState;
@@ -48,6 +49,15 @@ impl CompletedLogins {
         }
         remembered.by_expiry.insert((expires, hash));
         true
+    }
+
+    /// Forgets `state`: what it was used for did not happen after all.
+    pub fn forget(&self, state: &str) {
+        let mut remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let hash = remembered.hasher.hash_one(state);
+        if remembered.hashes.remove(&hash) {
+            remembered.by_expiry.retain(|(_, h)| *h != hash);
+        }
     }
 
     /// How many states are remembered.
