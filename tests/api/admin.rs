@@ -288,3 +288,37 @@ async fn the_revoke_endpoint_can_be_kept_for_admins_or_turned_off() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn offboarding_revokes_nothing_when_openai_cannot_list_every_key() {
+    let app = with_admin(&[]).await;
+    with_key(&app, alice()).await;
+    let (carols_browser, _) = with_key(&app, carol()).await;
+    let csrf = hidden(&admin_page(&app, &carols_browser).await.body, "csrf");
+    app.sandbox.openai.push_fault(
+        sandbox::openai::Fault::new(sandbox::openai::FaultKind::status(403))
+            .method("GET")
+            .path("/service_accounts")
+            .times(10),
+    );
+    let answer = post_form(
+        &app,
+        &carols_browser,
+        "/admin/revoke-owner",
+        &[("csrf", &csrf), ("owner", "alice@example.com")],
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+    assert!(answer.body.contains("Nothing was revoked"));
+    assert_eq!(app.openai_calls(SA_DELETE), 0);
+    assert!(
+        app.accounts()
+            .iter()
+            .any(|a| a.name.contains("alice@example.com"))
+    );
+}

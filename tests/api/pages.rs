@@ -457,3 +457,149 @@ async fn opened_under_another_host_name_the_sign_in_moves_to_the_public_one_firs
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), format!("http://127.0.0.1:{port}/"));
 }
+
+#[tokio::test]
+async fn a_key_revoked_while_a_listing_is_on_its_way_stays_gone() {
+    let app = TestApp::spawn().await;
+    let browser = browser();
+    app.sign_in_with(&browser, bob()).await;
+    let account = only_account(&app, &browser).await;
+    let csrf = hidden(&my_keys(&app, &browser).await.body, "csrf");
+    sweep(&app).await;
+    // A sweep reads the accounts now, but its answer arrives late.
+    app.sandbox.openai.push_fault(
+        sandbox::openai::Fault::new(sandbox::openai::FaultKind::DelayAnswer { ms: 800 })
+            .method("GET")
+            .path("/service_accounts"),
+    );
+    let cleanup = app.cleanup.clone();
+    let running = tokio::spawn(async move { cleanup.run_now().await });
+    // Real time, no clock to move: the listing reaches the sandbox at
+    // once and is answered 800 ms later; the revocation comes between.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = post_form(
+        &app,
+        &browser,
+        &format!("/keys/{account}/revoke"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    running.await.unwrap().unwrap();
+    assert!(
+        listed_accounts(&my_keys(&app, &browser).await.body).is_empty(),
+        "the listing that began before the revocation did not bring it back"
+    );
+}
+
+#[tokio::test]
+async fn a_new_key_form_spent_on_one_replica_mints_nothing_on_another() {
+    let app = TestApp::spawn_with(Options::default().set("ISSUE_ON_SIGN_IN", "false")).await;
+    let other = app.replica().await;
+    let browser = browser();
+    app.sign_in_with(&browser, bob()).await;
+    let mine = my_keys(&app, &browser).await;
+    let fields = [
+        ("csrf", hidden(&mine.body, "csrf")),
+        ("form", hidden(&mine.body, "form")),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let page = post_form(&app, &browser, "/keys", &fields).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let again = KeyPage::read(
+        browser
+            .post(format!("http://{}/keys", other.addr))
+            .form(&fields)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::GONE, "{}", again.body);
+    assert_eq!(app.openai_calls(SA_CREATE), 1);
+}
+
+#[tokio::test]
+async fn a_form_whose_key_could_not_be_made_can_be_sent_again() {
+    let app = TestApp::spawn_with(Options::default().set("ISSUE_ON_SIGN_IN", "false")).await;
+    let browser = browser();
+    app.sign_in_with(&browser, bob()).await;
+    let mine = my_keys(&app, &browser).await;
+    let (csrf, form) = (hidden(&mine.body, "csrf"), hidden(&mine.body, "form"));
+    app.sandbox.openai.push_fault(
+        sandbox::openai::Fault::new(sandbox::openai::FaultKind::status(400))
+            .method("POST")
+            .path("/service_accounts"),
+    );
+    let failed = post_form(&app, &browser, "/keys", &[("csrf", &csrf), ("form", &form)]).await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+    let retried = post_form(&app, &browser, "/keys", &[("csrf", &csrf), ("form", &form)]).await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+}
+
+#[tokio::test]
+async fn someone_taken_off_the_list_can_still_sign_out() {
+    let app = TestApp::spawn().await;
+    let browser = browser();
+    app.sign_in_with(&browser, alice()).await;
+    let csrf = hidden(&my_keys(&app, &browser).await.body, "csrf");
+    let changed = app.replica_with(&[("ALLOWED_DOMAINS", "other.test")]).await;
+    let page = KeyPage::read(
+        browser
+            .post(format!("http://{}/logout", changed.addr))
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Signed out"));
+}
+
+#[tokio::test]
+async fn when_openai_cannot_list_a_page_says_its_list_may_be_stale() {
+    let app = TestApp::spawn().await;
+    let browser = browser();
+    app.sign_in_with(&browser, bob()).await;
+    assert!(!my_keys(&app, &browser).await.body.contains("id=\"notice\""));
+    app.sandbox.openai.push_fault(
+        sandbox::openai::Fault::new(sandbox::openai::FaultKind::status(403))
+            .method("GET")
+            .path("/service_accounts")
+            .times(10),
+    );
+    app.advance(Duration::from_secs(16));
+    let page = my_keys(&app, &browser).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("may be out of date"), "{}", page.body);
+    assert_eq!(
+        listed_accounts(&page.body).len(),
+        1,
+        "what the replica knows"
+    );
+    // Not tried again at once: one view, one failed pass, and no more.
+    let lists = app.openai_calls(SA_LIST);
+    my_keys(&app, &browser).await;
+    assert_eq!(app.openai_calls(SA_LIST), lists);
+}
+
+#[tokio::test]
+async fn another_sites_link_to_choose_an_account_keeps_that_through_the_landing_page() {
+    let app = TestApp::spawn().await;
+    let page = KeyPage::read(
+        plain_client()
+            .get(app.url("/?account=choose"))
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("href=\"/?account=choose\""),
+        "{}",
+        page.body
+    );
+}

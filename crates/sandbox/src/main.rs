@@ -32,7 +32,8 @@ On the fake OpenAI port (and the clock on every port):
   POST /_sandbox/openai/faults          add a rule or a list of rules, e.g.
                                         {\"method\":\"POST\",\"path_contains\":\"/service_accounts\",
                                          \"count\":1,\"kind\":{\"type\":\"commit_then_fail\",\"status\":500}}
-                                        kinds: status (+ status, retry_after), delay (+ ms), hang,
+                                        kinds: status (+ status, retry_after), delay (+ ms),
+                                        delay_answer (+ ms: done at once, answered late), hang,
                                         malformed_json, commit_then_fail (+ status), commit_then_hang,
                                         oversized (+ bytes: a 200 that large, chunked)
   DELETE /_sandbox/openai/faults        empty the fault plan

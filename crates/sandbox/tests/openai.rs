@@ -1172,6 +1172,39 @@ async fn a_malformed_json_fault_answers_200_with_a_broken_body() {
 }
 
 #[tokio::test]
+async fn a_delayed_answer_reflects_the_moment_the_request_was_handled() {
+    let api = Api::start().await;
+    api.sandbox.openai.push_fault(
+        Fault::new(FaultKind::DelayAnswer { ms: 400 })
+            .method("GET")
+            .path("/organization/projects"),
+    );
+    let http = api.client.clone();
+    let url = api.url("/organization/projects");
+    let key = api.admin.clone();
+    let slow = tokio::spawn(async move {
+        http.get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    api.sandbox.openai.create_project("made-meanwhile");
+    let listing = slow.await.unwrap();
+    let names: Vec<_> = listing["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!names.contains(&"made-meanwhile".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
 async fn an_oversized_fault_streams_a_200_of_that_size_with_no_length() {
     let api = Api::start().await;
     api.sandbox.openai.push_fault(

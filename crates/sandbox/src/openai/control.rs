@@ -194,6 +194,7 @@ fn check_fault(fault: &Fault) -> Result<(), ApiError> {
     let status = match fault.kind {
         FaultKind::Status { status, .. } | FaultKind::CommitThenFail { status } => status,
         FaultKind::Delay { .. }
+        | FaultKind::DelayAnswer { .. }
         | FaultKind::Hang
         | FaultKind::MalformedJson
         | FaultKind::CommitThenHang

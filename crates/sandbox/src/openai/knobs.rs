@@ -103,6 +103,13 @@ pub enum FaultKind {
         /// HTTP status.
         status: u16,
     },
+    /// The request really takes effect at once, and its answer comes `ms`
+    /// milliseconds later: a listing that reflects the moment it was read,
+    /// not the moment it arrives.
+    DelayAnswer {
+        /// Extra milliseconds after the work is done.
+        ms: u64,
+    },
     /// The request really takes effect, but no answer ever comes.
     CommitThenHang,
     /// 200 with a body of `bytes` bytes of whitespace, streamed without a

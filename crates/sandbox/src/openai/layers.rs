@@ -134,6 +134,11 @@ pub(super) async fn knobs(
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 next.run(request).await
             }
+            FaultKind::DelayAnswer { ms } => {
+                let response = next.run(request).await;
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                response
+            }
             FaultKind::Oversized { bytes } => crate::padding::oversized(bytes),
             FaultKind::Hang => hang(&fake, pending, route.clone()).await,
             FaultKind::CommitThenHang => {
