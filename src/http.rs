@@ -44,9 +44,29 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a sign-in may take between `/` and the callback.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 
-/// Everything handlers need. Cheap to clone.
+/// Everything handlers need: one reference-counted pointer, since every
+/// extractor of every request clones it.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of these parts.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points at.
+#[derive(Debug)]
+pub struct Shared {
     /// The use cases: signing in, issuing, listing and revoking keys.
     pub issuance: crate::issuance::Issuance,
     /// The OIDC relying party.
@@ -88,9 +108,14 @@ struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let id: [u8; 16] = rand::random();
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        HeaderValue::from_str(&hex).ok().map(RequestId::new)
+        let mut hex = [0u8; 32];
+        for (i, byte) in id.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(byte >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        HeaderValue::from_bytes(&hex).ok().map(RequestId::new)
     }
 }
 
@@ -261,12 +286,12 @@ pub fn router(state: AppState) -> Router {
                         .extensions()
                         .get::<MatchedPath>()
                         .map_or("", MatchedPath::as_str);
+                    // Formatted only if the span is recorded.
                     let client = request
                         .extensions()
                         .get::<crate::limits::ClientAddr>()
                         .and_then(|c| c.0)
-                        .map(|ip| ip.to_string())
-                        .unwrap_or_default();
+                        .map(tracing::field::display);
                     tracing::info_span!(
                         "request",
                         request_id,

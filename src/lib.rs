@@ -165,7 +165,7 @@ impl Application {
                 forms_kept: config.session_ttl,
             },
         );
-        let state = AppState {
+        let state = AppState::new(http::Shared {
             issuance,
             provider,
             keys,
@@ -179,7 +179,7 @@ impl Application {
             public_origin: config.redirect_uri.origin().ascii_serialization().into(),
             session_ttl: config.session_ttl,
             revoke_endpoint: config.revoke_endpoint,
-        };
+        });
         Ok(Self {
             listener,
             state,
