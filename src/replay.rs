@@ -6,28 +6,38 @@
 //! means with several.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher as _;
 use std::sync::{Mutex, PoisonError};
 
 /// The most states remembered. Reaching it takes a hundred thousand
-/// completed callbacks within one login lifetime; then the state closest to
-/// its own expiry is forgotten first (replaying it would still need a second
-/// code from the provider, approved by its owner).
+/// completed callbacks within one login lifetime; then the oldest is
+/// forgotten first (replaying it would still need a second code from the
+/// provider, approved by its owner).
 const MAX_REMEMBERED: usize = 100_000;
 
 /// Completed login states. Per replica.
 #[derive(Debug, Default)]
 pub struct CompletedLogins(Mutex<Remembered>);
 
+/// About 30 bytes a value: every sign-in of the last ten minutes is here.
 #[derive(Debug, Default)]
 struct Remembered {
-    /// `(expires, hash)`, to forget in expiry order.
-    by_expiry: BTreeSet<(i64, u64)>,
-    hashes: HashSet<u64>,
-    /// States are hashed with a per-process key: 16 bytes an entry, and
-    /// nothing worth stealing in memory.
+    /// `(expires, hash)` in the order recorded, to forget the oldest first.
+    /// Expiries follow that order but loosely (a login that took longer
+    /// expires earlier than it stands): one may outlive its expiry by a
+    /// login's lifetime at most, which only makes it safer.
+    order: VecDeque<(u32, u64)>,
+    /// Each value's hash and expiry (whole seconds).
+    expires: HashMap<u64, u32>,
+    /// Values are hashed with a per-process key: nothing worth stealing in
+    /// memory.
     hasher: RandomState,
+}
+
+/// Unix seconds in four bytes (saturating in 2106).
+fn seconds(at: i64) -> u32 {
+    u32::try_from(at.max(0)).unwrap_or(u32::MAX)
 }
 
 impl CompletedLogins {
@@ -36,18 +46,24 @@ impl CompletedLogins {
     pub fn complete(&self, state: &str, expires: i64, now: i64) -> bool {
         let mut remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let remembered = &mut *remembered;
-        while let Some(&(at, hash)) = remembered.by_expiry.first() {
-            if at > now && remembered.hashes.len() < MAX_REMEMBERED {
+        let now = seconds(now);
+        while let Some(&(at, hash)) = remembered.order.front() {
+            if at > now && remembered.order.len() < MAX_REMEMBERED {
                 break;
             }
-            remembered.by_expiry.pop_first();
-            remembered.hashes.remove(&hash);
+            remembered.order.pop_front();
+            // Only if it was not recorded again since.
+            if remembered.expires.get(&hash) == Some(&at) {
+                remembered.expires.remove(&hash);
+            }
         }
         let hash = remembered.hasher.hash_one(state);
-        if !remembered.hashes.insert(hash) {
+        if remembered.expires.contains_key(&hash) {
             return false;
         }
-        remembered.by_expiry.insert((expires, hash));
+        let expires = seconds(expires);
+        remembered.expires.insert(hash, expires);
+        remembered.order.push_back((expires, hash));
         true
     }
 
@@ -55,9 +71,7 @@ impl CompletedLogins {
     pub fn forget(&self, state: &str) {
         let mut remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let hash = remembered.hasher.hash_one(state);
-        if remembered.hashes.remove(&hash) {
-            remembered.by_expiry.retain(|(_, h)| *h != hash);
-        }
+        remembered.expires.remove(&hash);
     }
 
     /// How many states are remembered.
@@ -65,7 +79,7 @@ impl CompletedLogins {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .hashes
+            .expires
             .len()
     }
 
@@ -95,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn at_the_bound_the_state_closest_to_expiry_is_forgotten_first() {
+    fn at_the_bound_the_oldest_is_forgotten_first() {
         let completed = CompletedLogins::default();
         for i in 0..MAX_REMEMBERED as i64 {
             assert!(completed.complete(&format!("s{i}"), 10_000 + i, 0));
@@ -107,5 +121,19 @@ mod tests {
             "the earliest was forgotten"
         );
         assert!(!completed.complete("s5", 10_005, 0), "later ones are kept");
+    }
+
+    #[test]
+    fn a_forgotten_value_can_be_recorded_again_and_lasts_its_new_time() {
+        let completed = CompletedLogins::default();
+        assert!(completed.complete("form", 100, 0));
+        completed.forget("form");
+        assert!(
+            completed.complete("form", 500, 50),
+            "forgotten: it counts as new"
+        );
+        // The first recording's time passes: the second still holds.
+        assert!(completed.complete("other", 600, 200));
+        assert!(!completed.complete("form", 500, 200));
     }
 }
