@@ -132,7 +132,8 @@ impl Browser {
             .unwrap()
     }
 
-    async fn click(&self, css: &str) {
+    /// Clicks what does not leave the page (a copy button).
+    async fn press(&self, css: &str) {
         self.client()
             .find(Locator::Css(css))
             .await
@@ -140,6 +141,23 @@ impl Browser {
             .click()
             .await
             .unwrap();
+    }
+
+    /// Clicks a link or a form's button, and waits until the page it
+    /// leaves is gone: otherwise the next `wait_for` could find its element
+    /// on the old page, before the new one has loaded.
+    async fn click(&self, css: &str) {
+        let old = self.client().find(Locator::Css("html")).await.unwrap();
+        self.press(css).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // A stale element is how WebDriver says its document is gone.
+        while old.tag_name().await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "clicking {css} did not load another page"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -276,7 +294,7 @@ async fn a_person_gets_a_key_copies_it_sees_and_revokes_their_keys_and_signs_out
     assert_own_origins(&app, &browser.loaded().await);
 
     // The copy button puts exactly the key on the clipboard.
-    browser.click("button[data-copy=key]").await;
+    browser.press("button[data-copy=key]").await;
     let copied = browser
         .client()
         .execute_async(
