@@ -2,9 +2,14 @@
 
 mod check_config;
 mod cleanup;
+pub mod client;
+pub mod context;
 #[cfg(feature = "demo")]
 mod demo;
+pub mod key;
+pub mod login;
 mod serve;
+pub mod store;
 
 use std::process::ExitCode;
 
@@ -38,6 +43,44 @@ pub enum Command {
     /// Delete this server's expired service accounts once, and exit
     /// (non-zero if any delete failed), for a cron job.
     Cleanup(cleanup::Args),
+    /// Sign this terminal in to a key server (browser, or --device).
+    Login(login::LoginArgs),
+    /// Print a valid key on stdout (the credential helper tools call).
+    Key(key::KeyArgs),
+    /// Print the shell line that sets `OPENAI_API_KEY`.
+    Env(key::EnvArgs),
+    /// Run a command with `OPENAI_API_KEY` in its environment.
+    Exec(key::ExecArgs),
+    /// List my live keys.
+    Keys(key::KeysArgs),
+    /// Revoke one of my keys.
+    Revoke(key::RevokeArgs),
+    /// Sign this terminal out, revoking the keys it obtained.
+    Logout(login::LogoutArgs),
+}
+
+/// Runs a client command, printing its error as one line.
+async fn client(run: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match run.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text.replace('\n', " ")
 }
 
 /// Exit code for bad settings.
@@ -67,6 +110,19 @@ pub fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::CheckConfig(args) => check_config::run(args),
             Command::Cleanup(args) => cleanup::run(args).await,
+            Command::Login(args) => client(login::login(args)).await,
+            Command::Key(args) => client(key::key(args)).await,
+            Command::Env(args) => client(key::env(args)).await,
+            Command::Exec(args) => match key::exec(args).await {
+                Ok(code) => code,
+                Err(error) => {
+                    eprintln!("error: {}", one_line(&error));
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Keys(args) => client(key::keys(args)).await,
+            Command::Revoke(args) => client(key::revoke(args)).await,
+            Command::Logout(args) => client(login::logout(args)).await,
         }
     })
 }

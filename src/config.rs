@@ -86,6 +86,10 @@ pub mod vars {
     pub const ADMIN_USERS: &str = "ADMIN_USERS";
     /// Lifetime of a browser session, in seconds.
     pub const SESSION_TTL: &str = "SESSION_TTL";
+    /// Lifetime of a command line's session, in seconds.
+    pub const CLI_SESSION_TTL: &str = "CLI_SESSION_TTL";
+    /// Seconds a device sign-in's CLI waits between polls.
+    pub const DEVICE_POLL_INTERVAL: &str = "DEVICE_POLL_INTERVAL";
     /// Whether signing in issues a key at once (the Go original's way).
     pub const ISSUE_ON_SIGN_IN: &str = "ISSUE_ON_SIGN_IN";
     /// Oldest listing, in seconds, that a page listing keys may show.
@@ -228,6 +232,10 @@ pub struct Config {
     pub admins: BTreeSet<EmailAddress>,
     /// Lifetime of a browser session.
     pub session_ttl: Duration,
+    /// Lifetime of a command line's session.
+    pub cli_session_ttl: Duration,
+    /// How often a device sign-in's CLI polls.
+    pub device_poll_interval: Duration,
     /// Whether the sign-in callback issues a key at once.
     pub issue_on_sign_in: bool,
     /// Oldest listing a page listing keys may show.
@@ -758,6 +766,8 @@ impl Config {
             }
         }
         let session_ttl = r.seconds(vars::SESSION_TTL, 43_200, 7 * 86_400);
+        let cli_session_ttl = r.seconds(vars::CLI_SESSION_TTL, 43_200, 30 * 86_400);
+        let device_poll_interval = r.seconds(vars::DEVICE_POLL_INTERVAL, 5, 60);
         let issue_on_sign_in = r.flag(vars::ISSUE_ON_SIGN_IN, true);
         let listing_max_age = r.seconds(vars::LISTING_MAX_AGE, 15, 3_600);
         let revoke_endpoint = match r
@@ -884,6 +894,8 @@ impl Config {
                     max_connections: ConnectionLimit::new(max_connections),
                     admins,
                     session_ttl,
+                    cli_session_ttl,
+                    device_poll_interval,
                     issue_on_sign_in,
                     listing_max_age,
                     revoke_endpoint,
@@ -991,6 +1003,14 @@ impl Config {
                 join(self.admins.iter().map(ToString::to_string).collect()),
             ),
             (vars::SESSION_TTL, self.session_ttl.as_secs().to_string()),
+            (
+                vars::CLI_SESSION_TTL,
+                self.cli_session_ttl.as_secs().to_string(),
+            ),
+            (
+                vars::DEVICE_POLL_INTERVAL,
+                self.device_poll_interval.as_secs().to_string(),
+            ),
             (vars::ISSUE_ON_SIGN_IN, self.issue_on_sign_in.to_string()),
             (
                 vars::LISTING_MAX_AGE,

@@ -3,8 +3,10 @@
 //! place.
 
 mod admin;
+pub mod api;
 mod assets;
 mod client;
+mod device;
 mod error;
 mod login;
 mod me;
@@ -92,6 +94,8 @@ pub struct Shared {
     pub public_origin: Arc<str>,
     /// Lifetime of a browser session (`SESSION_TTL`).
     pub session_ttl: Duration,
+    /// Lifetime of a command line's session (`CLI_SESSION_TTL`).
+    pub cli_session_ttl: Duration,
     /// Who may use `/revoke`.
     pub revoke_endpoint: crate::config::RevokeEndpoint,
 }
@@ -231,6 +235,8 @@ pub fn router(state: AppState) -> Router {
             post(me::revoke).get(to_my_keys),
         )
         .route("/logout", post(me::logout).get(to_my_keys))
+        .route("/cli/login", get(login::cli_login))
+        .route("/device", get(device::page).post(device::answer))
         .route("/admin", get(admin::page))
         .route(
             "/admin/keys/{service_account_id}/revoke",
@@ -248,7 +254,9 @@ pub fn router(state: AppState) -> Router {
         RevokeEndpoint::Admin => routes.route("/revoke", post(ops::revoke_as_admin)),
         RevokeEndpoint::Off => routes,
     };
+    let (api, _) = api::routes();
     let routes = routes
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(read_body))

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::access::{Grant, Policy, Refusal};
 use crate::cleanup::Cleanup;
+use crate::cli_auth::{self, CliAuth, DeviceStart, Issued};
 use crate::clock;
 use crate::identity::{EmailAddress, Identity};
 use crate::keys::{IssuedKey, KeyInfo, Keys};
@@ -88,12 +89,39 @@ pub enum Error {
     /// The Admin API failed.
     #[error(transparent)]
     Keys(#[from] crate::keys::Error),
+    /// A key asked for a longer life than the person may give it.
+    #[error("a key may live at most {max:?}")]
+    LifetimeTooLong {
+        /// The most.
+        max: Duration,
+    },
+    /// A key asked for no life at all.
+    #[error("a key must live at least a second")]
+    LifetimeZero,
+    /// A step of a command line's sign-in, or its session, did not go
+    /// through.
+    #[error(transparent)]
+    Cli(#[from] cli_auth::Refused),
 }
 
-/// What a person asks for beyond their grant. Nothing yet: the policy issue
-/// adds a project, a lifetime and scopes.
+/// What a person asks for within their grant (the policy issue adds a
+/// project and scopes).
 #[derive(Clone, Debug, Default)]
-pub struct IssueRequest {}
+pub struct IssueRequest {
+    /// A lifetime shorter than the grant's; `None`: the grant's.
+    pub lifetime: Option<Duration>,
+}
+
+/// Someone calling the JSON API with a CLI session.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Who the session names.
+    pub identity: Identity,
+    /// What they may have, decided now.
+    pub grant: Grant,
+    /// When the session ends (Unix seconds).
+    pub session_expires_at: i64,
+}
 
 /// A login being completed: its `state`, and when its cookie dies (Unix
 /// seconds), until which it is remembered as completed.
@@ -158,6 +186,8 @@ struct Inner {
     /// that an Admin API that refuses does not cost a call per view.
     listing_failed_at: Mutex<Option<SystemTime>>,
     usage_failed_at: Mutex<Option<SystemTime>>,
+    /// Command lines' sign-ins and sessions.
+    cli: CliAuth,
 }
 
 /// Whether `at` is at most `max_age` before `now` (or after it).
@@ -181,6 +211,7 @@ impl Issuance {
         cleanup: Cleanup,
         limits: Arc<Limits>,
         pages: Pages,
+        cli: CliAuth,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -195,6 +226,7 @@ impl Issuance {
                 usage_at: Mutex::new(None),
                 listing_failed_at: Mutex::new(None),
                 usage_failed_at: Mutex::new(None),
+                cli,
             }),
         }
     }
@@ -281,10 +313,23 @@ impl Issuance {
     pub async fn issue(
         &self,
         identity: &Identity,
-        _request: &IssueRequest,
+        request: &IssueRequest,
         now: SystemTime,
     ) -> Result<IssuedKey, Error> {
         let grant = self.authorize(identity)?;
+        // Never cut silently: a caller that asked for more is told the most.
+        let lifetime = match request.lifetime {
+            None => grant.lifetime,
+            Some(lifetime) if lifetime > grant.lifetime => {
+                return Err(Error::LifetimeTooLong {
+                    max: grant.lifetime,
+                });
+            }
+            Some(lifetime) if lifetime < Duration::from_secs(1) => {
+                return Err(Error::LifetimeZero);
+            }
+            Some(lifetime) => lifetime,
+        };
         let keys = &self.inner.keys;
         self.inner
             .limits
@@ -302,7 +347,7 @@ impl Issuance {
                 retry_after: clock::until(reached.oldest_expiry, now).max(Duration::from_secs(1)),
             })?;
         let issued = keys
-            .spawn_issue(grant.owner.clone(), grant.lifetime, reservation, now)?
+            .spawn_issue(grant.owner.clone(), lifetime, reservation, now)?
             .await
             .map_err(|_| crate::keys::Error::TaskFailed)??;
         Ok(issued)
@@ -540,6 +585,137 @@ impl Issuance {
         self.request_sweep(client, now)?;
         tracing::info!(audit = "sweep", actor = %grant.owner, action = "ask for a cleanup", "asked for a cleanup");
         Ok(())
+    }
+
+    /// The caller a CLI session names, still allowed.
+    pub fn caller(&self, token: &secrecy::SecretString, now: SystemTime) -> Result<Caller, Error> {
+        let (identity, session_expires_at) = self.inner.cli.open_session(token, now)?;
+        let grant = self.authorize(&identity)?;
+        Ok(Caller {
+            identity,
+            grant,
+            session_expires_at,
+        })
+    }
+
+    /// The one-time code that hands a person just signed in through the
+    /// browser to the command line that holds the verifier of `challenge`.
+    pub fn cli_code(
+        &self,
+        identity: &Identity,
+        challenge: &str,
+        now: SystemTime,
+    ) -> Result<String, Error> {
+        let grant = self.authorize(identity)?;
+        Ok(self
+            .inner
+            .cli
+            .code_for(identity, &grant.owner, challenge, now))
+    }
+
+    /// A loopback sign-in's last step: the code and its verifier, from
+    /// `client`, for a CLI session. A wrong or spent code uses up one of
+    /// the address's failed sign-ins.
+    pub fn redeem_cli_code(
+        &self,
+        client: ClientAddr,
+        code: &str,
+        verifier: &str,
+        now: SystemTime,
+    ) -> Result<Issued, Error> {
+        let limiter = &self.inner.limits.sign_in_per_ip;
+        let key = client.key();
+        limiter
+            .check(&key, now)
+            .map_err(|retry_after| Error::RateLimited {
+                what: "failed sign-ins per address",
+                retry_after,
+            })?;
+        let identity = self.inner.cli.redeem(code, verifier, now)?;
+        let grant = self.authorize(&identity)?;
+        limiter.refund(&key, now);
+        Ok(self.cli_session(&identity, &grant, "loopback", now))
+    }
+
+    fn cli_session(
+        &self,
+        identity: &Identity,
+        grant: &Grant,
+        how: &'static str,
+        now: SystemTime,
+    ) -> Issued {
+        let issued = self.inner.cli.session_for(identity, &grant.owner, now);
+        tracing::info!(
+            audit = "cli-session",
+            actor = %grant.owner,
+            how,
+            expires_at = issued.expires_at,
+            "signed a command line in"
+        );
+        issued
+    }
+
+    /// Begins a device sign-in for `client`, which uses up one of the
+    /// address's sign-ins: a device code costs memory until it expires.
+    pub fn start_device(&self, client: ClientAddr, now: SystemTime) -> Result<DeviceStart, Error> {
+        self.inner
+            .limits
+            .sign_in_per_ip
+            .check(&client.key(), now)
+            .map_err(|retry_after| Error::RateLimited {
+                what: "sign-ins per address",
+                retry_after,
+            })?;
+        Ok(self.inner.cli.start_device(now)?)
+    }
+
+    /// Whether `user_code` waits for its person on this replica.
+    pub fn device_pending(&self, user_code: &str, now: SystemTime) -> bool {
+        self.inner.cli.device_pending(user_code, now)
+    }
+
+    /// A signed-in person's answer to a device code they typed, from
+    /// `client`: approve (their command line is signed in as them) or
+    /// refuse. A code that is not pending uses up one of the address's
+    /// failed sign-ins, so codes cannot be guessed at speed.
+    pub fn answer_device(
+        &self,
+        identity: &Identity,
+        client: ClientAddr,
+        user_code: &str,
+        approve: bool,
+        now: SystemTime,
+    ) -> Result<(), Error> {
+        let grant = self.authorize(identity)?;
+        let limiter = &self.inner.limits.sign_in_per_ip;
+        let key = client.key();
+        limiter
+            .check(&key, now)
+            .map_err(|retry_after| Error::RateLimited {
+                what: "failed sign-ins per address",
+                retry_after,
+            })?;
+        self.inner
+            .cli
+            .answer_device(user_code, approve.then_some(identity), now)?;
+        limiter.refund(&key, now);
+        tracing::info!(
+            audit = if approve { "device-approved" } else { "device-refused" },
+            actor = %grant.owner,
+            "answered a device sign-in"
+        );
+        Ok(())
+    }
+
+    /// A device sign-in's poll: a CLI session once the person approved.
+    pub fn poll_device(
+        &self,
+        device_code: &secrecy::SecretString,
+        now: SystemTime,
+    ) -> Result<Issued, Error> {
+        let identity = self.inner.cli.poll_device(device_code, now)?;
+        let grant = self.authorize(&identity)?;
+        Ok(self.cli_session(&identity, &grant, "device", now))
     }
 
     /// The grant of an admin; anyone else's attempt is refused, and said

@@ -67,6 +67,8 @@ pub struct IssuedKey {
     pub service_account_id: String,
     /// The key's id.
     pub key_id: String,
+    /// The project it belongs to.
+    pub project_id: String,
 }
 
 /// Why issuing or sweeping failed.
@@ -845,6 +847,7 @@ impl Keys {
             enforced_by_openai,
             service_account_id: created.id,
             key_id: key.id,
+            project_id: project_id.clone(),
         })
     }
 

@@ -7,8 +7,10 @@
 //! benchmark use the same two calls.
 
 pub mod access;
+pub mod api;
 pub mod cleanup;
 pub mod cli;
+pub mod cli_auth;
 pub mod clock;
 pub mod config;
 pub mod forwarded;
@@ -21,6 +23,7 @@ pub mod memory;
 pub mod oidc;
 pub mod openai;
 pub mod replay;
+pub mod seal;
 pub mod telemetry;
 pub mod timing;
 pub mod upstream;
@@ -164,6 +167,11 @@ impl Application {
                 issue_on_sign_in: config.issue_on_sign_in,
                 forms_kept: config.session_ttl,
             },
+            cli_auth::CliAuth::new(
+                seal::Sealer::new(cookie_key.clone()),
+                config.cli_session_ttl,
+                config.device_poll_interval,
+            ),
         );
         let state = AppState::new(http::Shared {
             issuance,
@@ -178,6 +186,7 @@ impl Application {
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             public_origin: config.redirect_uri.origin().ascii_serialization().into(),
             session_ttl: config.session_ttl,
+            cli_session_ttl: config.cli_session_ttl,
             revoke_endpoint: config.revoke_endpoint,
         });
         Ok(Self {

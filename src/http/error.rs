@@ -14,6 +14,7 @@ use tower_http::request_id::RequestId;
 
 use super::AppState;
 use crate::access::Refusal;
+use crate::cli_auth::Refused;
 use crate::issuance;
 use crate::{keys, oidc, openai};
 
@@ -77,6 +78,18 @@ pub enum HttpError {
     /// A page failed to render.
     #[error("rendering failed: {0}")]
     Render(#[from] askama::Error),
+    /// An API call without `Authorization: Bearer <CLI session>`.
+    #[error("no bearer token")]
+    NoBearer,
+    /// An API call whose JSON body could not be read.
+    #[error("the JSON body could not be read: {0}")]
+    BadJson(String),
+    /// A token request of no known grant type, or without its fields.
+    #[error("unsupported grant type or missing fields")]
+    BadGrant,
+    /// A command line's sign-in link that is not one (`/cli/login`).
+    #[error("bad CLI sign-in link: {0}")]
+    BadCliLogin(&'static str),
 }
 
 /// What the person sees.
@@ -239,6 +252,97 @@ fn public(error: &HttpError) -> Public {
             "Something went wrong",
             "The page could not be shown.",
         ),
+        HttpError::NoBearer => with_hint(
+            page(
+                StatusCode::UNAUTHORIZED,
+                "Not signed in",
+                "This call needs a CLI session in an `Authorization: Bearer` header.",
+            ),
+            "Run `openai-key-server login --server <this server>`.",
+        ),
+        HttpError::BadJson(why) => page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            &format!("The JSON body could not be read: {why}."),
+        ),
+        HttpError::BadGrant => page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "grant_type must be authorization_code (with code and code_verifier) or urn:ietf:params:oauth:grant-type:device_code (with device_code).",
+        ),
+        HttpError::BadCliLogin(why) => with_hint(
+            page(
+                StatusCode::BAD_REQUEST,
+                "Not a valid sign-in link",
+                &format!("This command-line sign-in link cannot be used: {why}."),
+            ),
+            "Run `openai-key-server login` again and open the link it gives.",
+        ),
+    }
+}
+
+/// The stable code of an error in the JSON API.
+fn code(error: &HttpError) -> &'static str {
+    match error {
+        HttpError::NoLoginInProgress => "no_sign_in_in_progress",
+        HttpError::LoginExpired => "sign_in_expired",
+        HttpError::StateMismatch | HttpError::BadCallback(_) => "bad_callback",
+        HttpError::ProviderError(_) => "provider_error",
+        HttpError::SignIn(error) => sign_in_code(error),
+        HttpError::Issuance(error) => match error {
+            issuance::Error::Refused { .. } => "refused",
+            issuance::Error::SignIn(error) => sign_in_code(error),
+            issuance::Error::Replayed => "replayed",
+            issuance::Error::FormSpent => "form_spent",
+            issuance::Error::RateLimited { .. } => "rate_limited",
+            issuance::Error::CapReached { .. } => "cap_reached",
+            issuance::Error::NotFound => "not_found",
+            issuance::Error::NotAdmin { .. } => "forbidden",
+            issuance::Error::NotConfirmed => "not_confirmed",
+            issuance::Error::ListingIncomplete { .. } => "listing_incomplete",
+            issuance::Error::PartlyRevoked { .. } => "partly_revoked",
+            issuance::Error::LifetimeTooLong { .. } => "ttl_too_long",
+            issuance::Error::LifetimeZero => "bad_request",
+            issuance::Error::Cli(refused) => match refused {
+                Refused::InvalidGrant(_) => "invalid_grant",
+                Refused::AuthorizationPending => "authorization_pending",
+                Refused::SlowDown(_) => "slow_down",
+                Refused::ExpiredToken => "expired_token",
+                Refused::AccessDenied => "access_denied",
+                Refused::UnknownUserCode => "unknown_user_code",
+                Refused::TooManyPending => "busy",
+                Refused::BadSession => "unauthorized",
+                Refused::SessionExpired => "session_expired",
+            },
+            issuance::Error::Keys(error) => match error {
+                keys::Error::OpenAi(openai::Error::RateLimited { .. }) => "openai_busy",
+                keys::Error::OpenAi(openai::Error::Timeout) => "openai_timeout",
+                keys::Error::ShuttingDown => "shutting_down",
+                keys::Error::TaskFailed => "internal",
+                _ => "openai_failed",
+            },
+        },
+        HttpError::NotSignedIn | HttpError::NoBearer => "unauthorized",
+        HttpError::ForeignOrigin => "forbidden",
+        HttpError::BadForm | HttpError::BadBody | HttpError::BadJson(_) => "bad_request",
+        HttpError::BadGrant => "unsupported_grant_type",
+        HttpError::BadCliLogin(_) => "bad_request",
+        HttpError::KeyShownOnce => "key_shown_once",
+        HttpError::NotFound => "not_found",
+        HttpError::MethodNotAllowed => "method_not_allowed",
+        HttpError::BodyTimeout => "timeout",
+        HttpError::BodyTooLarge => "too_large",
+        HttpError::Closing => "busy",
+        HttpError::Render(_) => "internal",
+    }
+}
+
+fn sign_in_code(error: &oidc::Error) -> &'static str {
+    match error {
+        oidc::Error::CodeRefused { .. } => "code_refused",
+        oidc::Error::InvalidToken(_) => "invalid_token",
+        oidc::Error::Unreachable(_) => "provider_unreachable",
+        oidc::Error::ClientRefused(_) => "misconfigured",
     }
 }
 
@@ -380,6 +484,93 @@ fn issuance_failed(error: &issuance::Error) -> Public {
             "Try again; OpenAI may be busy. The operator has the details in the log.",
         ),
         issuance::Error::Keys(error) => keys_failed(error),
+        issuance::Error::LifetimeTooLong { max } => page(
+            StatusCode::BAD_REQUEST,
+            "Lifetime too long",
+            &format!(
+                "A key of yours may live at most {} seconds ({}); ask for that or less.",
+                max.as_secs(),
+                crate::clock::humanize(*max)
+            ),
+        ),
+        issuance::Error::LifetimeZero => page(
+            StatusCode::BAD_REQUEST,
+            "Lifetime too short",
+            "A key must live at least one second.",
+        ),
+        issuance::Error::Cli(refused) => cli_refused(refused),
+    }
+}
+
+fn cli_refused(refused: &Refused) -> Public {
+    let login = "Run `openai-key-server login` again.";
+    match refused {
+        Refused::InvalidGrant(why) => with_hint(
+            page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in code not valid",
+                &format!("The sign-in code cannot be used: {why}."),
+            ),
+            login,
+        ),
+        Refused::AuthorizationPending => page(
+            StatusCode::BAD_REQUEST,
+            "Waiting",
+            "The code has not been confirmed in a browser yet; keep polling.",
+        ),
+        Refused::SlowDown(interval) => page(
+            StatusCode::BAD_REQUEST,
+            "Too fast",
+            &format!("Polled too often; poll every {interval} seconds from now on."),
+        ),
+        Refused::ExpiredToken => with_hint(
+            page(
+                StatusCode::BAD_REQUEST,
+                "Code expired",
+                "The device code expired before it was confirmed, or was used already.",
+            ),
+            "Run `openai-key-server login --device` again.",
+        ),
+        Refused::AccessDenied => page(
+            StatusCode::BAD_REQUEST,
+            "Refused",
+            "The sign-in was refused in the browser.",
+        ),
+        Refused::UnknownUserCode => with_hint(
+            page(
+                StatusCode::BAD_REQUEST,
+                "No such code",
+                "No command line is waiting for this code here. It may be mistyped, expired (a code lives ten minutes) or used already.",
+            ),
+            "Check the code your terminal shows, or run `openai-key-server login --device` again.",
+        ),
+        Refused::TooManyPending => Public {
+            retry_after: Some(60),
+            ..with_hint(
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Busy",
+                    "Too many device sign-ins are waiting on this server.",
+                ),
+                "Try again in a minute, or sign in with `openai-key-server login` (no --device).",
+            )
+        },
+        Refused::BadSession => with_hint(
+            page(
+                StatusCode::UNAUTHORIZED,
+                "Not signed in",
+                "The session is not one of this server's (or the server's SESSION_SECRET changed).",
+            ),
+            login,
+        ),
+        Refused::SessionExpired => with_hint(
+            page(
+                StatusCode::UNAUTHORIZED,
+                "Session ended",
+                "This command line's session has ended.",
+            ),
+            login,
+        ),
     }
 }
 
@@ -449,6 +640,59 @@ fn keys_failed(error: &keys::Error) -> Public {
     }
 }
 
+/// Whether an error is answered as JSON: on the API's routes, and to a
+/// client that asks for JSON and not HTML. A browser asks for HTML, and
+/// gets pages.
+fn wants_json(request: &Request) -> bool {
+    if request.uri().path().starts_with("/api/") {
+        return true;
+    }
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("application/json") && !accept.contains("text/html")
+}
+
+/// `{"error": {"code", "message", "request_id"}}` with the page's status.
+fn json_error(error: &HttpError, shown: &Public, request_id: String) -> Response {
+    let message = match &shown.hint {
+        Some(hint) => format!("{} {hint}", shown.message),
+        None => shown.message.clone(),
+    };
+    let interval = match error {
+        HttpError::Issuance(issuance::Error::Cli(Refused::SlowDown(interval))) => Some(*interval),
+        _ => None,
+    };
+    let body = crate::api::ErrorBody {
+        error: crate::api::ErrorDetail {
+            code: code(error).to_owned(),
+            message,
+            request_id,
+            interval,
+        },
+    };
+    let mut response = (shown.status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if shown.status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"openai-key-server\""),
+        );
+    }
+    if shown.close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(seconds) = shown.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// Carries the error from the handler to [`render_error_pages`].
 #[derive(Clone)]
 struct Carried(Arc<HttpError>);
@@ -473,6 +717,7 @@ pub(super) async fn render_error_pages(
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let json = wants_json(&request);
     let response = next.run(request).await;
     let Some(Carried(error)) = response.extensions().get::<Carried>().cloned() else {
         return response;
@@ -482,6 +727,9 @@ pub(super) async fn render_error_pages(
         tracing::error!(error = %error, status = shown.status.as_u16(), "request failed");
     } else {
         tracing::warn!(error = %error, status = shown.status.as_u16(), "request refused");
+    }
+    if json {
+        return json_error(&error, &shown, request_id);
     }
     let page = ErrorPage {
         title: shown.title,

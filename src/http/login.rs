@@ -41,6 +41,55 @@ struct Login {
     /// When the login started, in nanoseconds since the Unix epoch: fine
     /// enough to tell which of a browser's logins is the oldest.
     started_ns: u64,
+    /// What the sign-in is for, beyond the browser's own session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    then: Option<Then>,
+}
+
+/// What follows a sign-in that a command line asked for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(super) enum Then {
+    /// Back to the CLI's loopback listener with a one-time code.
+    Cli {
+        /// The listener's port on 127.0.0.1.
+        port: u16,
+        /// The CLI's PKCE challenge (S256).
+        challenge: String,
+        /// The CLI's own state, returned to it as is.
+        cli_state: String,
+    },
+    /// On to the device page, its code filled in.
+    Device {
+        /// The code as typed (checked later).
+        user_code: String,
+    },
+}
+
+/// How a sign-in starts: which account, where the landing page's button
+/// goes back to, and what follows.
+pub(super) struct Start {
+    /// Ask the provider to let the person pick an account.
+    pub(super) choose_account: bool,
+    /// This request's own path and query, for the landing page's button.
+    pub(super) back: String,
+    /// What follows the sign-in.
+    pub(super) then: Option<Then>,
+}
+
+impl Start {
+    /// A plain sign-in from `/`.
+    pub(super) fn home(choose_account: bool) -> Self {
+        Self {
+            choose_account,
+            back: if choose_account {
+                "/?account=choose".to_owned()
+            } else {
+                "/".to_owned()
+            },
+            then: None,
+        }
+    }
 }
 
 fn cookie_prefix(state: &AppState) -> &'static str {
@@ -171,13 +220,14 @@ pub(super) async fn start(
     state: &AppState,
     headers: &HeaderMap,
     jar: PrivateCookieJar,
-    choose_account: bool,
+    start: Start,
 ) -> Result<Response, HttpError> {
-    let back = if choose_account {
-        "/?account=choose"
-    } else {
-        "/"
-    };
+    let Start {
+        choose_account,
+        back,
+        then,
+    } = start;
+    let back = back.as_str();
     if let Some(home) = elsewhere(state, headers) {
         return Ok(Redirect::to(&format!("{home}{back}")).into_response());
     }
@@ -215,6 +265,7 @@ pub(super) async fn start(
     let login = Login {
         secrets,
         started_ns: now,
+        then,
     };
     let value = serde_json::to_string(&login).expect("the login cookie always serialises");
     let jar = jar.add(login_cookie(state, name, value, LOGIN_TTL));
@@ -295,12 +346,32 @@ pub(super) async fn callback(
         Err(error) => return Err((jar, error)),
     };
     let now = state.clock.now();
+    let then = login.then.clone();
     let (identity, grant) = match finish(&state, client, login, callback, now).await {
         Ok(signed_in) => signed_in,
         Err(error) => return Err((jar, error)),
     };
     tracing::Span::current().record("user.email", grant.owner.as_str());
     let jar = session::start(&state, jar, &identity, &grant, now);
+    match then {
+        Some(Then::Cli {
+            port,
+            challenge,
+            cli_state,
+        }) => {
+            return match state.issuance.cli_code(&identity, &challenge, now) {
+                Ok(code) => Ok((jar, to_loopback(port, &code, &cli_state))),
+                Err(error) => Err((jar, error.into())),
+            };
+        }
+        Some(Then::Device { user_code }) => {
+            let mut to = url::Url::parse("http://device.invalid/device").expect("a valid URL");
+            to.query_pairs_mut().append_pair("code", &user_code);
+            let path = format!("/device?{}", to.query().unwrap_or_default());
+            return Ok((jar, Redirect::to(&path).into_response()));
+        }
+        None => {}
+    }
     let answer = match state.issuance.after_sign_in(&identity, now).await {
         Ok(Some(issued)) => me::key_page(grant.owner.as_str(), &issued, now),
         Ok(None) => Ok(Redirect::to("/").into_response()),
@@ -321,6 +392,81 @@ pub(super) async fn callback(
         Ok(response) => Ok((jar, response)),
         Err(error) => Err((jar, error)),
     }
+}
+
+/// The redirect that hands a command line its one-time code, on the
+/// loopback address it listens on (RFC 8252 §7.3).
+fn to_loopback(port: u16, code: &str, cli_state: &str) -> Response {
+    let mut url = url::Url::parse(&format!("http://127.0.0.1:{port}/callback"))
+        .expect("a loopback URL is valid");
+    url.query_pairs_mut()
+        .append_pair("code", code)
+        .append_pair("state", cli_state);
+    let headers = [
+        (
+            header::LOCATION,
+            HeaderValue::from_str(url.as_str()).expect("a URL is a valid header"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    (StatusCode::FOUND, headers).into_response()
+}
+
+/// `GET /cli/login`'s query: what `openai-key-server login` sends.
+#[derive(Deserialize)]
+pub(super) struct CliLogin {
+    port: Option<u16>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET /cli/login`: a command line's sign-in. The person signs in as on
+/// `/` (the server's own redirect URI, unchanged), and the browser is then
+/// sent to the CLI's loopback listener with a one-time code that only the
+/// holder of the PKCE verifier can redeem.
+pub(super) async fn cli_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    jar: PrivateCookieJar,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let query = query.unwrap_or_default();
+    let login: CliLogin = serde_urlencoded::from_str(&query)
+        .map_err(|_| HttpError::BadCliLogin("its parameters cannot be read"))?;
+    let port = login
+        .port
+        .filter(|p| *p != 0)
+        .ok_or(HttpError::BadCliLogin("it names no loopback port"))?;
+    let challenge = login
+        .code_challenge
+        .filter(|c| crate::cli_auth::is_challenge(c))
+        .ok_or(HttpError::BadCliLogin("it carries no valid code_challenge"))?;
+    if login.code_challenge_method.as_deref() != Some("S256") {
+        return Err(HttpError::BadCliLogin("code_challenge_method must be S256"));
+    }
+    let cli_state = login
+        .state
+        .filter(|s| {
+            (16..=128).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .ok_or(HttpError::BadCliLogin("it carries no valid state"))?;
+    // Rebuilt from the checked values: nothing else of the query travels.
+    let back = format!(
+        "/cli/login?port={port}&code_challenge={challenge}&code_challenge_method=S256&state={cli_state}"
+    );
+    let start_with = Start {
+        choose_account: false,
+        back,
+        then: Some(Then::Cli {
+            port,
+            challenge,
+            cli_state,
+        }),
+    };
+    start(&state, &headers, jar, start_with).await
 }
 
 /// Takes the login that `returned_state` belongs to out of the jar. Only a

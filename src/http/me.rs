@@ -174,7 +174,7 @@ pub(super) async fn home(
         Some(signed_in) if !choose_account => {
             keys_page(&state, &signed_in, None, StatusCode::OK).await
         }
-        _ => login::start(&state, &headers, jar, choose_account).await,
+        _ => login::start(&state, &headers, jar, login::Start::home(choose_account)).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod admin;
 mod attacks;
 mod browser;
 mod cleanup;
+mod cli;
 mod config;
 mod connections;
 mod demo;
