@@ -517,7 +517,7 @@ async fn logout_revokes_what_this_cli_obtained_and_forgets_the_session() {
 }
 
 /// A PKCE pair made here, not by the code under test.
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     use sha2::Digest as _;
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let verifier = engine.encode(rand::random::<[u8; 32]>());
@@ -525,10 +525,23 @@ fn pkce() -> (String, String) {
     (verifier, challenge)
 }
 
+/// A CLI session for `identity`, signed in by hand as the CLI would.
+pub(crate) async fn cli_session(app: &TestApp, identity: Identity) -> String {
+    let (verifier, challenge) = pkce();
+    let code = code_as(app, identity, &challenge).await;
+    let (status, body) = redeem(app, &code, &verifier).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
 /// A loopback sign-in played by hand up to the code the loopback would get.
 async fn code_for(app: &TestApp, challenge: &str) -> String {
+    code_as(app, alice(), challenge).await
+}
+
+async fn code_as(app: &TestApp, identity: Identity, challenge: &str) -> String {
     let browser = browser();
-    app.sandbox.oidc.queue_identity(alice());
+    app.sandbox.oidc.queue_identity(identity);
     let url = app.url(&format!(
         "/cli/login?port=9&code_challenge={challenge}&code_challenge_method=S256&state=state-of-the-cli-0123"
     ));
