@@ -100,11 +100,20 @@ document.querySelectorAll("[data-arm]").forEach(function (button) {
 
 // A form is sent once: a second click while the first is on its way would
 // mint a key nobody sees.
+// The buttons are disabled only once the browser has read the form: a
+// disabled button's name and value (Approve or Deny) would not be sent.
 document.querySelectorAll("form").forEach(function (form) {
-  form.addEventListener("submit", function () {
-    form.querySelectorAll("button[type=submit]").forEach(function (button) {
-      button.disabled = true;
-    });
+  form.addEventListener("submit", function (event) {
+    if (form.dataset.sent) {
+      event.preventDefault();
+      return;
+    }
+    form.dataset.sent = "1";
+    setTimeout(function () {
+      form.querySelectorAll("button[type=submit]").forEach(function (button) {
+        button.disabled = true;
+      });
+    }, 0);
   });
 });
 

@@ -17,12 +17,20 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
-/// Hands out short-lived OpenAI API keys to people who sign in.
+/// Hands out short-lived OpenAI API keys to people who sign in, and gets
+/// them from the terminal.
 ///
-/// Settings come from the environment (and a `.env` file in the working
-/// directory); see the README for every variable.
+/// The server commands (serve, check-config, cleanup) read their settings
+/// from the environment and a `.env` file in the working directory; see the
+/// README for every variable. The client commands (login, key, env, exec,
+/// keys, revoke, logout) read none: they talk to a key server.
 #[derive(Debug, Parser)]
-#[command(name = "openai-key-server", version, about)]
+#[command(
+    name = "openai-key-server",
+    version,
+    about,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -33,30 +41,125 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the key server (the default).
+    ///
+    /// Reads its settings from the environment, after `.env` in the working
+    /// directory: OPENAI_MANAGEMENT_KEY, CLIENT_ID, CLIENT_SECRET,
+    /// REDIRECT_URI and ALLOWED_USERS or ALLOWED_DOMAINS are required; every
+    /// other variable of the README's Configuration table is optional
+    /// (`check-config` prints them all with the values in use).
     Serve(serve::Args),
     #[cfg(feature = "demo")]
     /// Run the whole product on this machine, with the sandbox standing in
     /// for Google and OpenAI.
+    ///
+    /// Reads no settings and no `.env`: the sandbox provides them. Only the
+    /// flags below change it.
     Demo(demo::Args),
     /// Validate the settings, print them with secrets redacted, and exit.
+    ///
+    /// Reads the same settings as `serve` (the environment, after `.env` in
+    /// the working directory), reports every problem at once and exits 2 if
+    /// there is one.
     CheckConfig(check_config::Args),
     /// Delete this server's expired service accounts once, and exit
     /// (non-zero if any delete failed), for a cron job.
+    ///
+    /// Reads the same settings as `serve` (the environment, after `.env`);
+    /// it uses OPENAI_MANAGEMENT_KEY, OPENAI_ADMIN_BASE_URL,
+    /// OPENAI_PROJECT_ID or DEFAULT_PROJECT_NAME, EXPIRATION,
+    /// CLEANUP_CONCURRENCY, CLEANUP_LEGACY_ACCOUNTS and TIMEOUT.
     Cleanup(cleanup::Args),
     /// Sign this terminal in to a key server (browser, or --device).
+    ///
+    /// Opens the browser at the server's sign-in (or prints the address);
+    /// after you sign in there, the browser comes back to a listener on
+    /// 127.0.0.1 and this command ends with a session of the server's
+    /// CLI_SESSION_TTL (12 hours by default). With --device (no browser
+    /// here, e.g. over SSH) it prints an address and a code to confirm on
+    /// any device.
+    ///
+    /// Reads no server settings and no `.env`. Remembers --server in
+    /// $XDG_CONFIG_HOME/openai-key-server/config.toml; keeps the session in
+    /// $XDG_CACHE_HOME/openai-key-server/session.json (mode 0600).
     Login(login::LoginArgs),
     /// Print a valid key on stdout (the credential helper tools call).
+    ///
+    /// Prints the key and a newline, nothing else, for Codex's and goose's
+    /// `auth.command`, Claude Code's apiKeyHelper, direnv or AWS's
+    /// credential_process. The cached key is printed with no call to the
+    /// server while it has more than --min-remaining left; otherwise a new
+    /// one is got first (one process renews while concurrent ones wait).
+    /// Without a session it fails with a line that says to run `login`; it
+    /// never opens a browser unless --interactive. Diagnostics go to stderr.
+    ///
+    /// Reads no server settings; uses $XDG_CONFIG_HOME/openai-key-server/ and
+    /// $XDG_CACHE_HOME/openai-key-server/.
     Key(key::KeyArgs),
     /// Print the shell line that sets `OPENAI_API_KEY`.
+    ///
+    /// For `eval "$(openai-key-server env)"` in sh, bash or zsh (or
+    /// `--shell fish | source`, `--shell powershell | Invoke-Expression`).
+    /// The key is the one `key` prints.
+    ///
+    /// Reads no server settings; uses $XDG_CACHE_HOME/openai-key-server/.
     Env(key::EnvArgs),
     /// Run a command with `OPENAI_API_KEY` in its environment.
+    ///
+    /// `openai-key-server exec -- python app.py`: the key (the one `key`
+    /// prints) is set in the command's environment only, never in its
+    /// arguments nor in a file other than the cache. Exits with the
+    /// command's status.
+    ///
+    /// Reads no server settings; uses $XDG_CACHE_HOME/openai-key-server/.
     Exec(key::ExecArgs),
-    /// List my live keys.
+    /// List my live keys (never their values).
+    ///
+    /// Reads no server settings; uses the session in
+    /// $XDG_CACHE_HOME/openai-key-server/.
     Keys(key::KeysArgs),
-    /// Revoke one of my keys.
+    /// Revoke one of my keys at once (its id is in `keys`).
+    ///
+    /// Reads no server settings; uses the session in
+    /// $XDG_CACHE_HOME/openai-key-server/.
     Revoke(key::RevokeArgs),
     /// Sign this terminal out, revoking the keys it obtained.
+    ///
+    /// Revokes the keys this CLI got (asking first, unless --yes; with
+    /// --keep-keys they are left to expire) and forgets the session and the
+    /// cached key.
+    ///
+    /// Reads no server settings; uses $XDG_CACHE_HOME/openai-key-server/.
     Logout(login::LogoutArgs),
+    /// Print the help of the program or of a command.
+    Help(HelpArgs),
+}
+
+/// Arguments of `help`.
+#[derive(Debug, clap::Args)]
+pub struct HelpArgs {
+    /// The command to explain.
+    command: Option<String>,
+}
+
+/// `help [COMMAND]`: as `COMMAND --help`.
+fn help(args: &HelpArgs) -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut cli = Cli::command();
+    cli.build();
+    let printed = match &args.command {
+        None => cli.print_long_help(),
+        Some(name) => match cli.find_subcommand_mut(name) {
+            Some(sub) => sub.print_long_help(),
+            None => {
+                eprintln!("error: no command {name:?}; `openai-key-server help` lists them");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
 }
 
 /// Runs a client command, printing its error as one line.
@@ -123,6 +226,7 @@ pub fn main() -> ExitCode {
             Command::Keys(args) => client(key::keys(args)).await,
             Command::Revoke(args) => client(key::revoke(args)).await,
             Command::Logout(args) => client(login::logout(args)).await,
+            Command::Help(args) => help(&args),
         }
     })
 }

@@ -51,8 +51,17 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         })
         .start()
         .await?;
-    let listener =
-        TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port)).await?;
+    let at = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port);
+    let listener = TcpListener::bind(at).await.map_err(|error| {
+        let why = if error.kind() == std::io::ErrorKind::AddrInUse {
+            "something else is listening there".to_owned()
+        } else {
+            error.to_string()
+        };
+        anyhow::anyhow!(
+            "cannot listen on {at} ({why}); pick another port with --port, e.g. `demo --port 9000`"
+        )
+    })?;
     let addr = listener.local_addr()?;
     let redirect_uri = format!("http://{addr}/oauth2/callback");
     sandbox.oidc.allow_redirect_uri(&redirect_uri);
@@ -95,6 +104,9 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         "  Fake OpenAI:     http://{openai}/v1   (check a key: curl -H \"Authorization: Bearer $KEY\" http://{openai}/v1/models)"
     );
     println!("  Fake Google:     http://{google}/");
+    println!(
+        "  From a terminal: openai-key-server login --server http://{addr}   then   openai-key-server key"
+    );
     println!("  Stop with Ctrl-C.");
     println!();
     app.run(shutdown_signal()).await?;

@@ -54,16 +54,7 @@ pub struct KeyOptions {
     interactive: bool,
 }
 
-/// Print a valid key on stdout, and nothing else: the credential helper
-/// that coding tools call (Codex's `auth.command`, goose's `auth.command`,
-/// Claude Code's `apiKeyHelper`, direnv, AWS's `credential_process`).
-///
-/// The cached key is printed with no call to the server while it has more
-/// than --min-remaining left; otherwise a new one is got first. Without a
-/// session it fails with a line that says to run `login` (it never opens a
-/// browser unless --interactive). Diagnostics go to stderr.
-///
-/// Reads no server settings; uses $XDG_CACHE_HOME/openai-key-server/.
+/// Arguments of `key`.
 #[derive(Debug, clap::Args)]
 pub struct KeyArgs {
     #[command(flatten)]
@@ -85,10 +76,7 @@ pub enum Shell {
     Powershell,
 }
 
-/// Print the line that sets `OPENAI_API_KEY` in a shell:
-/// `eval "$(openai-key-server env)"`.
-///
-/// Reads no server settings; uses $XDG_CACHE_HOME/openai-key-server/.
+/// Arguments of `env`.
 #[derive(Debug, clap::Args)]
 pub struct EnvArgs {
     #[command(flatten)]
@@ -98,13 +86,7 @@ pub struct EnvArgs {
     shell: Shell,
 }
 
-/// Run a command with `OPENAI_API_KEY` set in its environment only:
-/// `openai-key-server exec -- python app.py`.
-///
-/// The key is never put in the command's arguments nor in a file other
-/// than the cache. Exits with the command's status.
-///
-/// Reads no server settings; uses $XDG_CACHE_HOME/openai-key-server/.
+/// Arguments of `exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
     #[command(flatten)]
@@ -114,10 +96,7 @@ pub struct ExecArgs {
     command: Vec<std::ffi::OsString>,
 }
 
-/// List my live keys (never their values).
-///
-/// Reads no server settings; uses the session in
-/// $XDG_CACHE_HOME/openai-key-server/.
+/// Arguments of `keys`.
 #[derive(Debug, clap::Args)]
 pub struct KeysArgs {
     #[command(flatten)]
@@ -127,10 +106,7 @@ pub struct KeysArgs {
     json: bool,
 }
 
-/// Revoke one of my keys at once (its id is in `keys`).
-///
-/// Reads no server settings; uses the session in
-/// $XDG_CACHE_HOME/openai-key-server/.
+/// Arguments of `revoke`.
 #[derive(Debug, clap::Args)]
 pub struct RevokeArgs {
     #[command(flatten)]

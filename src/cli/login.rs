@@ -24,17 +24,7 @@ use crate::api::CliSession;
 /// How long the loopback listener waits for the browser.
 const LOOPBACK_WAIT: Duration = Duration::from_secs(300);
 
-/// Sign this terminal in: a session of `CLI_SESSION_TTL` (12 h by
-/// default) that `key`, `env`, `exec`, `keys` and `revoke` use.
-///
-/// Opens the browser at the server's sign-in (or prints the address);
-/// after you sign in there, the browser comes back to a listener on
-/// 127.0.0.1 and this command ends. With --device (no browser here, e.g.
-/// over SSH), it prints an address and a code to confirm on any device.
-///
-/// Reads no server settings. Remembers --server in
-/// $XDG_CONFIG_HOME/openai-key-server/config.toml and keeps the session in
-/// $XDG_CACHE_HOME/openai-key-server/session.json (0600).
+/// Arguments of `login`.
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
     #[command(flatten)]
@@ -48,11 +38,7 @@ pub struct LoginArgs {
     no_browser: bool,
 }
 
-/// Forget this terminal's session, and revoke the keys this CLI obtained
-/// (asking first unless --yes).
-///
-/// Reads no server settings; uses the session and the list of obtained
-/// keys in $XDG_CACHE_HOME/openai-key-server/.
+/// Arguments of `logout`.
 #[derive(Debug, clap::Args)]
 pub struct LogoutArgs {
     #[command(flatten)]

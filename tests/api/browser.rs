@@ -438,3 +438,55 @@ async fn an_injected_inline_script_does_not_run_and_a_refusal_offers_another_acc
     assert_own_origins(&app, &browser.loaded().await);
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_signs_in_through_the_browser_by_loopback_and_by_device_code() {
+    use crate::cli::{Terminal, device_login, read_until, stderr};
+    let app = TestApp::spawn_with(Options::default().set("DEVICE_POLL_INTERVAL", "1")).await;
+    let browser = Browser::start().await;
+
+    // Loopback: the CLI prints the address, the person opens it and signs
+    // in, and the browser lands on the CLI's own page.
+    let terminal = Terminal::new(&app);
+    let mut child = terminal
+        .command(&["login", "--server", &app.url(""), "--no-browser"])
+        .spawn()
+        .unwrap();
+    let (url, _) = read_until(&mut child, |line| {
+        line.find("http")
+            .filter(|_| line.contains("/cli/login?"))
+            .map(|at| line[at..].trim().to_owned())
+    })
+    .await;
+    browser.goto(&url).await;
+    browser.wait_for("#signin_email").await;
+    browser.fill("#signin_email", "alice@example.com").await;
+    browser.fill("#signin_hd", "example.com").await;
+    browser.click("button.approve").await;
+    browser.wait_for("h1").await;
+    assert_eq!(browser.text("h1").await, "Signed in");
+    assert!(browser.url().await.starts_with("http://127.0.0.1:"));
+    browser.shot("cli-signed-in", false).await;
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let key = terminal.key(&[]).await;
+    assert_eq!(models_status(&app, &key).await, StatusCode::OK);
+
+    // Device: the code typed on the device page of a browser signed in
+    // already (this one), approved.
+    let other = Terminal::new(&app);
+    let (code, child, _) = device_login(&app, &other).await;
+    browser.goto(&app.url("/device")).await;
+    browser.wait_for("#user_code").await;
+    assert_eq!(browser.text("#who").await, "alice@example.com");
+    browser.fill("#user_code", &code.to_lowercase()).await;
+    browser.shot("device", true).await;
+    browser.click("#approve").await;
+    browser.wait_for("#done").await;
+    assert_eq!(browser.text("#done").await, "Terminal signed in");
+    browser.shot("device-done", false).await;
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(other.run(&["keys"]).await.status.code(), Some(0));
+    browser.close().await;
+}

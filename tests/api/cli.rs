@@ -21,13 +21,13 @@ fn alice() -> Identity {
 
 /// A terminal: its own home, config and cache directories, and the
 /// sandbox's clock.
-struct Terminal {
+pub(crate) struct Terminal {
     root: PathBuf,
     clock: openai_key_server::clock::Clock,
 }
 
 impl Terminal {
-    fn new(app: &TestApp) -> Self {
+    pub(crate) fn new(app: &TestApp) -> Self {
         let root = std::env::temp_dir().join(format!("oks-cli-{:x}", rand::random::<u64>()));
         std::fs::create_dir_all(root.join("home")).unwrap();
         Self {
@@ -36,17 +36,17 @@ impl Terminal {
         }
     }
 
-    fn cache(&self) -> PathBuf {
+    pub(crate) fn cache(&self) -> PathBuf {
         self.root.join("cache/openai-key-server")
     }
 
-    fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.root.join("config/openai-key-server")
     }
 
     /// The CLI with `args`, its environment only what a terminal of this
     /// test has (no proxy settings, no browser), at the sandbox's time.
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_openai-key-server"));
         let now = self
             .clock
@@ -70,7 +70,7 @@ impl Terminal {
         command
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         let child = self.command(args).spawn().unwrap();
         tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
             .await
@@ -79,7 +79,7 @@ impl Terminal {
     }
 
     /// `key`'s key, asserting it printed only that.
-    async fn key(&self, args: &[&str]) -> String {
+    pub(crate) async fn key(&self, args: &[&str]) -> String {
         let mut all = vec!["key"];
         all.extend_from_slice(args);
         let output = self.run(&all).await;
@@ -93,7 +93,7 @@ impl Terminal {
     }
 
     /// `login` through the loopback, with the test as the browser.
-    async fn login(&self, app: &TestApp, identity: Identity) -> String {
+    pub(crate) async fn login(&self, app: &TestApp, identity: Identity) -> String {
         let server = app.url("");
         let mut child = self
             .command(&["login", "--server", &server, "--no-browser"])
@@ -130,7 +130,7 @@ impl Terminal {
         loopback
     }
 
-    fn session_token(&self) -> String {
+    pub(crate) fn session_token(&self) -> String {
         let text = std::fs::read_to_string(self.cache().join("session.json")).unwrap();
         let session: serde_json::Value = serde_json::from_str(&text).unwrap();
         session["token"].as_str().unwrap().to_owned()
@@ -143,13 +143,13 @@ impl Drop for Terminal {
     }
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Reads the child's stderr until `find` recognises a line; what it found,
 /// and the rest of stderr, read in the background.
-async fn read_until<T>(
+pub(crate) async fn read_until<T>(
     child: &mut Child,
     mut find: impl FnMut(&str) -> Option<T>,
 ) -> (T, tokio::task::JoinHandle<String>) {
@@ -634,7 +634,7 @@ async fn a_cli_sign_in_link_that_is_not_one_gets_a_page_that_says_so() {
 
 /// `login --device` until it shows its code; the code, the child, and the
 /// rest of its stderr.
-async fn device_login(
+pub(crate) async fn device_login(
     app: &TestApp,
     terminal: &Terminal,
 ) -> (String, Child, tokio::task::JoinHandle<String>) {
