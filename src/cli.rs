@@ -37,7 +37,9 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// The subcommands.
+/// The subcommands. Their doc comments are the `--help` text people read,
+/// so variable names stay bare there.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the key server (the default).
