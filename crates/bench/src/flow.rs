@@ -191,7 +191,7 @@ pub(crate) async fn get(
 }
 
 /// GET that must answer 302; returns where it points, and the headers.
-async fn redirect(
+pub(crate) async fn redirect(
     client: &reqwest::Client,
     jar: &Jar,
     url: &Url,

@@ -83,6 +83,11 @@ enum Scenario {
     /// one per `LISTING_MAX_AGE`, whatever the rate), view latency, server
     /// CPU per view. About 4 minutes.
     Dashboard(scenario::dashboard::Args),
+    /// `openai-key-server key` as a tool runs it: wall time of printing the
+    /// cached key (process start included; target 5 ms median, with
+    /// `hyperfine`'s figure beside it when installed) and of getting a new
+    /// one over the sandbox at 0 ms latency.
+    Cli(scenario::cli::Args),
     /// Every scenario at the sizes of the targets (about 11 minutes
     /// on 2 cores, 4 of them in the rate-limited sweep and 4 in
     /// `dashboard`), then every JSON line again and the binary size.
@@ -127,6 +132,7 @@ async fn run_scenario(scenario: Scenario, binary: &Path) -> anyhow::Result<()> {
         Scenario::Idle(args) => scenario::idle::run(binary, &args).await?.print(),
         Scenario::Connections(args) => scenario::connections::run(binary, &args).await?.print(),
         Scenario::Dashboard(args) => scenario::dashboard::run(binary, &args).await?.print(),
+        Scenario::Cli(args) => scenario::cli::run(binary, &args).await?.print(),
         Scenario::All => scenario::all::run(binary).await?,
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! counters.
 
 pub(crate) mod all;
+pub(crate) mod cli;
 pub(crate) mod connections;
 pub(crate) mod dashboard;
 pub(crate) mod expiry;
