@@ -47,7 +47,20 @@ impl Terminal {
     /// The CLI with `args`, its environment only what a terminal of this
     /// test has (no proxy settings, no browser), at the sandbox's time.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_openai-key-server"));
+        self.program(env!("CARGO_BIN_EXE_openai-key-server"), args)
+    }
+
+    /// Any program run in this terminal, with the CLI on its `PATH`.
+    pub(crate) fn program(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(program);
+        let bin = Path::new(env!("CARGO_BIN_EXE_openai-key-server"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let mut path = vec![bin];
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
         let now = self
             .clock
             .now()
@@ -57,7 +70,7 @@ impl Terminal {
         command
             .args(args)
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", std::env::join_paths(path).unwrap())
             .env("HOME", self.root.join("home"))
             .env("XDG_CONFIG_HOME", self.root.join("config"))
             .env("XDG_CACHE_HOME", self.root.join("cache"))

@@ -19,5 +19,6 @@ mod json;
 mod logins;
 mod pages;
 mod races;
+mod recipes;
 mod signin;
 mod upstream;
