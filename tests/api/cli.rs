@@ -106,7 +106,7 @@ impl Terminal {
     }
 
     /// `login` through the loopback, with the test as the browser.
-    pub(crate) async fn login(&self, app: &TestApp, identity: Identity) -> String {
+    pub(crate) async fn login(&self, app: &TestApp, identity: Identity) {
         let server = app.url("");
         let mut child = self
             .command(&["login", "--server", &server, "--no-browser"])
@@ -118,29 +118,12 @@ impl Terminal {
                 .map(|at| line[at..].trim().to_owned())
         })
         .await;
-        let browser = browser();
-        app.sandbox.oidc.queue_identity(identity);
-        let response = browser.get(&url).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::FOUND);
-        let callback = app.authorize_with(&browser, &location(&response)).await;
-        let response = browser.get(&callback).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::FOUND, "to the loopback");
-        let loopback = location(&response);
-        assert!(loopback.starts_with("http://127.0.0.1:"), "{loopback}");
-        assert_eq!(
-            query_param(&loopback, "state"),
-            query_param(&url, "state"),
-            "the CLI's own state comes back"
-        );
-        let page = browser.get(&loopback).send().await.unwrap();
-        assert_eq!(page.status(), StatusCode::OK);
-        assert!(page.text().await.unwrap().contains("close this tab"));
+        play_loopback(app, &url, identity).await;
         let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
             .await
             .unwrap()
             .unwrap();
         assert!(output.status.success(), "{}", stderr(&output));
-        loopback
     }
 
     pub(crate) fn session_token(&self) -> String {
@@ -148,6 +131,29 @@ impl Terminal {
         let session: serde_json::Value = serde_json::from_str(&text).unwrap();
         session["token"].as_str().unwrap().to_owned()
     }
+}
+
+/// The browser's part of a loopback sign-in at `url` (what the CLI
+/// printed), as `identity`; the loopback URL it ended on.
+async fn play_loopback(app: &TestApp, url: &str, identity: Identity) -> String {
+    let browser = browser();
+    app.sandbox.oidc.queue_identity(identity);
+    let response = browser.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let callback = app.authorize_with(&browser, &location(&response)).await;
+    let response = browser.get(&callback).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND, "to the loopback");
+    let loopback = location(&response);
+    assert!(loopback.starts_with("http://127.0.0.1:"), "{loopback}");
+    assert_eq!(
+        query_param(&loopback, "state"),
+        query_param(&url, "state"),
+        "the CLI's own state comes back"
+    );
+    let page = browser.get(&loopback).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("close this tab"));
+    loopback
 }
 
 impl Drop for Terminal {
@@ -817,4 +823,30 @@ async fn device_polls_are_paced_and_a_denied_code_is_told() {
     app.advance(Duration::from_secs(11));
     let (_, body) = poll().await;
     assert_eq!(body["error"]["code"], "access_denied");
+}
+
+#[tokio::test]
+async fn key_interactive_signs_in_through_the_browser_when_there_is_no_session() {
+    let app = TestApp::spawn().await;
+    let terminal = Terminal::new(&app);
+    terminal.login(&app, alice()).await;
+    std::fs::remove_file(terminal.cache().join("session.json")).unwrap();
+    let mut child = terminal.command(&["key", "--interactive"]).spawn().unwrap();
+    let (url, _) = read_until(&mut child, |line| {
+        line.find("http")
+            .filter(|_| line.contains("/cli/login?"))
+            .map(|at| line[at..].trim().to_owned())
+    })
+    .await;
+    play_loopback(&app, &url, alice()).await;
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+    let key = String::from_utf8_lossy(&output.stdout)
+        .trim_end()
+        .to_owned();
+    assert!(key.starts_with("sk-"), "only the key on stdout: {key}");
+    assert_eq!(models_status(&app, &key).await, StatusCode::OK);
 }
