@@ -147,7 +147,7 @@ async fn play_loopback(app: &TestApp, url: &str, identity: Identity) -> String {
     assert!(loopback.starts_with("http://127.0.0.1:"), "{loopback}");
     assert_eq!(
         query_param(&loopback, "state"),
-        query_param(&url, "state"),
+        query_param(url, "state"),
         "the CLI's own state comes back"
     );
     let page = browser.get(&loopback).send().await.unwrap();
