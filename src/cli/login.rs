@@ -65,9 +65,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     };
     let server = parse_server(&raw)?;
     let session = if args.device {
-        device(&server).await?
+        device(&server, piped()).await?
     } else {
-        loopback(&server, !args.no_browser).await?
+        loopback(&server, !args.no_browser, piped()).await?
     };
     store.remember_server(&server)?;
     let saved = Session {
@@ -94,7 +94,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
 /// Signs in through the browser for `key --interactive`, and keeps the
 /// session.
 pub async fn login_interactively(context: &Context) -> anyhow::Result<Session> {
-    let session = loopback(&context.server, true).await?;
+    // stdout is the key's alone here.
+    let session = loopback(&context.server, true, false).await?;
     let saved = Session {
         server: context.server_text().to_owned(),
         token: session.access_token,
@@ -114,7 +115,9 @@ struct Returned {
 }
 
 /// The loopback sign-in; the session it ends in.
-pub async fn loopback(server: &url::Url, open: bool) -> anyhow::Result<CliSession> {
+/// With `echo`, the address is also printed alone on stdout, for a script
+/// or a test that reads it there.
+pub async fn loopback(server: &url::Url, open: bool, echo: bool) -> anyhow::Result<CliSession> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("listening on 127.0.0.1 for the browser's return")?;
@@ -163,6 +166,9 @@ pub async fn loopback(server: &url::Url, open: bool) -> anyhow::Result<CliSessio
         eprintln!("To sign in, open this address in a browser on this machine:\n\n    {url}\n");
     }
     eprintln!("Waiting for the browser (up to 5 minutes; Ctrl-C to stop)…");
+    if echo {
+        println!("{url}");
+    }
 
     let wait = async {
         while let Some(returned) = rx.recv().await {
@@ -217,7 +223,9 @@ fn open_browser(url: &str) -> bool {
 }
 
 /// The device sign-in; the session it ends in.
-async fn device(server: &url::Url) -> anyhow::Result<CliSession> {
+/// With `echo`, the address (code included) and the code are also printed
+/// alone on stdout, one a line.
+async fn device(server: &url::Url, echo: bool) -> anyhow::Result<CliSession> {
     let api = Api::new(server, None);
     let started = api
         .start_device()
@@ -230,6 +238,12 @@ async fn device(server: &url::Url) -> anyhow::Result<CliSession> {
         started.verification_uri_complete,
         crate::clock::humanize(Duration::from_secs(started.expires_in)),
     );
+    if echo {
+        println!(
+            "{}\n{}",
+            started.verification_uri_complete, started.user_code
+        );
+    }
     let mut interval = Duration::from_secs(started.interval.max(1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(started.expires_in);
     loop {
@@ -315,6 +329,12 @@ pub async fn logout(args: LogoutArgs) -> anyhow::Result<()> {
         None => eprintln!("Signed out of {}.", context.server_text()),
     }
     Ok(())
+}
+
+/// Whether stdout goes to a program rather than a person: then `login`
+/// prints what to open there too (a person reads it on stderr once).
+fn piped() -> bool {
+    !std::io::stdout().is_terminal()
 }
 
 /// Asks on the terminal whether to revoke `n` keys; false without one.

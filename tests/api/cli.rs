@@ -124,6 +124,11 @@ impl Terminal {
             .unwrap()
             .unwrap();
         assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            url,
+            "piped, stdout has the address alone"
+        );
     }
 
     pub(crate) fn session_token(&self) -> String {
@@ -719,6 +724,15 @@ async fn device_login_end_to_end() {
         .unwrap()
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            app.url(&format!("/device?code={code}")).as_str(),
+            code.as_str()
+        ],
+        "piped, stdout has the address and the code alone"
+    );
     let key = terminal.key(&[]).await;
     assert_eq!(models_status(&app, &key).await, StatusCode::OK);
 
