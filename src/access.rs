@@ -1,7 +1,15 @@
-//! Who may have what: the allow-lists of the Go original, with the
-//! Workspace check it lacked, and the admins. A decision is a [`Grant`]:
-//! whose keys, how long they live, how many at once, and whether the
-//! person may act on everyone's keys.
+//! Who may have what: the policy's rules (`POLICY_FILE`, or the one rule
+//! the Go original's variables imply), first match wins, each with the
+//! allow-list checks of the Go original plus the Workspace check it
+//! lacked. A decision is a [`Grant`]: whose keys, under which rule, how
+//! long they live, how many at once, and whether the person may act on
+//! everyone's keys.
+
+mod rules;
+
+pub use rules::{
+    Defaults, IssuerSpec, PolicyFile, load as load_policy_file, parse as parse_policy,
+};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -47,19 +55,68 @@ pub enum Refusal {
     /// Neither the address nor its domain is on the allow-list.
     #[error("the account is not on the allow-list")]
     NotAllowed,
+    /// The rules that name the account's issuer ask for a group it is not
+    /// in.
+    #[error("the account is in none of the groups the policy allows")]
+    NotInGroup,
 }
 
-/// What one allowed person may have. Today every allowed person gets the
-/// same grant in the one project; the policy issue will vary it.
+/// The name of the issuer the environment configures (`OIDC_ISSUER_URL`,
+/// Google by default) in the policy's rules.
+pub const ENV_ISSUER: &str = "google";
+
+/// Where a rule's keys go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectChoice {
+    /// The server's project (`OPENAI_PROJECT_ID` / `DEFAULT_PROJECT_NAME`).
+    Default,
+}
+
+/// One rule of the policy: whom it is for, and what it grants. The first
+/// rule that matches an identity decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Its name, in messages, logs and `explain`.
+    pub name: String,
+    /// The issuer whose identities it is for.
+    pub issuer: String,
+    /// Addresses and Workspace domains it is for (empty: any).
+    pub allow: AllowList,
+    /// Groups, one of which the person must be in (empty: any).
+    pub groups: BTreeSet<String>,
+    /// Lifetime of a key when none is asked for (`ttl`).
+    pub lifetime: Duration,
+    /// The longest lifetime that may be asked for (`max_ttl`).
+    pub max_lifetime: Duration,
+    /// Live keys one holder may have at once (0: no cap).
+    pub cap: usize,
+    /// Keys one holder may be issued per hour (0: no limit).
+    pub per_hour: u32,
+    /// Whether its holders may act on everyone's keys.
+    pub admin: bool,
+    /// Where its keys go.
+    pub project: ProjectChoice,
+    /// OpenAI key scopes (empty: unrestricted).
+    pub scopes: Vec<String>,
+}
+
+/// What one allowed identity may have: the rule that matched, applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// Whose keys: the verified, normalised address.
     pub owner: EmailAddress,
-    /// How long each key lives (`EXPIRATION`).
+    /// The rule that matched.
+    pub rule: String,
+    /// How long a key lives unless a shorter life is asked for.
     pub lifetime: Duration,
-    /// Live keys they may hold at once (`MAX_KEYS_PER_USER`; 0: no cap).
+    /// The longest life a key may be asked for.
+    pub max_lifetime: Duration,
+    /// Live keys they may hold at once (0: no cap).
     pub cap: usize,
-    /// May see and revoke every key of this server (`ADMIN_USERS`).
+    /// Keys they may be issued per hour (0: no limit).
+    pub per_hour: u32,
+    /// May see and revoke every key of this server (the rule's `admin`,
+    /// or `ADMIN_USERS`).
     pub admin: bool,
 }
 
@@ -68,28 +125,185 @@ pub struct Grant {
 /// once, whatever their session says.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    /// Who may have a key at all.
-    pub allow: AllowList,
+    /// The rules, in order.
+    pub rules: Vec<Rule>,
     /// Whether listed addresses count without the provider managing them.
     pub trust_unmanaged: bool,
-    /// Who may act on everyone's keys (they must be allowed too).
+    /// Who may act on everyone's keys (`ADMIN_USERS`; they must be allowed
+    /// too).
     pub admins: BTreeSet<EmailAddress>,
-    /// Lifetime of every key.
-    pub lifetime: Duration,
-    /// Live keys per person (0: no cap).
-    pub cap: usize,
+}
+
+/// The name of the one rule the environment's variables make.
+pub const ENV_RULE: &str = "environment";
+
+/// Why one rule did not match, for `explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// It is for another issuer.
+    OtherIssuer,
+    /// The identity is not what it is for.
+    Refused(Refusal),
 }
 
 impl Policy {
+    /// The policy of the Go original's variables: one rule for the
+    /// environment's issuer with `ALLOWED_USERS` and `ALLOWED_DOMAINS`,
+    /// `EXPIRATION` (which is also the most that may be asked for),
+    /// `MAX_KEYS_PER_USER` and `RATE_LIMIT_PER_USER`.
+    pub fn from_env(allow: AllowList, lifetime: Duration, cap: usize, per_hour: u32) -> Vec<Rule> {
+        vec![Rule {
+            name: ENV_RULE.to_owned(),
+            issuer: ENV_ISSUER.to_owned(),
+            allow,
+            groups: BTreeSet::new(),
+            lifetime,
+            max_lifetime: lifetime,
+            cap,
+            per_hour,
+            admin: false,
+            project: ProjectChoice::Default,
+            scopes: Vec::new(),
+        }]
+    }
+
     /// The grant of `identity`, or why it gets none.
     pub fn decide(&self, identity: &Identity) -> Result<Grant, Refusal> {
-        let owner = self.allow.decide(identity, self.trust_unmanaged)?;
-        Ok(Grant {
-            admin: self.admins.contains(&owner),
+        let mut refusal: Option<Refusal> = None;
+        for rule in &self.rules {
+            match self.try_rule(rule, identity) {
+                Ok(owner) => return Ok(self.grant(rule, owner)),
+                Err(Miss::OtherIssuer) => {}
+                Err(Miss::Refused(reason)) => {
+                    // The most telling reason: a rule that named the person
+                    // but could not trust the account says more than one
+                    // that was never for them.
+                    if refusal
+                        .as_ref()
+                        .is_none_or(|r| reason.weight() > r.weight())
+                    {
+                        refusal = Some(reason);
+                    }
+                }
+            }
+        }
+        Err(refusal.unwrap_or(Refusal::NotAllowed))
+    }
+
+    /// Each rule in order with whether it matched `identity` and why not;
+    /// the first match is the decision (`explain`).
+    pub fn explain(&self, identity: &Identity) -> Vec<(&Rule, Result<Grant, Miss>)> {
+        let mut lines = Vec::new();
+        for rule in &self.rules {
+            let outcome = self
+                .try_rule(rule, identity)
+                .map(|owner| self.grant(rule, owner));
+            let matched = outcome.is_ok();
+            lines.push((rule, outcome));
+            if matched {
+                break;
+            }
+        }
+        lines
+    }
+
+    fn grant(&self, rule: &Rule, owner: EmailAddress) -> Grant {
+        Grant {
+            admin: rule.admin || self.admins.contains(&owner),
             owner,
-            lifetime: self.lifetime,
-            cap: self.cap,
-        })
+            rule: rule.name.clone(),
+            lifetime: rule.lifetime,
+            max_lifetime: rule.max_lifetime,
+            cap: rule.cap,
+            per_hour: rule.per_hour,
+        }
+    }
+
+    /// Whether `rule` is for `identity`: its issuer, a verified address,
+    /// on the rule's list (with the checks of [`AllowList::decide`]) if it
+    /// has one, in one of its groups if it names some.
+    fn try_rule(&self, rule: &Rule, identity: &Identity) -> Result<EmailAddress, Miss> {
+        if rule.issuer != identity.issuer {
+            return Err(Miss::OtherIssuer);
+        }
+        let email = identity
+            .email
+            .clone()
+            .ok_or(Miss::Refused(Refusal::NoEmail))?;
+        if !identity.email_verified {
+            return Err(Miss::Refused(Refusal::EmailNotVerified));
+        }
+        let owner = if rule.allow.is_empty() {
+            email
+        } else {
+            rule.allow
+                .decide(identity, self.trust_unmanaged)
+                .map_err(Miss::Refused)?
+        };
+        if !rule.groups.is_empty() && !identity.groups.iter().any(|g| rule.groups.contains(g)) {
+            return Err(Miss::Refused(Refusal::NotInGroup));
+        }
+        Ok(owner)
+    }
+}
+
+impl Rule {
+    /// One line: whom it is for, and what it grants.
+    pub fn describe(&self) -> String {
+        let list = |items: Vec<String>| items.join(",");
+        let mut whom = vec![format!("issuer {}", self.issuer)];
+        if !self.allow.users.is_empty() {
+            whom.push(format!(
+                "emails {}",
+                list(self.allow.users.iter().map(ToString::to_string).collect())
+            ));
+        }
+        if !self.allow.domains.is_empty() {
+            whom.push(format!(
+                "domains {}",
+                list(self.allow.domains.iter().map(ToString::to_string).collect())
+            ));
+        }
+        if !self.groups.is_empty() {
+            whom.push(format!(
+                "groups {}",
+                list(self.groups.iter().cloned().collect())
+            ));
+        }
+        format!("{}: {} -> {}", self.name, whom.join("; "), self.grants())
+    }
+
+    /// What it grants, in a few words.
+    pub fn grants(&self) -> String {
+        let cap = if self.cap == 0 {
+            "no cap".to_owned()
+        } else {
+            format!("at most {} live keys", self.cap)
+        };
+        let rate = if self.per_hour == 0 {
+            "no hourly limit".to_owned()
+        } else {
+            format!("{} keys an hour", self.per_hour)
+        };
+        format!(
+            "keys of {} (at most {} on request), the server's project, unrestricted scopes, {cap}, {rate}{}",
+            crate::clock::humanize(self.lifetime),
+            crate::clock::humanize(self.max_lifetime),
+            if self.admin { ", admin" } else { "" }
+        )
+    }
+}
+
+impl Refusal {
+    /// How much a refusal tells the person about their own account.
+    fn weight(&self) -> u8 {
+        match self {
+            Self::NotInGroup => 0,
+            Self::NotAllowed => 1,
+            Self::NoEmail => 2,
+            Self::Unmanaged | Self::NotManagedByDomain { .. } => 3,
+            Self::EmailNotVerified => 4,
+        }
     }
 }
 
@@ -196,6 +410,8 @@ mod tests {
             email_claim: Some(email.into()),
             email_verified: verified,
             hosted_domain: hd.map(str::to_owned),
+            issuer: ENV_ISSUER.into(),
+            groups: Vec::new(),
         }
     }
 
@@ -269,6 +485,152 @@ mod tests {
             let decision = allow.decide_t(&who(&email, true, Some(&domain)));
             let exact = prefix.is_empty() && suffix.is_none();
             prop_assert_eq!(decision.is_ok(), exact);
+        }
+    }
+
+    fn rules(text: &str) -> Vec<Rule> {
+        parse_policy(
+            text,
+            "policy.toml",
+            Defaults {
+                lifetime: Duration::from_secs(3600),
+                cap: 5,
+                per_hour: 20,
+            },
+        )
+        .unwrap()
+        .rules
+    }
+
+    fn in_groups(identity: Identity, groups: &[&str]) -> Identity {
+        Identity {
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ..identity
+        }
+    }
+
+    const FILE: &str = r#"
+[[issuer]]
+name = "google"
+url = "https://accounts.google.com"
+groups_claim = "groups"
+
+[[rule]]
+name = "data-team"
+issuer = "google"
+groups = ["data@example.com"]
+ttl = "8h"
+max_ttl = "24h"
+
+[[rule]]
+name = "staff"
+issuer = "google"
+domains = ["example.com"]
+emails = ["contractor@gmail.com"]
+ttl = "1h"
+max_live_keys = 2
+admin = true
+"#;
+
+    #[test]
+    fn the_first_matching_rule_decides() {
+        let policy = Policy {
+            rules: rules(FILE),
+            ..Policy::default()
+        };
+        let member = in_groups(
+            who("a@example.com", true, Some("example.com")),
+            &["data@example.com"],
+        );
+        let grant = policy.decide(&member).unwrap();
+        assert_eq!(grant.rule, "data-team");
+        assert_eq!(grant.lifetime, Duration::from_secs(8 * 3600));
+        assert_eq!(grant.max_lifetime, Duration::from_secs(24 * 3600));
+        assert!(!grant.admin);
+
+        let staff = policy
+            .decide(&who("b@example.com", true, Some("example.com")))
+            .unwrap();
+        assert_eq!(staff.rule, "staff");
+        assert_eq!(staff.cap, 2);
+        assert!(staff.admin);
+        let contractor = policy
+            .decide(&who("contractor@gmail.com", true, None))
+            .unwrap();
+        assert_eq!(contractor.rule, "staff");
+
+        // A group member outside the rule's issuer gets nothing of it.
+        let other_issuer = Identity {
+            issuer: "okta".into(),
+            ..member
+        };
+        assert_eq!(policy.decide(&other_issuer), Err(Refusal::NotAllowed));
+        // A personal account with a company address is told so.
+        assert!(matches!(
+            policy.decide(&who("c@example.com", true, None)),
+            Err(Refusal::NotManagedByDomain { .. })
+        ));
+        assert_eq!(
+            policy.decide(&who("x@other.org", true, None)),
+            Err(Refusal::NotAllowed)
+        );
+        assert_eq!(
+            policy.decide(&in_groups(
+                who("x@other.org", false, None),
+                &["data@example.com"]
+            )),
+            Err(Refusal::EmailNotVerified)
+        );
+    }
+
+    #[test]
+    fn explain_stops_at_the_first_match_and_says_why_the_others_missed() {
+        let policy = Policy {
+            rules: rules(FILE),
+            ..Policy::default()
+        };
+        let lines = policy.explain(&who("b@example.com", true, Some("example.com")));
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].1, Err(Miss::Refused(Refusal::NotInGroup)));
+        assert!(lines[1].1.is_ok());
+    }
+
+    proptest! {
+        /// The allow-list variables and a policy file that spells the same
+        /// list give the same decision to everyone.
+        #[test]
+        fn the_variables_and_their_policy_file_decide_alike(
+            local in prop::sample::select(vec!["a", "bob", "carol"]),
+            domain in prop::sample::select(vec!["example.com", "gmail.com", "corp.test", "other.org"]),
+            hd in prop::option::of(prop::sample::select(vec!["example.com", "corp.test", "evil.test"])),
+            verified in any::<bool>(),
+            trust_unmanaged in any::<bool>(),
+            admin in any::<bool>(),
+        ) {
+            let allow = list(&["bob@gmail.com", "carol@corp.test"], &["example.com"]);
+            let admins: BTreeSet<EmailAddress> = if admin {
+                [EmailAddress::parse("a@example.com").unwrap()].into()
+            } else {
+                BTreeSet::new()
+            };
+            let env = Policy {
+                rules: Policy::from_env(allow, Duration::from_secs(3600), 5, 20),
+                trust_unmanaged,
+                admins: admins.clone(),
+            };
+            let file = Policy {
+                rules: rules(r#"
+[[rule]]
+name = "environment"
+issuer = "google"
+emails = ["bob@gmail.com", "carol@corp.test"]
+domains = ["example.com"]
+"#),
+                trust_unmanaged,
+                admins,
+            };
+            let identity = who(&format!("{local}@{domain}"), verified, hd);
+            prop_assert_eq!(env.decide(&identity), file.decide(&identity));
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod context;
 #[cfg(feature = "demo")]
 mod demo;
+mod explain;
 pub mod key;
 pub mod login;
 mod serve;
@@ -71,6 +72,13 @@ pub enum Command {
     /// OPENAI_PROJECT_ID or DEFAULT_PROJECT_NAME, EXPIRATION,
     /// CLEANUP_CONCURRENCY, CLEANUP_LEGACY_ACCOUNTS and TIMEOUT.
     Cleanup(cleanup::Args),
+    /// Show which rule of the policy an identity matches and what it
+    /// grants, or why none does.
+    ///
+    /// Reads the same settings as `serve` (POLICY_FILE, or the allow-list
+    /// variables that make the one rule without it), and signs nobody in.
+    /// Exits 0 when a rule matches, 1 when the identity would be refused.
+    Explain(explain::Args),
     /// Sign this terminal in to a key server (browser, or --device).
     ///
     /// Opens the browser at the server's sign-in (or prints the address);
@@ -215,6 +223,7 @@ pub fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::CheckConfig(args) => check_config::run(args),
             Command::Cleanup(args) => cleanup::run(args).await,
+            Command::Explain(args) => explain::run(args),
             Command::Login(args) => client(login::login(args)).await,
             Command::Key(args) => client(key::key(args)).await,
             Command::Env(args) => client(key::env(args)).await,

@@ -47,6 +47,14 @@ struct Who {
     email_claim: Option<String>,
     email_verified: bool,
     hd: Option<String>,
+    #[serde(default = "env_issuer")]
+    iss: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+fn env_issuer() -> String {
+    crate::access::ENV_ISSUER.to_owned()
 }
 
 impl Who {
@@ -57,6 +65,8 @@ impl Who {
             email_claim: identity.email_claim.clone(),
             email_verified: identity.email_verified,
             hd: identity.hosted_domain.clone(),
+            iss: identity.issuer.clone(),
+            groups: identity.groups.clone(),
         }
     }
 
@@ -67,6 +77,8 @@ impl Who {
             email_claim: self.email_claim.clone(),
             email_verified: self.email_verified,
             hosted_domain: self.hd.clone(),
+            issuer: self.iss.clone(),
+            groups: self.groups.clone(),
         })
     }
 }
@@ -483,6 +495,8 @@ mod tests {
             email_claim: Some("alice@example.com".into()),
             email_verified: true,
             hosted_domain: Some("example.com".into()),
+            issuer: crate::access::ENV_ISSUER.into(),
+            groups: Vec::new(),
         };
         (identity, owner)
     }

@@ -96,6 +96,9 @@ pub mod vars {
     pub const LISTING_MAX_AGE: &str = "LISTING_MAX_AGE";
     /// Who may use `/revoke`: `public`, `admin` or `off`.
     pub const REVOKE_ENDPOINT: &str = "REVOKE_ENDPOINT";
+    /// The policy file (TOML): issuers and rules, instead of the
+    /// allow-lists.
+    pub const POLICY_FILE: &str = "POLICY_FILE";
 }
 
 /// Who may use `/revoke` (`REVOKE_ENDPOINT`).
@@ -242,6 +245,10 @@ pub struct Config {
     pub listing_max_age: Duration,
     /// Who may use `/revoke`.
     pub revoke_endpoint: RevokeEndpoint,
+    /// The policy file, when `POLICY_FILE` names one.
+    pub policy_file: Option<crate::access::PolicyFile>,
+    /// Its path, as given.
+    pub policy_path: Option<String>,
     /// Things that are not errors but deserve a line in the log at start.
     pub warnings: Vec<String>,
 }
@@ -526,7 +533,7 @@ impl Config {
             }
         }
         let allow = AllowList { users, domains };
-        if allow.is_empty() && r.problems.is_empty() {
+        if allow.is_empty() && r.problems.is_empty() && r.get(vars::POLICY_FILE).is_none() {
             r.problem(
                 "ALLOWED_USERS/ALLOWED_DOMAINS",
                 "at least one must list someone, e.g. ALLOWED_DOMAINS=example.com or ALLOWED_USERS=alice@example.com",
@@ -727,6 +734,22 @@ impl Config {
         let server_timing = r.flag(vars::SERVER_TIMING, false);
         let max_keys_per_user = r.count(vars::MAX_KEYS_PER_USER, 5, 1_000);
         let rate_limit_per_user = r.count(vars::RATE_LIMIT_PER_USER, 20, 100_000);
+        let policy_file = r.get(vars::POLICY_FILE).and_then(|path| {
+            let defaults = crate::access::Defaults {
+                lifetime: expiration,
+                cap: usize::try_from(max_keys_per_user).unwrap_or(usize::MAX),
+                per_hour: rate_limit_per_user,
+            };
+            match crate::access::load_policy_file(std::path::Path::new(&path), defaults) {
+                Ok(file) => Some(file),
+                Err(problems) => {
+                    for problem in problems {
+                        r.problem(vars::POLICY_FILE, problem);
+                    }
+                    None
+                }
+            }
+        });
         let rate_limit_per_ip = r.count(vars::RATE_LIMIT_PER_IP, 120, 1_000_000);
         let rate_limit_revoke = r.count(vars::RATE_LIMIT_REVOKE, 10, 100_000);
         let mut proxies = Vec::new();
@@ -787,7 +810,7 @@ impl Config {
             }
         };
         let mut warnings = Vec::new();
-        for admin in &admins {
+        for admin in admins.iter().filter(|_| policy_file.is_none()) {
             let listed = allow.users.contains(admin)
                 || Domain::parse(admin.domain()).is_ok_and(|d| allow.domains.contains(&d));
             if !listed {
@@ -899,6 +922,8 @@ impl Config {
                     issue_on_sign_in,
                     listing_max_age,
                     revoke_endpoint,
+                    policy_path: r.get(vars::POLICY_FILE),
+                    policy_file,
                     warnings,
                 })
             }
@@ -906,6 +931,32 @@ impl Config {
                 problems: r.problems,
             }),
         }
+    }
+
+    /// The policy's rules: the file's, or the one rule the allow-list
+    /// variables imply.
+    pub fn rules(&self) -> Vec<crate::access::Rule> {
+        match &self.policy_file {
+            Some(file) => file.rules.clone(),
+            None => crate::access::Policy::from_env(
+                self.allow.clone(),
+                self.expiration,
+                self.max_keys_per_user,
+                self.rate_limit_per_user,
+            ),
+        }
+    }
+
+    /// The groups claim of the environment's issuer, if the policy file
+    /// gives one.
+    pub fn env_groups_claim(&self) -> Option<String> {
+        self.policy_file
+            .as_ref()?
+            .issuers
+            .iter()
+            .find(|issuer| issuer.name == crate::access::ENV_ISSUER)?
+            .groups_claim
+            .clone()
     }
 
     /// True when the public URL is https, so cookies must be `Secure`.
@@ -927,7 +978,7 @@ impl Config {
             ProjectSelector::Name(name) => (vars::DEFAULT_PROJECT_NAME, name.clone()),
             ProjectSelector::Id(id) => (vars::OPENAI_PROJECT_ID, id.clone()),
         };
-        vec![
+        let mut lines = vec![
             (
                 vars::ALLOWED_USERS,
                 join(self.allow.users.iter().map(ToString::to_string).collect()),
@@ -1035,7 +1086,17 @@ impl Config {
                     ),
                 },
             ),
-        ]
+            (
+                vars::POLICY_FILE,
+                self.policy_path.clone().unwrap_or_else(|| {
+                    "(none: the allow-list variables make the one rule below)".to_owned()
+                }),
+            ),
+        ];
+        for (i, rule) in self.rules().iter().enumerate() {
+            lines.push(("rule", format!("{}. {}", i + 1, rule.describe())));
+        }
+        lines
     }
 }
 

@@ -149,6 +149,12 @@ pub struct Identity {
     pub email_verified: bool,
     /// Google's hosted domain (`hd`): present only for Workspace accounts.
     pub hosted_domain: Option<String>,
+    /// The name of the issuer that vouched for it (see
+    /// [`crate::access::ENV_ISSUER`]): a rule for one issuer never matches
+    /// another's identities.
+    pub issuer: String,
+    /// The groups the issuer put in its groups claim (none for Google).
+    pub groups: Vec<String>,
 }
 
 #[cfg(test)]

@@ -320,9 +320,9 @@ impl Issuance {
         // Never cut silently: a caller that asked for more is told the most.
         let lifetime = match request.lifetime {
             None => grant.lifetime,
-            Some(lifetime) if lifetime > grant.lifetime => {
+            Some(lifetime) if lifetime > grant.max_lifetime => {
                 return Err(Error::LifetimeTooLong {
-                    max: grant.lifetime,
+                    max: grant.max_lifetime,
                 });
             }
             Some(lifetime) if lifetime < Duration::from_secs(1) => {
@@ -333,7 +333,7 @@ impl Issuance {
         let keys = &self.inner.keys;
         self.inner
             .limits
-            .issue_per_user
+            .issue_under(&grant.rule)
             .check(grant.owner.as_str(), now)
             .map_err(|retry_after| Error::RateLimited {
                 what: "keys per person",

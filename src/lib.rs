@@ -131,6 +131,8 @@ impl Application {
                 client_id: config.client_id.clone(),
                 client_secret: config.client_secret.clone(),
                 redirect_uri: config.redirect_uri_text.clone(),
+                name: access::ENV_ISSUER.to_owned(),
+                groups_claim: config.env_groups_claim(),
             },
         );
         let keys = keys_for(&config, http);
@@ -152,11 +154,9 @@ impl Application {
         };
         let issuance = issuance::Issuance::new(
             access::Policy {
-                allow: config.allow.clone(),
+                rules: config.rules(),
                 trust_unmanaged: config.allow_unmanaged_emails,
                 admins: config.admins.clone(),
-                lifetime: config.expiration,
-                cap: config.max_keys_per_user,
             },
             keys.clone(),
             cleanup.clone(),

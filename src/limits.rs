@@ -190,8 +190,11 @@ impl ClientAddr {
 /// The rate limits of one replica.
 #[derive(Debug)]
 pub struct Limits {
-    /// Keys issued per person (`RATE_LIMIT_PER_USER` an hour).
-    pub issue_per_user: RateLimiter,
+    /// Keys issued per holder, one limiter per rule (its
+    /// `max_keys_per_hour`, or `RATE_LIMIT_PER_USER`, an hour).
+    issue_per_rule: std::collections::HashMap<String, RateLimiter>,
+    /// For a rule this replica does not know (none, in practice).
+    issue_default: RateLimiter,
     /// Failed sign-ins per client address (`RATE_LIMIT_PER_IP` an hour).
     pub sign_in_per_ip: RateLimiter,
     /// `/revoke` calls per client address (`RATE_LIMIT_REVOKE` a minute).
@@ -199,10 +202,21 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The issuance limiter of the rule named `rule`.
+    pub fn issue_under(&self, rule: &str) -> &RateLimiter {
+        self.issue_per_rule.get(rule).unwrap_or(&self.issue_default)
+    }
+
     /// The limits of these settings.
     pub fn new(config: &crate::config::Config) -> Self {
+        let hour = Duration::from_secs(3600);
         Self {
-            issue_per_user: RateLimiter::new(config.rate_limit_per_user, Duration::from_secs(3600)),
+            issue_per_rule: config
+                .rules()
+                .into_iter()
+                .map(|rule| (rule.name.clone(), RateLimiter::new(rule.per_hour, hour)))
+                .collect(),
+            issue_default: RateLimiter::new(config.rate_limit_per_user, hour),
             sign_in_per_ip: RateLimiter::new(config.rate_limit_per_ip, Duration::from_secs(3600)),
             revoke_per_ip: RateLimiter::new(config.rate_limit_revoke, Duration::from_secs(60)),
         }

@@ -105,6 +105,10 @@ pub struct Settings {
     /// The registered redirect URI, exactly as configured: providers compare
     /// it character for character, so it is never re-serialised.
     pub redirect_uri: String,
+    /// The issuer's name in the policy (`google` for the environment's).
+    pub name: String,
+    /// The ID token claim that lists the person's groups, if any.
+    pub groups_claim: Option<String>,
 }
 
 /// The relying party: discovery and keys are fetched once and cached.
@@ -327,6 +331,8 @@ impl Provider {
                 accepted_issuers: &issuers,
                 client_id: &self.inner.settings.client_id,
                 nonce,
+                issuer_name: &self.inner.settings.name,
+                groups_claim: self.inner.settings.groups_claim.as_deref(),
             },
             &self.inner.jwks,
             &metadata.jwks_uri,

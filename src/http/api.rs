@@ -229,7 +229,7 @@ async fn me(ApiCaller(caller): ApiCaller) -> Json<Me> {
     Json(Me {
         email: caller.grant.owner.to_string(),
         admin: caller.grant.admin,
-        max_ttl_seconds: caller.grant.lifetime.as_secs(),
+        max_ttl_seconds: caller.grant.max_lifetime.as_secs(),
         max_keys: caller.grant.cap,
         session_expires_at: caller.session_expires_at,
     })

@@ -398,6 +398,7 @@ fn refusal_hint(reason: &Refusal) -> String {
         ),
         Refusal::Unmanaged => "Sign in with your organisation's own account, not a personal one that uses the same address.".to_owned(),
         Refusal::NotAllowed => "If you should have access, ask the operator of this server to add your account or your organisation's domain to the allow-list, or sign in with another account.".to_owned(),
+        Refusal::NotInGroup => "If you should have access, ask your identity provider's administrator to add you to the group this server's policy names, or ask the operator of this server.".to_owned(),
     }
 }
 

@@ -38,6 +38,12 @@ struct Stored {
     email_claim: Option<String>,
     email_verified: bool,
     hd: Option<String>,
+    /// The issuer's name in the policy.
+    #[serde(default = "env_issuer")]
+    iss: String,
+    /// The groups the issuer vouched for at sign-in.
+    #[serde(default)]
+    groups: Vec<String>,
     /// Unix seconds after which the session is over.
     expires: i64,
     /// The token every form of this session carries.
@@ -56,8 +62,14 @@ impl Stored {
             email_claim: self.email_claim.clone(),
             email_verified: self.email_verified,
             hosted_domain: self.hd.clone(),
+            issuer: self.iss.clone(),
+            groups: self.groups.clone(),
         })
     }
+}
+
+fn env_issuer() -> String {
+    crate::access::ENV_ISSUER.to_owned()
 }
 
 /// The name of the session cookie (`__Host-` over https).
@@ -95,6 +107,8 @@ pub(super) fn start(
         email_claim: identity.email_claim.clone(),
         email_verified: identity.email_verified,
         hd: identity.hosted_domain.clone(),
+        iss: identity.issuer.clone(),
+        groups: identity.groups.clone(),
         expires: clock::unix_seconds(now).saturating_add_unsigned(ttl.as_secs()),
         csrf: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
         spent: Vec::new(),

@@ -25,6 +25,10 @@ pub struct Expectations<'a> {
     pub client_id: &'a str,
     /// The nonce of this sign-in.
     pub nonce: &'a str,
+    /// The issuer's name in the policy, which the identity carries.
+    pub issuer_name: &'a str,
+    /// The claim that lists the person's groups, if the issuer has one.
+    pub groups_claim: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +75,22 @@ struct Claims {
     email_verified: Option<Flag>,
     #[serde(default)]
     hd: Option<String>,
+    /// Every other claim, for the issuer's groups claim.
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// A groups claim's values: an array of strings (Okta, Entra ID,
+/// Keycloak), or one string. Anything else counts as no group.
+fn groups_of(claim: Option<&serde_json::Value>) -> Vec<String> {
+    match claim {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    }
 }
 
 fn reject(reason: impl Into<String>) -> Error {
@@ -218,6 +238,11 @@ fn check(
         email_claim: claims.email,
         email_verified,
         hosted_domain: claims.hd,
+        issuer: expect.issuer_name.to_owned(),
+        groups: match expect.groups_claim {
+            Some(name) => groups_of(claims.extra.get(name)),
+            None => Vec::new(),
+        },
     })
 }
 
@@ -267,6 +292,8 @@ mod tests {
         let key = &keys["ec1"];
         let issuers = ["https://issuer.test".to_owned()];
         let expect = Expectations {
+            issuer_name: "google",
+            groups_claim: Some("groups"),
             accepted_issuers: &issuers,
             client_id: "client",
             nonce: "n",

@@ -18,6 +18,7 @@ mod helpers;
 mod json;
 mod logins;
 mod pages;
+mod policy;
 mod races;
 mod recipes;
 mod signin;

@@ -165,6 +165,10 @@ pub struct Identity {
     /// stable for this email.
     #[serde(default)]
     pub sub: Option<String>,
+    /// A `groups` claim, as Okta, Entra ID and Keycloak send one (Google
+    /// never does); `None` leaves the claim out.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -190,6 +194,15 @@ impl Identity {
             hd: None,
             name: None,
             sub: None,
+            groups: None,
+        }
+    }
+
+    /// The same identity with a `groups` claim.
+    pub fn with_groups(self, groups: &[&str]) -> Self {
+        Self {
+            groups: Some(groups.iter().map(|g| (*g).to_owned()).collect()),
+            ..self
         }
     }
 

@@ -395,6 +395,7 @@ pub(super) async fn submit(
             hd,
             name,
             sub: None,
+            groups: None,
         };
         return grant(provider, &mut state, request, identity);
     }

@@ -405,6 +405,9 @@ fn issue(
     profile.insert("email".to_owned(), json!(identity.email));
     profile.insert("email_verified".to_owned(), json!(identity.email_verified));
     profile.insert("name".to_owned(), json!(identity.display_name()));
+    if let Some(groups) = &identity.groups {
+        profile.insert("groups".to_owned(), json!(groups));
+    }
 
     let mut claims = profile.clone();
     claims.insert("iss".to_owned(), json!(provider.token_issuer(state)));
