@@ -118,6 +118,8 @@ pub struct Grant {
     /// May see and revoke every key of this server (the rule's `admin`,
     /// or `ADMIN_USERS`).
     pub admin: bool,
+    /// OpenAI scopes of their keys (empty: unrestricted).
+    pub scopes: Vec<String>,
 }
 
 /// Who may have what, read from the configuration at start and asked on
@@ -216,6 +218,7 @@ impl Policy {
             max_lifetime: rule.max_lifetime,
             cap: rule.cap,
             per_hour: rule.per_hour,
+            scopes: rule.scopes.clone(),
         }
     }
 
@@ -285,8 +288,13 @@ impl Rule {
         } else {
             format!("{} keys an hour", self.per_hour)
         };
+        let scopes = if self.scopes.is_empty() {
+            "unrestricted".to_owned()
+        } else {
+            format!("scopes {}", self.scopes.join(","))
+        };
         format!(
-            "keys of {} (at most {} on request), the server's project, unrestricted scopes, {cap}, {rate}{}",
+            "keys of {} (at most {} on request), the server's project, {scopes}, {cap}, {rate}{}",
             crate::clock::humanize(self.lifetime),
             crate::clock::humanize(self.max_lifetime),
             if self.admin { ", admin" } else { "" }

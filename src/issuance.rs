@@ -347,7 +347,13 @@ impl Issuance {
                 retry_after: clock::until(reached.oldest_expiry, now).max(Duration::from_secs(1)),
             })?;
         let issued = keys
-            .spawn_issue(grant.owner.clone(), lifetime, reservation, now)?
+            .spawn_issue(
+                grant.owner.clone(),
+                lifetime,
+                grant.scopes.clone(),
+                reservation,
+                now,
+            )?
             .await
             .map_err(|_| crate::keys::Error::TaskFailed)??;
         Ok(issued)

@@ -594,6 +594,7 @@ impl Keys {
         &self,
         owner: EmailAddress,
         lifetime: Duration,
+        scopes: Vec<String>,
         reservation: Reservation,
         now: SystemTime,
     ) -> Result<tokio::task::JoinHandle<Result<IssuedKey, Error>>, Error> {
@@ -609,7 +610,7 @@ impl Keys {
         // Its log lines belong to the caller's span (the request's id and
         // user), and its upstream wait to the caller's Server-Timing.
         let issue = async move {
-            let issued = keys.issue(&owner, lifetime, now).await;
+            let issued = keys.issue(&owner, lifetime, &scopes, now).await;
             drop(reservation);
             drop(guard);
             issued
@@ -771,6 +772,7 @@ impl Keys {
         &self,
         owner: &EmailAddress,
         lifetime: Duration,
+        scopes: &[String],
         now: SystemTime,
     ) -> Result<IssuedKey, Error> {
         let project_id = self.project_id(now).await?.to_owned();
@@ -778,9 +780,14 @@ impl Keys {
         let name = AccountName::new(owner.clone(), unix(now).saturating_add_unsigned(ttl));
         let encoded = name.encode();
         let admin = &self.inner.admin;
+        if !scopes.is_empty() {
+            return self
+                .issue_scoped(owner, &project_id, name, &encoded, scopes, ttl)
+                .await;
+        }
 
         let mut enforced = true;
-        let mut result = self.create(&project_id, &encoded, Some(ttl)).await;
+        let mut result = self.create(&project_id, &encoded, Some(ttl), false).await;
         // Only an API that does not know the field at all; a range or an
         // organisation policy refusing our value must stay an error.
         if let Err(openai::Error::BadRequest { message, param, .. }) = &result
@@ -803,7 +810,7 @@ impl Keys {
                 "OpenAI rejected expires_in_seconds; issuing a key that only deletion will end"
             );
             enforced = false;
-            result = self.create(&project_id, &encoded, None).await;
+            result = self.create(&project_id, &encoded, None, false).await;
         }
 
         let created = match result {
@@ -851,6 +858,87 @@ impl Keys {
         })
     }
 
+    /// A key restricted to `scopes` from birth (the spec's section 9): the
+    /// account without a role or key (`create_service_account_only`), the
+    /// `member` role (without one its keys can do nothing), then its key
+    /// with the scopes and the lifetime: three calls. If a step after the
+    /// first fails, the account is deleted at once, or, if that fails too,
+    /// by the sweep at its expiry, which its name carries.
+    async fn issue_scoped(
+        &self,
+        owner: &EmailAddress,
+        project_id: &str,
+        name: AccountName,
+        encoded: &str,
+        scopes: &[String],
+        ttl: u64,
+    ) -> Result<IssuedKey, Error> {
+        let admin = &self.inner.admin;
+        let created = match self.create(project_id, encoded, None, true).await {
+            Ok(created) => created,
+            Err(error) if error.is_ambiguous() => {
+                self.reconcile_failed_create(project_id, encoded).await;
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.mark_reached();
+        // Indexed at once, so that a failure below leaves it to the sweep
+        // at its expiry even on this replica.
+        let expires = name.expires_at;
+        self.index().insert(created.id.clone(), name.clone(), None);
+        let finished = async {
+            admin
+                .set_service_account_role(project_id, &created.id, "member")
+                .await?;
+            admin
+                .create_service_account_key(project_id, &created.id, scopes, ttl)
+                .await
+        }
+        .await;
+        let key = match finished {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::warn!(%error, service_account.id = %created.id, "a scoped key could not be finished; deleting its account");
+                match admin.delete_service_account(project_id, &created.id).await {
+                    Ok(()) | Err(openai::Error::NotFound { .. }) => {
+                        self.index().remove_deleted(expires, &created.id);
+                    }
+                    Err(delete_error) => {
+                        tracing::warn!(error = %delete_error, service_account.id = %created.id, "could not delete it now; the sweep deletes it at its expiry");
+                    }
+                }
+                self.inner.rearm.notify_one();
+                return Err(error.into());
+            }
+        };
+        let expires_at = key.expires_at.unwrap_or(expires);
+        {
+            let mut index = self.index();
+            index.insert(created.id.clone(), name, Some(key.id.clone()));
+            index.note_created(expires, &created.id, created.created_at);
+        }
+        self.inner.rearm.notify_one();
+        tracing::info!(
+            audit = "issued",
+            owner = %owner,
+            service_account.id = %created.id,
+            key.id = %key.id,
+            expires_at,
+            scopes = %scopes.join(" "),
+            enforced_by_openai = key.expires_at.is_some(),
+            "issued a scoped key"
+        );
+        Ok(IssuedKey {
+            value: key.value,
+            expires_at,
+            enforced_by_openai: key.expires_at.is_some(),
+            service_account_id: created.id,
+            key_id: key.id,
+            project_id: project_id.to_owned(),
+        })
+    }
+
     /// One create, waiting out OpenAI's 429s for up to the create's
     /// patience: a 429 means nothing was created, so trying again is safe.
     /// While it waits, sweeps hold back, so that its retry finds room.
@@ -859,15 +947,19 @@ impl Keys {
         project_id: &str,
         name: &str,
         expires_in_seconds: Option<u64>,
+        account_only: bool,
     ) -> Result<openai::CreatedServiceAccount, openai::Error> {
         let deadline = Instant::now() + self.inner.settings.create_patience;
         let mut hold = None;
         loop {
-            let result = self
-                .inner
-                .admin
-                .create_service_account(project_id, name, expires_in_seconds)
-                .await;
+            let admin = &self.inner.admin;
+            let result = if account_only {
+                admin.create_service_account_only(project_id, name).await
+            } else {
+                admin
+                    .create_service_account(project_id, name, expires_in_seconds)
+                    .await
+            };
             let Err(openai::Error::RateLimited { retry_after, .. }) = &result else {
                 return result;
             };

@@ -128,6 +128,20 @@ struct CreateServiceAccount<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_in_seconds: Option<u64>,
+    /// True: no role and no key yet (for a key restricted from birth).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    create_service_account_only: bool,
+}
+
+#[derive(Serialize)]
+struct UpdateRole<'a> {
+    role: &'a str,
+}
+
+#[derive(Serialize)]
+struct CreateAccountKey<'a> {
+    scopes: &'a [String],
+    expires_in_seconds: u64,
 }
 
 #[derive(Serialize)]
@@ -267,6 +281,65 @@ impl AdminClient {
         );
         let body = CreateServiceAccount {
             name,
+            expires_in_seconds,
+            create_service_account_only: false,
+        };
+        self.call(Method::POST, url, Some(&body)).await
+    }
+
+    /// Creates a service account with no role and no key
+    /// (`create_service_account_only`), to give it a restricted key next.
+    /// **Not idempotent**, like [`AdminClient::create_service_account`].
+    pub async fn create_service_account_only(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<CreatedServiceAccount, Error> {
+        let url = self.url(
+            &format!("organization/projects/{project_id}/service_accounts"),
+            &[],
+        );
+        let body = CreateServiceAccount {
+            name,
+            expires_in_seconds: None,
+            create_service_account_only: true,
+        };
+        self.call(Method::POST, url, Some(&body)).await
+    }
+
+    /// Gives a service account a role in its project (`member`): one
+    /// created without a role can do nothing with its keys.
+    pub async fn set_service_account_role(
+        &self,
+        project_id: &str,
+        service_account_id: &str,
+        role: &str,
+    ) -> Result<ServiceAccount, Error> {
+        let url = self.url(
+            &format!("organization/projects/{project_id}/service_accounts/{service_account_id}"),
+            &[],
+        );
+        self.call(Method::POST, url, Some(&UpdateRole { role }))
+            .await
+    }
+
+    /// Creates a key for an existing service account, restricted to
+    /// `scopes` and ending after `expires_in_seconds`.
+    pub async fn create_service_account_key(
+        &self,
+        project_id: &str,
+        service_account_id: &str,
+        scopes: &[String],
+        expires_in_seconds: u64,
+    ) -> Result<CreatedKey, Error> {
+        let url = self.url(
+            &format!(
+                "organization/projects/{project_id}/service_accounts/{service_account_id}/api_keys"
+            ),
+            &[],
+        );
+        let body = CreateAccountKey {
+            scopes,
             expires_in_seconds,
         };
         self.call(Method::POST, url, Some(&body)).await

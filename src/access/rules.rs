@@ -207,9 +207,13 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 ProjectChoice::Default
             }
         };
-        if !raw.scopes.is_empty() {
+        if raw
+            .scopes
+            .iter()
+            .any(|s| s.trim().is_empty() || s.contains(char::is_whitespace))
+        {
             problems.push(format!(
-                "{at}: scopes: scoped keys are not supported by this version yet"
+                "{at}: scopes: every scope is one word, like \"api.model.read\""
             ));
         }
         let duration = |field: &str, value: Option<&String>, problems: &mut Vec<String>| {

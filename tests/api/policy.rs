@@ -164,3 +164,169 @@ async fn a_policy_file_with_problems_stops_the_server_naming_each() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+const SCOPED: &str = r#"
+[[rule]]
+name = "interns"
+issuer = "google"
+emails = ["intern@example.com"]
+ttl = "1d"
+scopes = ["api.model.read"]
+
+[[rule]]
+name = "staff"
+issuer = "google"
+domains = ["example.com"]
+ttl = "1h"
+"#;
+
+const SA_UPDATE: &str =
+    "POST /v1/organization/projects/{project_id}/service_accounts/{service_account_id}";
+const SA_KEY_CREATE: &str =
+    "POST /v1/organization/projects/{project_id}/service_accounts/{service_account_id}/api_keys";
+
+/// Creates a key through the JSON API as `who`; the answer's JSON.
+async fn key_for(app: &TestApp, who: Identity) -> serde_json::Value {
+    let token = cli_session(app, who).await;
+    let response = plain_client()
+        .post(app.url("/api/v1/keys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+/// What the sandbox's `/v1/chat/completions` answers to `key`.
+async fn chat(app: &TestApp, key: &str) -> (StatusCode, String) {
+    let response = plain_client()
+        .post(format!(
+            "{}/v1/chat/completions",
+            app.sandbox.openai_base_url().trim_end_matches("/v1")
+        ))
+        .bearer_auth(key)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+async fn models(app: &TestApp, key: &str) -> StatusCode {
+    plain_client()
+        .get(format!(
+            "{}/v1/models",
+            app.sandbox.openai_base_url().trim_end_matches("/v1")
+        ))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_read_only_rule_issues_keys_restricted_by_openai_from_birth() {
+    let (app, path) = with_policy(SCOPED).await;
+    app.wait_for_startup_sweep().await;
+    let creates = app.openai_calls(SA_CREATE);
+
+    let intern = key_for(&app, Identity::workspace("intern@example.com")).await;
+    let value = intern["key"].as_str().unwrap();
+    let account = app
+        .accounts()
+        .into_iter()
+        .find(|a| a.id == intern["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(account.keys.len(), 1, "one key, made with its scopes");
+    assert_eq!(account.keys[0].scopes, vec!["api.model.read".to_owned()]);
+    let lifetime = account.keys[0].expires_at.unwrap() - account.created_at;
+    assert!((86_400..=86_401).contains(&lifetime), "{lifetime}");
+    // Three Admin API calls: the bare account, its role, its key.
+    assert_eq!(app.openai_calls(SA_CREATE), creates + 1);
+    assert_eq!(app.openai_calls(SA_UPDATE), 1);
+    assert_eq!(app.openai_calls(SA_KEY_CREATE), 1);
+
+    // OpenAI itself holds it to reading: it lists models, it cannot call one.
+    assert_eq!(models(&app, value).await, StatusCode::OK);
+    let (status, body) = chat(&app, value).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("Missing scopes: api.model.request"), "{body}");
+
+    // Staff keys are unrestricted: one call, and the model answers.
+    let staff = key_for(&app, Identity::workspace("sam@example.com")).await;
+    assert_eq!(app.openai_calls(SA_CREATE), creates + 2);
+    assert_eq!(app.openai_calls(SA_KEY_CREATE), 1);
+    let (status, body) = chat(&app, staff["key"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.assert_no_secrets_logged(&[value]);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_failure_between_the_create_calls_leaves_nothing_behind() {
+    use sandbox::openai::{Fault, FaultKind};
+    let (app, path) = with_policy(SCOPED).await;
+    app.wait_for_startup_sweep().await;
+    let token = cli_session(&app, Identity::workspace("intern@example.com")).await;
+
+    // The key's create fails: the bare account is deleted at once.
+    app.sandbox.openai.push_fault(
+        Fault::new(FaultKind::status(500))
+            .method("POST")
+            .path("/api_keys"),
+    );
+    let failed = plain_client()
+        .post(app.url("/api/v1/keys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    assert!(app.accounts().is_empty(), "{:?}", app.accounts());
+    assert_eq!(app.openai_calls(SA_DELETE), 1);
+
+    // The role fails and so does the delete: the sweep deletes it at the
+    // expiry its name carries, and not before.
+    app.sandbox.openai.push_fault(
+        Fault::new(FaultKind::status(500))
+            .method("POST")
+            .path("{service_account_id}"),
+    );
+    app.sandbox
+        .openai
+        .push_fault(Fault::new(FaultKind::status(500)).method("DELETE"));
+    let failed = plain_client()
+        .post(app.url("/api/v1/keys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    let left = app.accounts();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].keys.is_empty(), "no key was ever made");
+    app.advance(std::time::Duration::from_secs(86_400 + 5));
+    for _ in 0..200 {
+        if app.accounts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        app.accounts().is_empty(),
+        "the sweep deleted it at its expiry"
+    );
+
+    // And the next one works.
+    let token = cli_session(&app, Identity::workspace("intern@example.com")).await;
+    let issued = plain_client()
+        .post(app.url("/api/v1/keys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), StatusCode::CREATED);
+    let _ = std::fs::remove_file(path);
+}

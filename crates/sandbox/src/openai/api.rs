@@ -1,5 +1,6 @@
 //! The `/v1` endpoints: projects, service accounts, their keys, and
-//! `/v1/models` as the stand-in for the public API that issued keys call.
+//! `/v1/models` and `/v1/chat/completions` as the stand-ins for the public
+//! API that issued keys call.
 
 use axum::Json;
 use axum::Router;
@@ -20,6 +21,9 @@ const MAX_EXPIRES_IN: i64 = 31_536_000;
 const DEFAULT_KEY_NAME: &str = "Secret Key";
 /// Scopes that allow `GET /v1/models`.
 const MODEL_READ_SCOPES: [&str; 3] = ["api.model.read", "model.read", "api.all.read"];
+/// Scopes that allow model requests (`POST /v1/chat/completions`): "Model
+/// capabilities: Request" and its legacy alias (the spec's section 5).
+const MODEL_REQUEST_SCOPES: [&str; 2] = ["api.model.request", "model.request"];
 
 type Answer = Result<Json<Value>, ApiError>;
 
@@ -58,6 +62,7 @@ pub(super) fn routes() -> Router<FakeOpenAi> {
         )
         .route("/v1/models", get(list_models))
         .route("/v1/models/{model}", get(retrieve_model))
+        .route("/v1/chat/completions", post(chat_completion))
 }
 
 /// 404 `Invalid URL (METHOD /path)` for every path not served.
@@ -619,6 +624,12 @@ fn model_json(id: &str, created: i64) -> Value {
 /// use. Admin keys cannot call non-admin endpoints; the real answer is
 /// undocumented, so this gives the same 401 as for an unknown key.
 fn authorize_model_read(fake: &FakeOpenAi, headers: &HeaderMap) -> Result<(), ApiError> {
+    authorize_key(fake, headers, &MODEL_READ_SCOPES)
+}
+
+/// Lets through a live issued key whose scopes include one of `allowed`
+/// (an unrestricted key has none and may do anything its role allows).
+fn authorize_key(fake: &FakeOpenAi, headers: &HeaderMap, allowed: &[&str]) -> Result<(), ApiError> {
     let key = bearer(headers)?;
     let now = fake.now();
     let mut world = fake.world();
@@ -630,17 +641,48 @@ fn authorize_model_read(fake: &FakeOpenAi, headers: &HeaderMap) -> Result<(), Ap
             .key
             .scopes
             .iter()
-            .any(|s| MODEL_READ_SCOPES.contains(&s.as_str()));
+            .any(|s| allowed.contains(&s.as_str()));
     // An account without a role (`create_service_account_only`, never
     // granted `member`) may do nothing with its keys.
     if scoped_out || live.account.role == Role::None {
         return Err(ApiError::missing_scope(
             fake.scope_error_status(),
-            "api.model.read",
+            allowed.first().copied().unwrap_or_default(),
         ));
     }
     world.touch(&key, now);
     Ok(())
+}
+
+/// The stand-in for a model request: a live key with "Model capabilities:
+/// Request" (or unrestricted) gets a fixed completion of the asked model.
+async fn chat_completion(
+    State(fake): State<FakeOpenAi>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Answer {
+    authorize_key(&fake, &headers, &MODEL_REQUEST_SCOPES)?;
+    let model = body.string("model")?.into_option().ok_or_else(|| {
+        ApiError::bad_request("you must provide a model parameter").param("model")
+    })?;
+    if !MODELS.iter().any(|(id, _)| *id == model) {
+        return Err(ApiError::not_found(format!(
+            "The model `{model}` does not exist or you do not have access to it."
+        ))
+        .code("model_not_found"));
+    }
+    Ok(Json(json!({
+        "id": super::ids::request_id().replacen("req_", "chatcmpl-", 1),
+        "object": "chat.completion",
+        "created": fake.now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": "Hello from the sandbox." },
+            "finish_reason": "stop"
+        }],
+        "usage": { "prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6 }
+    })))
 }
 
 async fn list_models(State(fake): State<FakeOpenAi>, headers: HeaderMap) -> Answer {
