@@ -5,16 +5,19 @@
 //! long they live, how many at once, and whether the person may act on
 //! everyone's keys.
 
+mod claims;
 mod rules;
 
+pub use claims::{ClaimPattern, Workload, claim_text};
+
 pub use rules::{
-    Defaults, IssuerSpec, PolicyFile, load as load_policy_file, parse as parse_policy,
+    Defaults, IssuerSpec, PolicyFile, WorkloadSpec, load as load_policy_file, parse as parse_policy,
 };
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::identity::{Domain, EmailAddress, Identity};
+use crate::identity::{Domain, EmailAddress, Identity, Owner};
 
 /// Allowed people and Workspace domains, normalised once at start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,6 +62,22 @@ pub enum Refusal {
     /// in.
     #[error("the account is in none of the groups the policy allows")]
     NotInGroup,
+    /// A workload's token does not have the claims of any rule for its
+    /// issuer.
+    #[error("no rule of the policy allows this job: {}", match value {
+        Some(value) => format!("its {claim} claim is {value:?}"),
+        None => format!("it has no {claim} claim"),
+    })]
+    ClaimMismatch {
+        /// The first claim that did not match, of the rule that came
+        /// closest.
+        claim: String,
+        /// What the token said, if it had the claim.
+        value: Option<String>,
+    },
+    /// No rule is for the token's issuer at all.
+    #[error("no rule of the policy is for issuer {0:?}")]
+    NoRuleForIssuer(String),
 }
 
 /// The name of the issuer the environment configures (`OIDC_ISSUER_URL`,
@@ -98,13 +117,16 @@ pub struct Rule {
     pub project: ProjectChoice,
     /// OpenAI key scopes (empty: unrestricted).
     pub scopes: Vec<String>,
+    /// Claims a workload's token must carry, each exactly or by a glob
+    /// (workload issuers only; empty for people).
+    pub claims: BTreeMap<String, ClaimPattern>,
 }
 
 /// What one allowed identity may have: the rule that matched, applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
-    /// Whose keys: the verified, normalised address.
-    pub owner: EmailAddress,
+    /// Whose keys: the verified, normalised address, or the workload.
+    pub owner: Owner,
     /// The rule that matched.
     pub rule: String,
     /// How long a key lives unless a shorter life is asked for.
@@ -166,6 +188,7 @@ impl Policy {
             admin: false,
             project: ProjectChoice::Default,
             scopes: Vec::new(),
+            claims: BTreeMap::new(),
         }]
     }
 
@@ -209,10 +232,71 @@ impl Policy {
         lines
     }
 
+    /// The grant of a CI job's verified token: the first rule for its
+    /// issuer whose every claim matches. Workloads are never admins.
+    pub fn decide_workload(&self, workload: &Workload) -> Result<Grant, Refusal> {
+        let mut closest: Option<(usize, Refusal)> = None;
+        // A rule that names no claims is never a job's (the file refuses
+        // one for a workload issuer): it would admit every job.
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.issuer == workload.issuer && !r.claims.is_empty())
+        {
+            match workload.first_mismatch(&rule.claims) {
+                None => return Ok(self.workload_grant(rule, workload)),
+                Some((matched, refusal)) => {
+                    if closest.as_ref().is_none_or(|(best, _)| matched > *best) {
+                        closest = Some((matched, refusal));
+                    }
+                }
+            }
+        }
+        Err(closest.map_or_else(
+            || Refusal::NoRuleForIssuer(workload.issuer.clone()),
+            |(_, refusal)| refusal,
+        ))
+    }
+
+    /// Each rule in order with whether it matched `workload` and why not
+    /// (`explain --claim`).
+    pub fn explain_workload(&self, workload: &Workload) -> Vec<(&Rule, Result<Grant, Miss>)> {
+        let mut lines = Vec::new();
+        for rule in &self.rules {
+            let outcome = if rule.issuer == workload.issuer && !rule.claims.is_empty() {
+                match workload.first_mismatch(&rule.claims) {
+                    None => Ok(self.workload_grant(rule, workload)),
+                    Some((_, refusal)) => Err(Miss::Refused(refusal)),
+                }
+            } else {
+                Err(Miss::OtherIssuer)
+            };
+            let matched = outcome.is_ok();
+            lines.push((rule, outcome));
+            if matched {
+                break;
+            }
+        }
+        lines
+    }
+
+    fn workload_grant(&self, rule: &Rule, workload: &Workload) -> Grant {
+        Grant {
+            owner: workload.owner.clone(),
+            rule: rule.name.clone(),
+            lifetime: rule.lifetime,
+            max_lifetime: rule.max_lifetime,
+            cap: rule.cap,
+            per_hour: rule.per_hour,
+            admin: false,
+            scopes: rule.scopes.clone(),
+        }
+    }
+
     fn grant(&self, rule: &Rule, owner: EmailAddress) -> Grant {
         Grant {
             admin: rule.admin || self.admins.contains(&owner),
-            owner,
+            owner: owner.into(),
             rule: rule.name.clone(),
             lifetime: rule.lifetime,
             max_lifetime: rule.max_lifetime,
@@ -228,6 +312,11 @@ impl Policy {
     fn try_rule(&self, rule: &Rule, identity: &Identity) -> Result<EmailAddress, Miss> {
         if rule.issuer != identity.issuer {
             return Err(Miss::OtherIssuer);
+        }
+        // A rule on claims is for CI jobs: a person never matches it, even
+        // one who names nobody else.
+        if !rule.claims.is_empty() {
+            return Err(Miss::Refused(Refusal::NotAllowed));
         }
         let email = identity
             .email
@@ -273,6 +362,17 @@ impl Rule {
                 list(self.groups.iter().cloned().collect())
             ));
         }
+        if !self.claims.is_empty() {
+            whom.push(format!(
+                "claims {}",
+                list(
+                    self.claims
+                        .iter()
+                        .map(|(name, pattern)| format!("{name}={pattern}"))
+                        .collect()
+                )
+            ));
+        }
         format!("{}: {} -> {}", self.name, whom.join("; "), self.grants())
     }
 
@@ -306,6 +406,7 @@ impl Refusal {
     /// How much a refusal tells the person about their own account.
     fn weight(&self) -> u8 {
         match self {
+            Self::NoRuleForIssuer(_) | Self::ClaimMismatch { .. } => 0,
             Self::NotInGroup => 0,
             Self::NotAllowed => 1,
             Self::NoEmail => 2,
@@ -601,6 +702,132 @@ admin = true
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].1, Err(Miss::Refused(Refusal::NotInGroup)));
         assert!(lines[1].1.is_ok());
+    }
+
+    const JOBS: &str = r#"
+[[issuer]]
+name = "github"
+url = "https://token.actions.githubusercontent.com"
+audience = "https://keys.example.com"
+
+[[issuer]]
+name = "gitlab"
+url = "https://gitlab.com"
+audience = "https://keys.example.com"
+
+[[rule]]
+name = "release"
+issuer = "github"
+claims = { repository_id = "123456", ref = "refs/tags/v*" }
+ttl = "10m"
+
+[[rule]]
+name = "ci-evals"
+issuer = "github"
+claims = { repository_id = "123456", ref = "refs/heads/*" }
+ttl = "1h"
+scopes = ["api.model.request"]
+
+[[rule]]
+name = "gitlab-main"
+issuer = "gitlab"
+claims = { project_id = 42, ref_protected = true }
+ttl = "30m"
+
+[[rule]]
+name = "staff"
+issuer = "google"
+domains = ["example.com"]
+"#;
+
+    fn job(issuer: &str, id: &str, claims: serde_json::Value) -> Workload {
+        Workload {
+            issuer: issuer.into(),
+            owner: Owner::workload(issuer, id).unwrap(),
+            claims: claims
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn jobs_get_the_first_rule_whose_every_claim_matches() {
+        let policy = Policy {
+            rules: rules(JOBS),
+            ..Policy::default()
+        };
+        let decide = |issuer: &str, claims: serde_json::Value| {
+            policy.decide_workload(&job(issuer, "123456", claims))
+        };
+        let tag = decide(
+            "github",
+            serde_json::json!({"repository_id": "123456", "ref": "refs/tags/v1.2"}),
+        )
+        .unwrap();
+        assert_eq!(tag.rule, "release", "first match");
+        assert_eq!(tag.owner.as_str(), "github:123456");
+        assert!(!tag.admin);
+        let main = decide(
+            "github",
+            serde_json::json!({"repository_id": "123456", "ref": "refs/heads/main"}),
+        )
+        .unwrap();
+        assert_eq!(main.rule, "ci-evals");
+        assert_eq!(main.scopes, vec!["api.model.request".to_owned()]);
+        assert_eq!(main.lifetime, Duration::from_secs(3600));
+        // No match: the claim that missed, of the rule that came closest.
+        assert_eq!(
+            decide(
+                "github",
+                serde_json::json!({"repository_id": "123456", "ref": "refs/pull/7/merge"})
+            ),
+            Err(Refusal::ClaimMismatch {
+                claim: "ref".into(),
+                value: Some("refs/pull/7/merge".into())
+            })
+        );
+        assert!(matches!(
+            decide("github", serde_json::json!({"ref": "refs/heads/main"})),
+            Err(Refusal::ClaimMismatch { value: None, .. })
+        ));
+        // Numbers and booleans in claims (GitLab) match the rule's text.
+        assert_eq!(
+            decide(
+                "gitlab",
+                serde_json::json!({"project_id": 42, "ref_protected": "true"})
+            )
+            .unwrap()
+            .rule,
+            "gitlab-main"
+        );
+        assert!(
+            decide(
+                "gitlab",
+                serde_json::json!({"project_id": "42", "ref_protected": false})
+            )
+            .is_err()
+        );
+        // The same claims from another issuer never match a rule of this one.
+        assert!(matches!(
+            decide(
+                "gitlab",
+                serde_json::json!({"repository_id": "123456", "ref": "refs/heads/main"})
+            ),
+            Err(Refusal::ClaimMismatch { .. })
+        ));
+        assert_eq!(
+            decide("circleci", serde_json::json!({"repository_id": "123456"})),
+            Err(Refusal::NoRuleForIssuer("circleci".into()))
+        );
+        // And no person matches a job's rule, nor a job a person's.
+        let person = Identity {
+            issuer: "github".into(),
+            ..who("a@example.com", true, Some("example.com"))
+        };
+        assert!(policy.decide(&person).is_err());
     }
 
     proptest! {

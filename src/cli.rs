@@ -72,8 +72,8 @@ pub enum Command {
     /// OPENAI_PROJECT_ID or DEFAULT_PROJECT_NAME, EXPIRATION,
     /// CLEANUP_CONCURRENCY, CLEANUP_LEGACY_ACCOUNTS and TIMEOUT.
     Cleanup(cleanup::Args),
-    /// Show which rule of the policy an identity matches and what it
-    /// grants, or why none does.
+    /// Show which rule of the policy an identity (a person, or a CI job's
+    /// token claims) matches and what it grants, or why none does.
     ///
     /// Reads the same settings as `serve` (POLICY_FILE, or the allow-list
     /// variables that make the one rule without it), and signs nobody in.

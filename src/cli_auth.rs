@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::challenge_of;
 use crate::clock;
-use crate::identity::{EmailAddress, Identity};
+use crate::identity::{EmailAddress, Identity, Owner};
 use crate::replay::CompletedLogins;
 use crate::seal::{Purpose, Sealer};
 
@@ -58,7 +58,7 @@ fn env_issuer() -> String {
 }
 
 impl Who {
-    fn of(identity: &Identity, owner: &EmailAddress) -> Self {
+    fn of(identity: &Identity, owner: &Owner) -> Self {
         Self {
             sub: identity.subject.clone(),
             email: owner.to_string(),
@@ -285,7 +285,7 @@ impl CliAuth {
     pub fn code_for(
         &self,
         identity: &Identity,
-        owner: &EmailAddress,
+        owner: &Owner,
         challenge: &str,
         now: SystemTime,
     ) -> String {
@@ -324,12 +324,7 @@ impl CliAuth {
     }
 
     /// A session for `identity` (allowed as `owner`), from `now`.
-    pub fn session_for(
-        &self,
-        identity: &Identity,
-        owner: &EmailAddress,
-        now: SystemTime,
-    ) -> Issued {
+    pub fn session_for(&self, identity: &Identity, owner: &Owner, now: SystemTime) -> Issued {
         let session = Session {
             who: Who::of(identity, owner),
             exp: clock::unix_seconds(now).saturating_add_unsigned(self.session_ttl.as_secs()),
@@ -487,11 +482,11 @@ impl CliAuth {
 mod tests {
     use super::*;
 
-    fn alice() -> (Identity, EmailAddress) {
-        let owner = EmailAddress::parse("alice@example.com").unwrap();
+    fn alice() -> (Identity, Owner) {
+        let owner: Owner = EmailAddress::parse("alice@example.com").unwrap().into();
         let identity = Identity {
             subject: "1".into(),
-            email: Some(owner.clone()),
+            email: Some(EmailAddress::parse("alice@example.com").unwrap()),
             email_claim: Some("alice@example.com".into()),
             email_verified: true,
             hosted_domain: Some("example.com".into()),

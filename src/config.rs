@@ -947,6 +947,11 @@ impl Config {
         }
     }
 
+    /// The policy file's issuers (none without one).
+    pub fn issuers(&self) -> &[crate::access::IssuerSpec] {
+        self.policy_file.as_ref().map_or(&[], |file| &file.issuers)
+    }
+
     /// The groups claim of the environment's issuer, if the policy file
     /// gives one.
     pub fn env_groups_claim(&self) -> Option<String> {
@@ -1093,6 +1098,9 @@ impl Config {
                 }),
             ),
         ];
+        for issuer in self.issuers() {
+            lines.push(("issuer", issuer.describe()));
+        }
         for (i, rule) in self.rules().iter().enumerate() {
             lines.push(("rule", format!("{}. {}", i + 1, rule.describe())));
         }

@@ -157,6 +157,102 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
+/// Whose keys: a person (their verified address) or a workload, written
+/// `<issuer>:<id>` (e.g. `github:123456789`, a repository's numeric id).
+/// The one form every account name, page and log line carries, so it
+/// must read back exactly as written.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner(String);
+
+/// Why a workload cannot be an owner.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerError {
+    /// The issuer's name is not 1 to 32 of `a-z`, `0-9`, `-`, `_`.
+    #[error("the issuer name {0:?} may only have a-z, 0-9, '-' and '_' (1 to 32)")]
+    Issuer(String),
+    /// The id is not 1 to 128 of letters, digits, `.`, `_`, `-`.
+    #[error("the workload id may only have letters, digits, '.', '_' and '-' (1 to 128)")]
+    Id,
+    /// Neither an address nor `issuer:id`.
+    #[error("{0:?} is neither an email address nor issuer:id")]
+    Form(String),
+}
+
+fn is_issuer_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_workload_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl Owner {
+    /// A workload of issuer `issuer` (its name in the policy) known there
+    /// as `id`.
+    pub fn workload(issuer: &str, id: &str) -> Result<Self, OwnerError> {
+        if !is_issuer_name(issuer) {
+            return Err(OwnerError::Issuer(issuer.to_owned()));
+        }
+        if !is_workload_id(id) {
+            return Err(OwnerError::Id);
+        }
+        Ok(Self(format!("{issuer}:{id}")))
+    }
+
+    /// Reads an owner back: an address (with an `@`), or `issuer:id`.
+    pub fn parse(raw: &str) -> Result<Self, OwnerError> {
+        if raw.contains('@') {
+            return EmailAddress::parse(raw)
+                .map(Self::from)
+                .map_err(|_| OwnerError::Form(raw.to_owned()));
+        }
+        let (issuer, id) = raw
+            .split_once(':')
+            .ok_or_else(|| OwnerError::Form(raw.to_owned()))?;
+        Self::workload(issuer, id)
+    }
+
+    /// As written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for a workload (a CI job), false for a person.
+    pub fn is_workload(&self) -> bool {
+        !self.0.contains('@')
+    }
+}
+
+impl From<EmailAddress> for Owner {
+    fn from(email: EmailAddress) -> Self {
+        Self(email.0)
+    }
+}
+
+impl From<&EmailAddress> for Owner {
+    fn from(email: &EmailAddress) -> Self {
+        Self(email.0.clone())
+    }
+}
+
+impl PartialEq<EmailAddress> for Owner {
+    fn eq(&self, other: &EmailAddress) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,10 +12,10 @@ use crate::access::{Grant, Policy, Refusal};
 use crate::cleanup::Cleanup;
 use crate::cli_auth::{self, CliAuth, DeviceStart, Issued};
 use crate::clock;
-use crate::identity::{EmailAddress, Identity};
+use crate::identity::{Identity, Owner};
 use crate::keys::{IssuedKey, KeyInfo, Keys};
 use crate::limits::{ClientAddr, Limits};
-use crate::oidc;
+use crate::oidc::{self, WorkloadIssuers};
 use crate::replay::CompletedLogins;
 
 /// Why a use case did not go through. Variants are what the front doors
@@ -36,6 +36,16 @@ pub enum Error {
     /// The login was completed already (a replay).
     #[error("the sign-in was completed already")]
     Replayed,
+    /// A CI job's token failed verification; the reason is the job's to
+    /// read (nothing in it is secret: it says which check failed).
+    #[error("the CI job's token was refused: {0}")]
+    BadJobToken(String),
+    /// A CI job's token used a second time: each is good for one key.
+    #[error("this job token was used already")]
+    TokenReplayed,
+    /// A CI job's token came, but the policy names no workload issuer.
+    #[error("this server takes no CI job tokens")]
+    NoWorkloadIssuers,
     /// A new-key form sent again (a reload, the back button, a second
     /// click): its key was shown already, or is being made.
     #[error("this new-key form was sent already")]
@@ -52,7 +62,7 @@ pub enum Error {
     #[error("{owner} already holds {cap} live keys")]
     CapReached {
         /// Who.
-        owner: EmailAddress,
+        owner: Owner,
         /// The cap.
         cap: usize,
         /// Until the oldest expires.
@@ -66,7 +76,7 @@ pub enum Error {
     #[error("{actor} is not an admin")]
     NotAdmin {
         /// Who asked.
-        actor: EmailAddress,
+        actor: Owner,
     },
     /// The break-glass revocation was not confirmed with the project id.
     #[error("the confirmation does not name the project")]
@@ -188,6 +198,10 @@ struct Inner {
     usage_failed_at: Mutex<Option<SystemTime>>,
     /// Command lines' sign-ins and sessions.
     cli: CliAuth,
+    /// The policy's issuers of CI jobs' tokens.
+    workloads: WorkloadIssuers,
+    /// CI jobs' token ids used on this replica, until the tokens expire.
+    spent_job_tokens: CompletedLogins,
 }
 
 /// Whether `at` is at most `max_age` before `now` (or after it).
@@ -212,6 +226,7 @@ impl Issuance {
         limits: Arc<Limits>,
         pages: Pages,
         cli: CliAuth,
+        workloads: WorkloadIssuers,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -227,6 +242,8 @@ impl Issuance {
                 listing_failed_at: Mutex::new(None),
                 usage_failed_at: Mutex::new(None),
                 cli,
+                workloads,
+                spent_job_tokens: CompletedLogins::default(),
             }),
         }
     }
@@ -317,6 +334,88 @@ impl Issuance {
         now: SystemTime,
     ) -> Result<IssuedKey, Error> {
         let grant = self.authorize(identity)?;
+        self.issue_under(&grant, request, now).await
+    }
+
+    /// Issues a key to the CI job whose OIDC token is `token`, from
+    /// `client`: the token is verified against its issuer, matched against
+    /// the policy, and spent (each token gives one key, on this replica;
+    /// see SECURITY.md); then as [`Issuance::issue`]. Failed tokens use up
+    /// the address's allowance of failed sign-ins.
+    pub async fn issue_for_job(
+        &self,
+        client: ClientAddr,
+        token: &secrecy::SecretString,
+        request: &IssueRequest,
+        now: SystemTime,
+    ) -> Result<(Grant, IssuedKey), Error> {
+        use secrecy::ExposeSecret as _;
+        if self.inner.workloads.is_empty() {
+            return Err(Error::NoWorkloadIssuers);
+        }
+        let limiter = &self.inner.limits.sign_in_per_ip;
+        let address = client.key();
+        limiter
+            .check(&address, now)
+            .map_err(|retry_after| Error::RateLimited {
+                what: "failed sign-ins per address",
+                retry_after,
+            })?;
+        let verified = match self
+            .inner
+            .workloads
+            .verify(token.expose_secret(), now)
+            .await
+        {
+            Ok(verified) => verified,
+            Err(error @ oidc::Error::Unreachable(_)) => {
+                limiter.refund(&address, now);
+                return Err(error.into());
+            }
+            Err(oidc::Error::InvalidToken(reason)) => return Err(Error::BadJobToken(reason)),
+            Err(error) => return Err(error.into()),
+        };
+        let workload = &verified.workload;
+        let grant = self
+            .inner
+            .policy
+            .decide_workload(workload)
+            .map_err(|reason| Error::Refused {
+                account: Some(workload.owner.to_string()),
+                reason,
+            })?;
+        limiter.refund(&address, now);
+        let spent = format!("{}\n{}", workload.issuer, verified.jti);
+        let remembered = verified
+            .expires_at
+            .saturating_add_unsigned(oidc::SKEW.as_secs());
+        if !self
+            .inner
+            .spent_job_tokens
+            .complete(&spent, remembered, clock::unix_seconds(now))
+        {
+            return Err(Error::TokenReplayed);
+        }
+        tracing::Span::current().record("user.email", workload.owner.as_str());
+        match self.issue_under(&grant, request, now).await {
+            Ok(issued) => Ok((grant, issued)),
+            Err(error) => {
+                // Nothing was shown, and nothing usable made: the job may
+                // try again with the same token.
+                self.inner.spent_job_tokens.forget(&spent);
+                Err(error)
+            }
+        }
+    }
+
+    /// Issues a key under `grant`: the lifetime asked for, the holder's
+    /// rate, a place under their cap, then the create.
+    async fn issue_under(
+        &self,
+        grant: &Grant,
+        request: &IssueRequest,
+        now: SystemTime,
+    ) -> Result<IssuedKey, Error> {
         // Never cut silently: a caller that asked for more is told the most.
         let lifetime = match request.lifetime {
             None => grant.lifetime,
@@ -495,7 +594,7 @@ impl Issuance {
     pub async fn revoke_all_of(
         &self,
         identity: &Identity,
-        owner: &EmailAddress,
+        owner: &Owner,
         now: SystemTime,
     ) -> Result<Vec<KeyInfo>, Error> {
         let action = "revoke every key of one person";

@@ -19,7 +19,7 @@ use tracing::{Instrument as _, instrument};
 
 use crate::clock::unix_seconds as unix;
 use crate::config::ProjectSelector;
-use crate::identity::EmailAddress;
+use crate::identity::{EmailAddress, Owner};
 use crate::openai::{self, AdminClient, Page, ServiceAccount};
 
 use deleter::{Due, Fate, MAX_ATTEMPTS};
@@ -107,7 +107,7 @@ pub struct KeyInfo {
     /// The key's id, once known (`key_…`).
     pub key_id: Option<String>,
     /// Whose key it is.
-    pub owner: EmailAddress,
+    pub owner: Owner,
     /// When it was created (Unix seconds), once known.
     pub created_at: Option<i64>,
     /// When it expires (Unix seconds).
@@ -402,7 +402,7 @@ impl Keys {
     }
 
     /// `owner`'s live keys, soonest expiry first, as this replica knows them.
-    pub fn keys_of(&self, owner: &EmailAddress, now: SystemTime) -> Vec<KeyInfo> {
+    pub fn keys_of(&self, owner: &Owner, now: SystemTime) -> Vec<KeyInfo> {
         self.index()
             .keys_of(owner.as_str(), unix(now))
             .into_iter()
@@ -429,7 +429,7 @@ impl Keys {
     /// Every account of `owner` this replica knows, expired-but-not-yet-
     /// deleted ones included (their keys may still work where OpenAI does
     /// not enforce the expiry).
-    pub fn accounts_of(&self, owner: &EmailAddress) -> Vec<KeyInfo> {
+    pub fn accounts_of(&self, owner: &Owner) -> Vec<KeyInfo> {
         self.keys_of(owner, SystemTime::UNIX_EPOCH)
     }
 
@@ -448,7 +448,7 @@ impl Keys {
     pub fn revoke(
         &self,
         keys: Vec<KeyInfo>,
-        actor: EmailAddress,
+        actor: Owner,
         action: &'static str,
         now: SystemTime,
     ) -> tokio::task::JoinHandle<Result<Vec<KeyInfo>, Error>> {
@@ -546,12 +546,12 @@ impl Keys {
 
     /// How many live keys `owner` holds, as far as this replica knows (the
     /// last full listing plus what it issued since).
-    pub fn live_keys_for(&self, owner: &EmailAddress, now: SystemTime) -> usize {
+    pub fn live_keys_for(&self, owner: &Owner, now: SystemTime) -> usize {
         self.index().live_for(owner.as_str(), unix(now))
     }
 
     /// When the oldest of `owner`'s live keys expires (Unix seconds).
-    pub fn oldest_expiry_for(&self, owner: &EmailAddress, now: SystemTime) -> Option<i64> {
+    pub fn oldest_expiry_for(&self, owner: &Owner, now: SystemTime) -> Option<i64> {
         self.index().earliest_for(owner.as_str(), unix(now))
     }
 
@@ -561,7 +561,7 @@ impl Keys {
     /// them.
     pub fn reserve(
         &self,
-        owner: &EmailAddress,
+        owner: &Owner,
         cap: usize,
         now: SystemTime,
     ) -> Result<Reservation, CapReached> {
@@ -592,7 +592,7 @@ impl Keys {
     /// Refused once [`Keys::close`] has been called.
     pub fn spawn_issue(
         &self,
-        owner: EmailAddress,
+        owner: Owner,
         lifetime: Duration,
         scopes: Vec<String>,
         reservation: Reservation,
@@ -770,7 +770,7 @@ impl Keys {
     // carries the request id and the signed-in user.
     pub async fn issue(
         &self,
-        owner: &EmailAddress,
+        owner: &Owner,
         lifetime: Duration,
         scopes: &[String],
         now: SystemTime,
@@ -866,7 +866,7 @@ impl Keys {
     /// by the sweep at its expiry, which its name carries.
     async fn issue_scoped(
         &self,
-        owner: &EmailAddress,
+        owner: &Owner,
         project_id: &str,
         name: AccountName,
         encoded: &str,

@@ -135,7 +135,7 @@ impl Application {
                 groups_claim: config.env_groups_claim(),
             },
         );
-        let keys = keys_for(&config, http);
+        let keys = keys_for(&config, http.clone());
         let activity = memory::Activity::default();
         let cleanup = Cleanup::new(
             keys.clone(),
@@ -172,6 +172,7 @@ impl Application {
                 config.cli_session_ttl,
                 config.device_poll_interval,
             ),
+            oidc::WorkloadIssuers::new(&http, config.issuers()),
         );
         let state = AppState::new(http::Shared {
             issuance,

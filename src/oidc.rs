@@ -4,6 +4,7 @@
 
 mod jwks;
 mod verify;
+mod workload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use crate::{timing, upstream};
 
 pub use jwks::{Jwks, Key, REFETCH_FLOOR, parse_key_set};
 pub use verify::{Expectations, SKEW, header, verify_with_key};
+pub use workload::{VerifiedWorkload, WorkloadIssuers};
 
 /// What can go wrong signing someone in. Variants are what the web layer
 /// tells apart.

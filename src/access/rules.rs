@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{AllowList, ENV_ISSUER, ProjectChoice, Rule};
-use crate::identity::{Domain, EmailAddress};
+use super::{AllowList, ClaimPattern, ENV_ISSUER, ProjectChoice, Rule};
+use crate::identity::{Domain, EmailAddress, Owner};
 
 /// What the settings give a rule that does not say.
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +31,82 @@ pub struct IssuerSpec {
     pub url: String,
     /// The ID token claim that lists groups.
     pub groups_claim: Option<String>,
+    /// For an issuer of CI jobs' tokens: what they must say.
+    pub workload: Option<WorkloadSpec>,
 }
+
+/// What a CI job's token must say, beyond its issuer's signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// The only accepted `aud`.
+    pub audience: String,
+    /// The oldest a token may be (from its `iat`), whatever its `exp`.
+    pub max_token_age: Duration,
+    /// The claim that names the job's owner (`owner_claim`); `None`: the
+    /// first of `repository_id` (GitHub), `project_id` (GitLab), `sub`.
+    pub owner_claim: Option<String>,
+}
+
+/// Claims tried in order for the owner when the issuer names none:
+/// GitHub's repository id (rename-proof), GitLab's project id, the subject.
+const OWNER_CLAIMS: [&str; 3] = ["repository_id", "project_id", "sub"];
+
+impl IssuerSpec {
+    /// One line for `check-config`.
+    pub fn describe(&self) -> String {
+        match &self.workload {
+            None => format!(
+                "{}: {}, people sign in through the environment's client{}",
+                self.name,
+                self.url,
+                self.groups_claim
+                    .as_ref()
+                    .map_or_else(String::new, |c| format!(", groups in claim {c}"))
+            ),
+            Some(spec) => format!(
+                "{}: {}, CI jobs' tokens for audience {}, at most {} old, owner {}:<{}>",
+                self.name,
+                self.url,
+                spec.audience,
+                crate::clock::humanize(spec.max_token_age),
+                self.name,
+                spec.owner_claim
+                    .clone()
+                    .unwrap_or_else(|| OWNER_CLAIMS.join(" or "))
+            ),
+        }
+    }
+}
+
+impl WorkloadSpec {
+    /// The owner a job's `claims` name under issuer `issuer`:
+    /// `<issuer>:<id>`, the id from `owner_claim` or the first of
+    /// `repository_id`, `project_id`, `sub`; or why none can be had.
+    pub fn owner_of(
+        &self,
+        issuer: &str,
+        claims: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<Owner, String> {
+        let claim = match &self.owner_claim {
+            Some(name) => name.as_str(),
+            None => OWNER_CLAIMS
+                .iter()
+                .copied()
+                .find(|name| claims.contains_key(*name))
+                .unwrap_or("sub"),
+        };
+        let id = claims
+            .get(claim)
+            .and_then(super::claim_text)
+            .ok_or_else(|| format!("the token has no {claim} claim to name its owner"))?;
+        Owner::workload(issuer, &id).map_err(|error| {
+            format!("the token's {claim} claim cannot name an owner ({error}); set owner_claim on issuer {issuer:?}")
+        })
+    }
+}
+
+/// Default of `max_token_age`: GitHub's tokens live five minutes.
+pub(super) const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(600);
 
 /// A policy file, checked.
 #[derive(Clone, Debug)]
@@ -62,6 +137,14 @@ struct IssuerToml {
     audience: Option<String>,
     #[serde(default)]
     max_token_age: Option<String>,
+    #[serde(default)]
+    owner_claim: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret_file: Option<String>,
+    #[serde(default)]
+    redirect_uri: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -122,16 +205,81 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
         if !names.insert(issuer.name.clone()) {
             problems.push(format!("{at}: name: another issuer has this name"));
         }
-        if issuer.name != ENV_ISSUER {
+        if Owner::workload(&issuer.name, "x").is_err() {
             problems.push(format!(
-                "{at}: only the environment's issuer ({ENV_ISSUER:?}) is supported by this version; issuers of their own (workload tokens, other providers) are not yet"
+                "{at}: name: only a-z, 0-9, '-' and '_' (1 to 32): it is written into the name of every account of its jobs"
             ));
         }
-        if issuer.audience.is_some() || issuer.max_token_age.is_some() {
+        if issuer.client_id.is_some()
+            || issuer.client_secret_file.is_some()
+            || issuer.redirect_uri.is_some()
+        {
             problems.push(format!(
-                "{at}: audience, max_token_age: workload issuers are not supported by this version yet"
+                "{at}: client_id, client_secret_file, redirect_uri: browser sign-in through an issuer of the file's own is not supported by this version yet; people sign in through the environment's issuer ({ENV_ISSUER:?}: OIDC_ISSUER_URL, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)"
             ));
         }
+        let workload = match (&issuer.audience, issuer.name == ENV_ISSUER) {
+            (Some(_), true) => {
+                problems.push(format!(
+                    "{at}: audience: {ENV_ISSUER:?} is the environment's browser sign-in; give a workload issuer a name of its own"
+                ));
+                None
+            }
+            (None, false) => {
+                problems.push(format!(
+                    "{at}: audience: an issuer of the file's own is for CI jobs' tokens and needs the audience they are requested for (e.g. this server's URL)"
+                ));
+                None
+            }
+            (None, true) => {
+                for (field, given) in [
+                    ("max_token_age", issuer.max_token_age.is_some()),
+                    ("owner_claim", issuer.owner_claim.is_some()),
+                ] {
+                    if given {
+                        problems.push(format!(
+                            "{at}: {field}: only for workload issuers (with an audience)"
+                        ));
+                    }
+                }
+                None
+            }
+            (Some(audience), false) => {
+                if audience.trim().is_empty() {
+                    problems.push(format!("{at}: audience: must not be empty"));
+                }
+                if issuer.groups_claim.is_some() {
+                    problems.push(format!(
+                        "{at}: groups_claim: CI jobs' tokens list no groups; rules match their claims"
+                    ));
+                }
+                let max_token_age = match issuer.max_token_age.as_deref() {
+                    None => DEFAULT_MAX_TOKEN_AGE,
+                    Some(text) => match humantime::parse_duration(text) {
+                        Ok(age)
+                            if age >= Duration::from_secs(1)
+                                && age <= Duration::from_secs(86_400) =>
+                        {
+                            age
+                        }
+                        _ => {
+                            problems.push(format!(
+                                "{at}: max_token_age: {text:?} is not a duration from 1s to 24h, like \"10m\""
+                            ));
+                            DEFAULT_MAX_TOKEN_AGE
+                        }
+                    },
+                };
+                if issuer.owner_claim.as_deref().is_some_and(str::is_empty) {
+                    problems.push(format!("{at}: owner_claim: must not be empty"));
+                }
+                Some(WorkloadSpec {
+                    audience: audience.clone(),
+                    max_token_age,
+                    owner_claim: issuer.owner_claim.clone(),
+                })
+            }
+        };
         if url::Url::parse(&issuer.url).is_err() {
             problems.push(format!("{at}: url: {:?} is not a URL", issuer.url));
         }
@@ -139,8 +287,14 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
             name: issuer.name,
             url: issuer.url,
             groups_claim: issuer.groups_claim.filter(|c| !c.is_empty()),
+            workload,
         });
     }
+    let workload_issuers: BTreeSet<String> = issuers
+        .iter()
+        .filter(|i| i.workload.is_some())
+        .map(|i| i.name.clone())
+        .collect();
     let mut rules = Vec::new();
     let mut rule_names = BTreeSet::new();
     if parsed.rule.is_empty() {
@@ -187,10 +341,50 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 raw.issuer
             ));
         }
-        if !raw.claims.is_empty() {
+        let for_jobs = workload_issuers.contains(&raw.issuer);
+        let mut claims = BTreeMap::new();
+        if for_jobs {
+            if !allow.is_empty() || !groups.is_empty() {
+                problems.push(format!(
+                    "{at}: emails, domains, groups: issuer {:?} is for CI jobs, whose tokens carry no verified person; match their claims",
+                    raw.issuer
+                ));
+            }
+            if raw.claims.is_empty() {
+                problems.push(format!(
+                    "{at}: claims: a rule for CI jobs must name claims (e.g. repository_id and ref), or every job that can ask for a token of this audience would get keys"
+                ));
+            }
+            if raw.admin {
+                problems.push(format!("{at}: admin: a CI job is never an admin"));
+            }
+        } else if !raw.claims.is_empty() {
             problems.push(format!(
-                "{at}: claims: matching on token claims (workload tokens) is not supported by this version yet"
+                "{at}: claims: only for rules of workload issuers (CI jobs); people are matched on emails, domains and groups"
             ));
+        }
+        for (name, value) in &raw.claims {
+            let text = match value {
+                toml::Value::String(text) => Some(text.clone()),
+                toml::Value::Integer(number) => Some(number.to_string()),
+                toml::Value::Boolean(flag) => Some(flag.to_string()),
+                _ => None,
+            };
+            if name == "sub" {
+                problems.push(format!(
+                    "{at}: claims: sub: GitHub's sub has two forms (repositories since 2026-07-15 carry ids in it), and a rule on one silently stops matching under the other; match repository_id, repository_owner_id, ref, environment or job_workflow_ref"
+                ));
+            } else if name.is_empty() {
+                problems.push(format!("{at}: claims: an empty claim name"));
+            }
+            match text {
+                Some(text) if !text.is_empty() => {
+                    claims.insert(name.clone(), ClaimPattern::new(text));
+                }
+                _ => problems.push(format!(
+                    "{at}: claims: {name}: give a non-empty string (exact, or a glob with * and ?), a number or a boolean"
+                )),
+            }
         }
         let project = match (raw.project, raw.project_name) {
             (None, None) => ProjectChoice::Default,
@@ -257,6 +451,7 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
             admin: raw.admin,
             project,
             scopes: raw.scopes,
+            claims,
         });
     }
     if problems.is_empty() {
@@ -319,6 +514,91 @@ admin = true
         assert_eq!(staff.cap, 3);
         assert!(staff.admin);
         assert_eq!(staff.per_hour, 20);
+    }
+
+    #[test]
+    fn workload_issuers_and_their_rules_are_checked() {
+        let file = parse(
+            r#"
+[[issuer]]
+name = "github"
+url = "https://token.actions.githubusercontent.com"
+audience = "https://keys.example.com"
+
+[[rule]]
+name = "ci"
+issuer = "github"
+claims = { repository_id = 123456, ref = "refs/heads/main" }
+ttl = "1h"
+scopes = ["api.model.request", "api.model.read"]
+"#,
+            "policy.toml",
+            DEFAULTS,
+        )
+        .unwrap();
+        let spec = file.issuers[0].workload.as_ref().unwrap();
+        assert_eq!(spec.audience, "https://keys.example.com");
+        assert_eq!(spec.max_token_age, DEFAULT_MAX_TOKEN_AGE);
+        assert_eq!(
+            file.rules[0].claims["repository_id"],
+            ClaimPattern::new("123456")
+        );
+
+        let problems = parse(
+            r#"
+[[issuer]]
+name = "GitHub Actions"
+url = "https://token.actions.githubusercontent.com"
+audience = ""
+max_token_age = "2d"
+groups_claim = "groups"
+
+[[issuer]]
+name = "okta"
+url = "https://example.okta.com"
+
+[[issuer]]
+name = "ci"
+url = "https://gitlab.com"
+audience = "https://keys.example.com"
+
+[[rule]]
+name = "no-claims"
+issuer = "ci"
+emails = ["a@example.com"]
+admin = true
+
+[[rule]]
+name = "on-sub"
+issuer = "ci"
+claims = { sub = "repo:octo/x:ref:refs/heads/main", ref = [1] }
+
+[[rule]]
+name = "people-claims"
+issuer = "google"
+domains = ["example.com"]
+claims = { ref = "main" }
+"#,
+            "p.toml",
+            DEFAULTS,
+        )
+        .unwrap_err()
+        .join("\n");
+        for expected in [
+            "issuer \"GitHub Actions\": name",
+            "issuer \"GitHub Actions\": audience: must not be empty",
+            "issuer \"GitHub Actions\": max_token_age",
+            "issuer \"GitHub Actions\": groups_claim",
+            "issuer \"okta\": audience",
+            "rule \"no-claims\": emails, domains, groups",
+            "rule \"no-claims\": claims: a rule for CI jobs must name claims",
+            "rule \"no-claims\": admin",
+            "rule \"on-sub\": claims: sub",
+            "rule \"on-sub\": claims: ref",
+            "rule \"people-claims\": claims: only for rules of workload issuers",
+        ] {
+            assert!(problems.contains(expected), "{expected} in:\n{problems}");
+        }
     }
 
     #[test]

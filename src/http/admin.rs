@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::me::Row;
 use super::session::{Form, SignedIn};
 use super::{AppState, HttpError};
-use crate::identity::EmailAddress;
+use crate::identity;
 
 /// One person's keys on the admin page.
 struct Owner {
@@ -82,12 +82,12 @@ pub(super) struct RevokeOwner {
     owner: String,
 }
 
-/// `POST /admin/revoke-owner`: every key of one person.
+/// `POST /admin/revoke-owner`: every key of one person or workload.
 pub(super) async fn revoke_owner(
     State(state): State<AppState>,
     Form { signed_in, fields }: Form<RevokeOwner>,
 ) -> Result<Response, HttpError> {
-    let owner = EmailAddress::parse(fields.owner.trim()).map_err(|_| HttpError::BadForm)?;
+    let owner = identity::Owner::parse(fields.owner.trim()).map_err(|_| HttpError::BadForm)?;
     let now = state.clock.now();
     state
         .issuance

@@ -15,7 +15,7 @@ use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Request, State
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -61,6 +61,23 @@ where
         tracing::Span::current().record("user.email", caller.grant.owner.as_str());
         Ok(Self(caller))
     }
+}
+
+/// The request's bearer token, whatever it is: a CLI session, or a CI
+/// job's OIDC token.
+pub(crate) struct AnyBearer(SecretString);
+
+impl<S: Send + Sync> FromRequestParts<S> for AnyBearer {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        bearer(&parts.headers).map(Self).ok_or(HttpError::NoBearer)
+    }
+}
+
+/// A JWT is three dot-separated parts; a sealed session has no dot.
+fn is_job_token(token: &SecretString) -> bool {
+    token.expose_secret().bytes().filter(|&b| b == b'.').count() == 2
 }
 
 /// A JSON body that may be left out (then `T::default()`).
@@ -127,7 +144,8 @@ fn item(key: KeyInfo) -> KeyItem {
     }
 }
 
-/// Makes a key for the caller.
+/// Makes a key for the caller: a CLI session's holder, or a CI job whose
+/// OIDC token (GitHub Actions, GitLab CI) is the bearer.
 #[utoipa::path(
     post,
     path = "/keys",
@@ -136,30 +154,42 @@ fn item(key: KeyInfo) -> KeyItem {
     responses(
         (status = 201, description = "The key, shown in this answer only.", body = NewKey),
         (status = 400, description = "`ttl_too_long`: over the caller's maximum, which the message names; or a body that cannot be read.", body = ErrorBody),
-        (status = 401, description = "No session, or it ended: sign in again (`openai-key-server login`).", body = ErrorBody),
-        (status = 403, description = "The caller is no longer allowed.", body = ErrorBody),
+        (status = 401, description = "No session, or it ended: sign in again (`openai-key-server login`). For a CI job's token: `invalid_token` (signature, issuer, audience, expiry, age; the message says which), `token_replayed` (each token gives one key).", body = ErrorBody),
+        (status = 403, description = "The caller is no longer allowed, or no rule allows this CI job (the message names the claim).", body = ErrorBody),
         (status = 429, description = "`cap_reached` or `rate_limited`; `Retry-After` says when.", body = ErrorBody),
-        (status = 502, description = "OpenAI failed.", body = ErrorBody),
+        (status = 502, description = "OpenAI failed, or the CI job's token issuer could not be reached.", body = ErrorBody),
     ),
-    security(("cli_session" = []))
+    security(("cli_session" = []), ("job_token" = []))
 )]
 async fn create_key(
     State(state): State<AppState>,
-    ApiCaller(caller): ApiCaller,
+    client: ClientAddr,
+    AnyBearer(token): AnyBearer,
     JsonBody(request): JsonBody<NewKeyRequest>,
 ) -> Result<Response, HttpError> {
     let now = state.clock.now();
     let wanted = IssueRequest {
         lifetime: request.ttl_seconds.map(Duration::from_secs),
     };
-    let issued = state.issuance.issue(&caller.identity, &wanted, now).await?;
+    let (owner, issued) = if is_job_token(&token) {
+        let (grant, issued) = state
+            .issuance
+            .issue_for_job(client, &token, &wanted, now)
+            .await?;
+        (grant.owner, issued)
+    } else {
+        let caller = state.issuance.caller(&token, now)?;
+        tracing::Span::current().record("user.email", caller.grant.owner.as_str());
+        let issued = state.issuance.issue(&caller.identity, &wanted, now).await?;
+        (caller.grant.owner, issued)
+    };
     let body = NewKey {
         id: issued.service_account_id,
         key: issued.value,
         key_id: issued.key_id,
         expires_at: issued.expires_at,
         project_id: issued.project_id,
-        owner: caller.grant.owner.to_string(),
+        owner: owner.to_string(),
     };
     Ok(secret_json(StatusCode::CREATED, &body))
 }
@@ -312,7 +342,7 @@ async fn device(State(state): State<AppState>, client: ClientAddr) -> Result<Res
 #[openapi(
     info(
         title = "openai-key-server",
-        description = "Short-lived OpenAI API keys for people who sign in. Sign a command line in with `openai-key-server login`; every other call carries its session as `Authorization: Bearer`.",
+        description = "Short-lived OpenAI API keys for people who sign in and for CI jobs. Sign a command line in with `openai-key-server login`; every other call carries its session as `Authorization: Bearer`. A CI job sends its OIDC token (requested with the policy's audience) as `Authorization: Bearer` to `POST /api/v1/keys`.",
     ),
     modifiers(&BearerSession),
     tags(
@@ -331,6 +361,11 @@ impl utoipa::Modify for BearerSession {
             "cli_session",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        let mut job = Http::new(HttpAuthScheme::Bearer);
+        job.bearer_format = Some("JWT".to_owned());
+        job.description =
+            Some("A CI job's OIDC token for the policy's audience; good for one key.".to_owned());
+        components.add_security_scheme("job_token", SecurityScheme::Http(job));
     }
 }
 

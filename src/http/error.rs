@@ -293,6 +293,9 @@ fn code(error: &HttpError) -> &'static str {
             issuance::Error::Refused { .. } => "refused",
             issuance::Error::SignIn(error) => sign_in_code(error),
             issuance::Error::Replayed => "replayed",
+            issuance::Error::TokenReplayed => "token_replayed",
+            issuance::Error::BadJobToken(_) => "invalid_token",
+            issuance::Error::NoWorkloadIssuers => "no_job_tokens",
             issuance::Error::FormSpent => "form_spent",
             issuance::Error::RateLimited { .. } => "rate_limited",
             issuance::Error::CapReached { .. } => "cap_reached",
@@ -399,6 +402,7 @@ fn refusal_hint(reason: &Refusal) -> String {
         Refusal::Unmanaged => "Sign in with your organisation's own account, not a personal one that uses the same address.".to_owned(),
         Refusal::NotAllowed => "If you should have access, ask the operator of this server to add your account or your organisation's domain to the allow-list, or sign in with another account.".to_owned(),
         Refusal::NotInGroup => "If you should have access, ask your identity provider's administrator to add you to the group this server's policy names, or ask the operator of this server.".to_owned(),
+        Refusal::ClaimMismatch { .. } | Refusal::NoRuleForIssuer(_) => "If this job should get keys, ask the operator of this server for a rule that names its repository (or project) and ref; `openai-key-server explain --issuer … --claim k=v` shows what the policy decides.".to_owned(),
     }
 }
 
@@ -453,6 +457,21 @@ fn issuance_failed(error: &issuance::Error) -> Public {
             )
         },
         issuance::Error::FormSpent => key_shown_once(),
+        issuance::Error::BadJobToken(reason) => page(
+            StatusCode::UNAUTHORIZED,
+            "CI job token refused",
+            &format!("The CI job's token was refused: {reason}."),
+        ),
+        issuance::Error::TokenReplayed => page(
+            StatusCode::UNAUTHORIZED,
+            "Token used already",
+            "This CI job token was used for a key already; each token gives one key. Request a fresh token for each call.",
+        ),
+        issuance::Error::NoWorkloadIssuers => page(
+            StatusCode::UNAUTHORIZED,
+            "No CI job tokens here",
+            "This server takes no CI job tokens: its policy names no workload issuer. Ask its operator to add one ([[issuer]] with an audience), or sign in with `openai-key-server login`.",
+        ),
         issuance::Error::ListingIncomplete { .. } => with_hint(
             page(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -386,7 +386,7 @@ mod tests {
     }
 
     fn name_of(owner: &str, at: i64) -> AccountName {
-        AccountName::new(EmailAddress::parse(owner).unwrap(), at)
+        AccountName::new(EmailAddress::parse(owner).unwrap().into(), at)
     }
 
     #[test]

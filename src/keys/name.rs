@@ -1,4 +1,5 @@
-//! The service-account naming scheme: `oks.<expiry>.<nonce>.<owner>`.
+//! The service-account naming scheme: `oks.<expiry>.<nonce>.<owner>`, the
+//! owner a person's address or a workload's `issuer:id`.
 //!
 //! The name is the only record of an issued key, so parsing is strict:
 //! anything that does not re-encode to exactly the same string is foreign
@@ -8,7 +9,7 @@ use std::fmt;
 
 use rand::Rng as _;
 
-use crate::identity::EmailAddress;
+use crate::identity::Owner;
 
 /// Marks accounts created by this server.
 pub const PREFIX: &str = "oks.";
@@ -28,12 +29,12 @@ pub struct AccountName {
     /// Random characters that make the name unique.
     pub nonce: String,
     /// Whose key it is.
-    pub owner: EmailAddress,
+    pub owner: Owner,
 }
 
 impl AccountName {
     /// A new name with a fresh nonce.
-    pub fn new(owner: EmailAddress, expires_at: i64) -> Self {
+    pub fn new(owner: Owner, expires_at: i64) -> Self {
         let mut rng = rand::rng();
         let nonce = (0..NONCE_LEN)
             .map(|_| char::from(NONCE_ALPHABET[rng.random_range(0..NONCE_ALPHABET.len())]))
@@ -69,7 +70,7 @@ impl AccountName {
         {
             return None;
         }
-        let owner = EmailAddress::parse(owner).ok()?;
+        let owner = Owner::parse(owner).ok()?;
         let parsed = Self {
             expires_at,
             nonce: nonce.to_owned(),
@@ -92,6 +93,7 @@ impl fmt::Display for AccountName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::EmailAddress;
     use proptest::prelude::*;
 
     #[test]
@@ -100,6 +102,23 @@ mod tests {
         assert_eq!(name.expires_at, 1_764_115_200);
         assert_eq!(name.nonce, "k3f9q2");
         assert_eq!(name.owner.as_str(), "alice@example.com");
+    }
+
+    #[test]
+    fn a_workload_name_parses() {
+        let name = AccountName::parse("oks.1764115200.k3f9q2.github:123456789").unwrap();
+        assert_eq!(name.owner.as_str(), "github:123456789");
+        assert!(name.owner.is_workload());
+        for foreign in [
+            "oks.1764115200.k3f9q2.github:",
+            "oks.1764115200.k3f9q2.:123",
+            "oks.1764115200.k3f9q2.GitHub:123",
+            "oks.1764115200.k3f9q2.github:12/3",
+            "oks.1764115200.k3f9q2.github:1:2",
+            "oks.1764115200.k3f9q2.github",
+        ] {
+            assert_eq!(AccountName::parse(foreign), None, "{foreign:?}");
+        }
     }
 
     #[test]
@@ -132,8 +151,21 @@ mod tests {
             expires_at in 0i64..=i64::MAX,
         ) {
             let owner = EmailAddress::parse(&format!("{local}@{domain}")).unwrap();
-            let name = AccountName::new(owner, expires_at);
+            let name = AccountName::new(owner.into(), expires_at);
             prop_assert_eq!(AccountName::parse(&name.encode()), Some(name));
+        }
+
+        #[test]
+        fn every_workload_name_round_trips(
+            issuer in "[a-z0-9_-]{1,32}",
+            id in "[A-Za-z0-9._-]{1,128}",
+            expires_at in 0i64..=i64::MAX,
+        ) {
+            let owner = Owner::workload(&issuer, &id).unwrap();
+            let name = AccountName::new(owner.clone(), expires_at);
+            let parsed = AccountName::parse(&name.encode());
+            prop_assert_eq!(parsed.as_ref().map(|n| &n.owner), Some(&owner));
+            prop_assert!(parsed.unwrap().owner.is_workload());
         }
 
         #[test]

@@ -158,6 +158,38 @@ pub fn verify_with_key(
     check(token, alg, &kid, key, expect, now)
 }
 
+/// The token's payload, once its signature verifies with `key` under the
+/// algorithm its header names (which must be the key's).
+pub(super) fn signed_payload(
+    token: &str,
+    alg: Algorithm,
+    kid: &str,
+    key: &Key,
+) -> Result<Vec<u8>, Error> {
+    if key.algorithm != alg {
+        return Err(reject(format!(
+            "the token says {alg:?} but key {kid:?} is for {:?}",
+            key.algorithm
+        )));
+    }
+    let (header, payload, signature) = parts(token)?;
+    let signature = decode_part(signature, "signature")?;
+    let signed = &token[..header.len() + 1 + payload.len()];
+    if !key.verifies(signed.as_bytes(), &signature) {
+        return Err(reject(format!(
+            "the signature does not verify with key {kid:?}"
+        )));
+    }
+    decode_part(payload, "payload")
+}
+
+/// The payload of a token whose signature is not checked: only to pick the
+/// issuer whose keys will check it.
+pub(super) fn unverified_payload(token: &str) -> Result<Vec<u8>, Error> {
+    let (_, payload, _) = parts(token)?;
+    decode_part(payload, "payload")
+}
+
 /// The checks after the header was read (and the key found by its `kid`).
 fn check(
     token: &str,
@@ -167,22 +199,7 @@ fn check(
     expect: &Expectations<'_>,
     now: SystemTime,
 ) -> Result<Identity, Error> {
-    if key.algorithm != alg {
-        return Err(reject(format!(
-            "the token says {alg:?} but key {kid:?} is for {:?}",
-            key.algorithm
-        )));
-    }
-
-    let (header, payload, signature) = parts(token)?;
-    let signature = decode_part(signature, "signature")?;
-    let signed = &token[..header.len() + 1 + payload.len()];
-    if !key.verifies(signed.as_bytes(), &signature) {
-        return Err(reject(format!(
-            "the signature does not verify with key {kid:?}"
-        )));
-    }
-    let claims: Claims = serde_json::from_slice(&decode_part(payload, "payload")?)
+    let claims: Claims = serde_json::from_slice(&signed_payload(token, alg, kid, key)?)
         .map_err(|e| reject(format!("unreadable or incomplete claims: {e}")))?;
     if !expect.accepted_issuers.contains(&claims.iss) {
         return Err(reject(format!(

@@ -15,6 +15,7 @@ mod expiry;
 mod failures;
 mod forwarding;
 mod helpers;
+mod jobs;
 mod json;
 mod logins;
 mod pages;

@@ -199,7 +199,7 @@ async fn key_for(app: &TestApp, who: Identity) -> serde_json::Value {
 }
 
 /// What the sandbox's `/v1/chat/completions` answers to `key`.
-async fn chat(app: &TestApp, key: &str) -> (StatusCode, String) {
+pub(crate) async fn chat(app: &TestApp, key: &str) -> (StatusCode, String) {
     let response = plain_client()
         .post(format!(
             "{}/v1/chat/completions",

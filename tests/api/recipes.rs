@@ -14,7 +14,7 @@ use crate::cli::{Terminal, stderr};
 use crate::helpers::*;
 
 /// The code block after `<!-- recipe:NAME -->` in the README.
-fn recipe(name: &str) -> String {
+pub(crate) fn recipe(name: &str) -> String {
     let readme = include_str!("../../README.md");
     let marker = format!("<!-- recipe:{name} -->");
     let after = &readme[readme

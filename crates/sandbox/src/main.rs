@@ -75,7 +75,9 @@ On the fake Google port, under /_sandbox/oidc/:
   GET  journal               every request, with body and Authorization hash
 
 On the fake CI port: POST /_sandbox/oidc/github-token {\"repository\", \"ref\", \"audience\"?,
-\"environment\"?, \"extra\"?} answers {\"value\": <JWT>} like GitHub's token service.";
+\"environment\"?, \"extra\"?} answers {\"value\": <JWT>} like GitHub's token service;
+GET /_sandbox/oidc/actions-token?repository=O/R&ref=REF with Authorization: bearer <anything>
+is a job's ACTIONS_ID_TOKEN_REQUEST_URL (a step appends &audience=...).";
 
 /// Local stand-ins for the OpenAI Admin API and a Google-style OIDC
 /// provider, for trying and testing openai-key-server without any account.

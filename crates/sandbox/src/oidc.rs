@@ -520,6 +520,7 @@ impl FakeOidc {
     /// | `POST require-pkce-s256` | `{"enabled"}` | [`Self::set_require_pkce_s256`] |
     /// | `POST mint-id-token` | claims object | [`Self::mint_id_token`], answers `{"id_token"}` |
     /// | `POST github-token` | [`GithubClaims`] | [`Self::mint_github_token`], answers `{"value"}` |
+    /// | `GET actions-token?repository=&ref=&audience=` | bearer request token | the runner's token request (`ACTIONS_ID_TOKEN_REQUEST_URL`), answers `{"value"}` |
     /// | `GET fixtures` | none | the user fixtures, by id |
     /// | `GET stats` | none | fetch and code counters, kids, journal counters |
     /// | `GET journal` | none | every recorded request |

@@ -44,6 +44,7 @@ pub(super) fn router() -> Router<FakeOidc> {
         .route("/_sandbox/oidc/require-pkce-s256", post(require_pkce_s256))
         .route("/_sandbox/oidc/mint-id-token", post(mint_id_token))
         .route("/_sandbox/oidc/github-token", post(github_token))
+        .route("/_sandbox/oidc/actions-token", get(actions_token))
         .route("/_sandbox/oidc/stats", get(stats))
         .route("/_sandbox/oidc/journal", get(journal))
 }
@@ -231,6 +232,47 @@ async fn github_token(
     Json(claims): Json<GithubClaims>,
 ) -> Json<Value> {
     Json(json!({ "value": oidc.mint_github_token(claims) }))
+}
+
+/// The runner's side of a job's token request, as a workflow step makes it:
+/// `GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=…` with
+/// `Authorization: bearer $ACTIONS_ID_TOKEN_REQUEST_TOKEN`. The URL's own
+/// query names the job (`repository`, `ref`, `environment`); the request
+/// token may be anything but empty, as only the runner checks it.
+#[derive(Deserialize)]
+struct ActionsToken {
+    repository: String,
+    #[serde(rename = "ref")]
+    ref_: String,
+    #[serde(default)]
+    audience: String,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+async fn actions_token(
+    State(oidc): State<FakeOidc>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<ActionsToken>,
+) -> Response {
+    let authorized = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()
+        });
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Bad credentials"})),
+        )
+            .into_response();
+    }
+    let mut claims = GithubClaims::new(&query.repository, &query.ref_);
+    claims.audience = query.audience;
+    claims.environment = query.environment;
+    Json(json!({ "value": oidc.mint_github_token(claims) })).into_response()
 }
 
 async fn stats(State(oidc): State<FakeOidc>) -> Json<Value> {
