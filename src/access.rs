@@ -89,6 +89,21 @@ pub const ENV_ISSUER: &str = "google";
 pub enum ProjectChoice {
     /// The server's project (`OPENAI_PROJECT_ID` / `DEFAULT_PROJECT_NAME`).
     Default,
+    /// A project by its id (`project`).
+    Id(String),
+    /// A project by its name, looked up once (created when missing, like
+    /// `DEFAULT_PROJECT_NAME`) (`project_name`).
+    Name(String),
+}
+
+impl std::fmt::Display for ProjectChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("the server's project"),
+            Self::Id(id) => write!(f, "project {id}"),
+            Self::Name(name) => write!(f, "project named {name:?}"),
+        }
+    }
 }
 
 /// One rule of the policy: whom it is for, and what it grants. The first
@@ -142,6 +157,8 @@ pub struct Grant {
     pub admin: bool,
     /// OpenAI scopes of their keys (empty: unrestricted).
     pub scopes: Vec<String>,
+    /// Where their keys go.
+    pub project: ProjectChoice,
 }
 
 /// Who may have what, read from the configuration at start and asked on
@@ -290,6 +307,7 @@ impl Policy {
             per_hour: rule.per_hour,
             admin: false,
             scopes: rule.scopes.clone(),
+            project: rule.project.clone(),
         }
     }
 
@@ -303,6 +321,7 @@ impl Policy {
             cap: rule.cap,
             per_hour: rule.per_hour,
             scopes: rule.scopes.clone(),
+            project: rule.project.clone(),
         }
     }
 
@@ -394,9 +413,10 @@ impl Rule {
             format!("scopes {}", self.scopes.join(","))
         };
         format!(
-            "keys of {} (at most {} on request), the server's project, {scopes}, {cap}, {rate}{}",
+            "keys of {} (at most {} on request), {}, {scopes}, {cap}, {rate}{}",
             crate::clock::humanize(self.lifetime),
             crate::clock::humanize(self.max_lifetime),
+            self.project,
             if self.admin { ", admin" } else { "" }
         )
     }

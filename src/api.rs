@@ -74,6 +74,9 @@ pub struct KeyItem {
     pub expires_at: i64,
     /// When OpenAI last saw it used, in Unix seconds.
     pub last_used_at: Option<i64>,
+    /// The OpenAI project it is in (absent from servers before policies).
+    #[serde(default)]
+    pub project_id: String,
 }
 
 /// `GET /api/v1/keys`: the caller's live keys, soonest expiry first.

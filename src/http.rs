@@ -73,10 +73,12 @@ pub struct Shared {
     pub issuance: crate::issuance::Issuance,
     /// The OIDC relying party.
     pub provider: Provider,
-    /// Issuing and sweeping.
+    /// Issuing and sweeping in the server's own project.
     pub keys: Keys,
-    /// Shared sweeps.
+    /// Its sweeps.
     pub cleanup: Cleanup,
+    /// Every project of the policy, the server's own first.
+    pub projects: crate::projects::Projects,
     /// Time source.
     pub clock: Clock,
     /// Key of the encrypted cookies.

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::access::{Grant, Policy, Refusal};
-use crate::cleanup::Cleanup;
 use crate::cli_auth::{self, CliAuth, DeviceStart, Issued};
 use crate::clock;
 use crate::identity::{Identity, Owner};
-use crate::keys::{IssuedKey, KeyInfo, Keys};
+use crate::keys::{IssuedKey, KeyInfo};
 use crate::limits::{ClientAddr, Limits};
 use crate::oidc::{self, WorkloadIssuers};
+use crate::projects::{Project, Projects};
 use crate::replay::CompletedLogins;
 
 /// Why a use case did not go through. Variants are what the front doors
@@ -177,8 +177,7 @@ pub struct Issuance {
 #[derive(Debug)]
 struct Inner {
     policy: Policy,
-    keys: Keys,
-    cleanup: Cleanup,
+    projects: Projects,
     limits: Arc<Limits>,
     pages: Pages,
     /// Login states completed on this replica.
@@ -221,8 +220,7 @@ impl Issuance {
     /// The core over these parts.
     pub fn new(
         policy: Policy,
-        keys: Keys,
-        cleanup: Cleanup,
+        projects: Projects,
         limits: Arc<Limits>,
         pages: Pages,
         cli: CliAuth,
@@ -231,8 +229,7 @@ impl Issuance {
         Self {
             inner: Arc::new(Inner {
                 policy,
-                keys,
-                cleanup,
+                projects,
                 limits,
                 pages,
                 completed_logins: CompletedLogins::default(),
@@ -429,7 +426,7 @@ impl Issuance {
             }
             Some(lifetime) => lifetime,
         };
-        let keys = &self.inner.keys;
+        let keys = &self.inner.projects.for_choice(&grant.project).keys;
         self.inner
             .limits
             .issue_under(&grant.rule)
@@ -504,13 +501,14 @@ impl Issuance {
         let grant = self.authorize(identity)?;
         let fresh = self.fresh(now).await;
         Ok(Listed {
-            keys: self.inner.keys.keys_of(&grant.owner, now),
+            keys: self.inner.projects.keys_of(&grant.owner, now),
             fresh,
         })
     }
 
-    /// Every live key of this server, for an admin, and the project they
-    /// are in.
+    /// Every live key of this server (each says its project), for an
+    /// admin, and the server's own project id (the break-glass
+    /// confirmation).
     pub async fn list_all(
         &self,
         identity: &Identity,
@@ -518,9 +516,16 @@ impl Issuance {
     ) -> Result<Listed<(Vec<KeyInfo>, String)>, Error> {
         self.admin(identity, "see every key")?;
         let fresh = self.fresh(now).await;
-        let project_id = self.inner.keys.project_id(now).await?.to_owned();
+        let project_id = self
+            .inner
+            .projects
+            .default_project()
+            .keys
+            .project_id(now)
+            .await?
+            .to_owned();
         Ok(Listed {
-            keys: (self.inner.keys.all_keys(now), project_id),
+            keys: (self.inner.projects.all_keys(now), project_id),
             fresh,
         })
     }
@@ -557,15 +562,18 @@ impl Issuance {
         any_owner: bool,
         now: SystemTime,
     ) -> Result<KeyInfo, Error> {
-        let keys = &self.inner.keys;
-        let key = match keys.find(service_account_id, now) {
-            Some(key) => key,
+        let projects = &self.inner.projects;
+        let (project, key) = match projects.find(service_account_id, now) {
+            Some(found) => found,
             // Issued through another replica since the last listing?
             None => {
                 self.fresh(now).await;
-                keys.find(service_account_id, now).ok_or(Error::NotFound)?
+                projects
+                    .find(service_account_id, now)
+                    .ok_or(Error::NotFound)?
             }
         };
+        let keys = &project.keys;
         if key.owner != grant.owner && !any_owner {
             return Err(Error::NotFound);
         }
@@ -600,12 +608,13 @@ impl Issuance {
         let action = "revoke every key of one person";
         let grant = self.admin(identity, action)?;
         self.complete_listing(now).await?;
-        let keys = self.inner.keys.accounts_of(owner);
+        let keys = self.inner.projects.accounts_of(owner);
         self.revoke_many(grant, keys, action, now).await
     }
 
-    /// Revokes every key this server issued (break-glass), for an admin who
-    /// confirms by naming the project.
+    /// Revokes every key this server issued, in every project of the
+    /// policy (break-glass), for an admin who confirms by naming the
+    /// server's own project.
     pub async fn revoke_everything(
         &self,
         identity: &Identity,
@@ -614,7 +623,14 @@ impl Issuance {
     ) -> Result<Vec<KeyInfo>, Error> {
         let action = "revoke every key (break-glass)";
         let grant = self.admin(identity, action)?;
-        let project_id = self.inner.keys.project_id(now).await?.to_owned();
+        let project_id = self
+            .inner
+            .projects
+            .default_project()
+            .keys
+            .project_id(now)
+            .await?
+            .to_owned();
         if confirmation.trim() != project_id {
             tracing::warn!(
                 audit = "refused",
@@ -625,7 +641,7 @@ impl Issuance {
             return Err(Error::NotConfirmed);
         }
         self.complete_listing(now).await?;
-        let keys = self.inner.keys.all_accounts();
+        let keys = self.inner.projects.all_accounts();
         self.revoke_many(grant, keys, action, now).await
     }
 
@@ -635,31 +651,36 @@ impl Issuance {
     async fn revoke_many(
         &self,
         grant: Grant,
-        keys: Vec<KeyInfo>,
+        groups: Vec<(&Project, Vec<KeyInfo>)>,
         action: &'static str,
         now: SystemTime,
     ) -> Result<Vec<KeyInfo>, Error> {
+        let wanted: usize = groups.iter().map(|(_, keys)| keys.len()).sum();
         tracing::info!(
             audit = "revoking",
             actor = %grant.owner,
             action,
-            accounts = keys.len(),
+            accounts = wanted,
             "revoking keys"
         );
-        let wanted = keys.len();
-        let failed = self
-            .inner
-            .keys
-            .revoke(keys.clone(), grant.owner, action, now)
-            .await
-            .map_err(|_| crate::keys::Error::TaskFailed)??;
-        if failed.is_empty() {
-            Ok(keys)
+        // Every project's revocation starts before any is waited for.
+        let mut running = Vec::new();
+        let mut revoked = Vec::new();
+        for (project, keys) in groups {
+            revoked.extend(keys.iter().cloned());
+            running.push(project.keys.revoke(keys, grant.owner.clone(), action, now));
+        }
+        let mut failed = 0;
+        for revocation in running {
+            failed += revocation
+                .await
+                .map_err(|_| crate::keys::Error::TaskFailed)??
+                .len();
+        }
+        if failed == 0 {
+            Ok(revoked)
         } else {
-            Err(Error::PartlyRevoked {
-                failed: failed.len(),
-                wanted,
-            })
+            Err(Error::PartlyRevoked { failed, wanted })
         }
     }
 
@@ -675,7 +696,9 @@ impl Issuance {
                 what: "cleanups per address",
                 retry_after,
             })?;
-        drop(self.inner.cleanup.request());
+        for project in self.inner.projects.all() {
+            drop(project.cleanup.request());
+        }
         Ok(())
     }
 
@@ -835,23 +858,39 @@ impl Issuance {
         }
     }
 
-    /// A complete listing that began at `now` or later (a sweep, joined or
-    /// started): what revoking everything of someone must act on, or an
-    /// error when none could be had.
+    /// A complete listing of every project that began at `now` or later
+    /// (a sweep, joined or started): what revoking everything of someone
+    /// must act on, or an error when none could be had.
     async fn complete_listing(&self, now: SystemTime) -> Result<(), Error> {
-        // The second run, if the first joined one that began earlier.
-        for _ in 0..2 {
-            let report = self.inner.cleanup.run_now().await?;
-            if let Some(message) = report.list_error {
-                return Err(Error::ListingIncomplete { message });
-            }
-            if self.inner.keys.listed_at().is_some_and(|at| at >= now) {
-                return Ok(());
-            }
+        let runs: Vec<_> = self
+            .inner
+            .projects
+            .all()
+            .iter()
+            .map(|project| {
+                let project = project.clone();
+                tokio::spawn(async move {
+                    // The second run, if the first joined one that began
+                    // earlier.
+                    for _ in 0..2 {
+                        let report = project.cleanup.run_now().await?;
+                        if let Some(message) = report.list_error {
+                            return Err(Error::ListingIncomplete { message });
+                        }
+                        if project.keys.listed_at().is_some_and(|at| at >= now) {
+                            return Ok(());
+                        }
+                    }
+                    Err(Error::ListingIncomplete {
+                        message: "no listing began after the request".to_owned(),
+                    })
+                })
+            })
+            .collect();
+        for run in runs {
+            run.await.map_err(|_| crate::keys::Error::TaskFailed)??;
         }
-        Err(Error::ListingIncomplete {
-            message: "no listing began after the request".to_owned(),
-        })
+        Ok(())
     }
 
     /// Makes sure the listing behind a page is at most `LISTING_MAX_AGE`
@@ -864,8 +903,8 @@ impl Issuance {
     /// pass that failed is not tried again before `LISTING_MAX_AGE`.
     async fn fresh(&self, now: SystemTime) -> bool {
         let max_age = self.inner.pages.listing_max_age;
-        let keys = &self.inner.keys;
-        let listing_fresh = || within(keys.listed_at(), now, max_age);
+        let projects = &self.inner.projects;
+        let listing_fresh = || within(projects.listed_at(), now, max_age);
         let usage_fresh = || within(read(&self.inner.usage_at), now, max_age);
         if listing_fresh() && usage_fresh() {
             return true;
@@ -873,34 +912,31 @@ impl Issuance {
         let pass = async {
             let _pass = self.inner.pass.lock().await;
             if !listing_fresh() && !within(read(&self.inner.listing_failed_at), now, max_age) {
-                let mut listings = keys.listings();
-                for _ in 0..2 {
-                    let cleanup = self.inner.cleanup.clone();
-                    let run = tokio::spawn(async move { cleanup.run_now().await });
-                    tokio::select! {
-                        _ = listings.wait_for(|at| within(*at, now, max_age)) => break,
-                        ran = run => {
-                            if let Ok(Err(error)) = ran {
-                                tracing::warn!(%error, "could not list the keys for a page");
-                                break;
-                            }
-                        }
-                    }
-                    if listing_fresh() {
-                        break;
-                    }
+                let stale: Vec<_> = projects
+                    .all()
+                    .iter()
+                    .filter(|p| !within(p.keys.listed_at(), now, max_age))
+                    .map(|project| tokio::spawn(Self::list_fresh(project.clone(), now, max_age)))
+                    .collect();
+                for listing in stale {
+                    let _ = listing.await;
                 }
                 if !listing_fresh() {
                     write(&self.inner.listing_failed_at, now);
                 }
             }
             if !usage_fresh() && !within(read(&self.inner.usage_failed_at), now, max_age) {
-                match keys.refresh_usage(now).await {
-                    Ok(()) => write(&self.inner.usage_at, now),
-                    Err(error) => {
+                let mut read_all = true;
+                for project in projects.all() {
+                    if let Err(error) = project.keys.refresh_usage(now).await {
                         tracing::warn!(%error, "could not read when keys were last used");
-                        write(&self.inner.usage_failed_at, now);
+                        read_all = false;
                     }
+                }
+                if read_all {
+                    write(&self.inner.usage_at, now);
+                } else {
+                    write(&self.inner.usage_failed_at, now);
                 }
             }
         };
@@ -913,5 +949,28 @@ impl Issuance {
             );
         }
         listing_fresh()
+    }
+
+    /// One project's listing made at most `max_age` old: a full sweep in
+    /// the background, its listing used as soon as it is published; one
+    /// that began too long ago does not count, and another is started.
+    async fn list_fresh(project: Project, now: SystemTime, max_age: Duration) {
+        let mut listings = project.keys.listings();
+        for _ in 0..2 {
+            let cleanup = project.cleanup.clone();
+            let run = tokio::spawn(async move { cleanup.run_now().await });
+            tokio::select! {
+                _ = listings.wait_for(|at| within(*at, now, max_age)) => break,
+                ran = run => {
+                    if let Ok(Err(error)) = ran {
+                        tracing::warn!(%error, "could not list the keys for a page");
+                        break;
+                    }
+                }
+            }
+            if within(project.keys.listed_at(), now, max_age) {
+                break;
+            }
+        }
     }
 }

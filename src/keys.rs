@@ -114,11 +114,14 @@ pub struct KeyInfo {
     pub expires_at: i64,
     /// When it was last used (Unix seconds), as OpenAI last said.
     pub last_used_at: Option<i64>,
+    /// The project it is in.
+    pub project_id: String,
 }
 
-impl From<index::Known> for KeyInfo {
-    fn from(known: index::Known) -> Self {
+impl KeyInfo {
+    fn new(known: index::Known, project_id: &str) -> Self {
         Self {
+            project_id: project_id.to_owned(),
             service_account_id: known.id,
             key_id: known.key_id,
             owner: known.name.owner,
@@ -406,7 +409,7 @@ impl Keys {
         self.index()
             .keys_of(owner.as_str(), unix(now))
             .into_iter()
-            .map(KeyInfo::from)
+            .map(|known| KeyInfo::new(known, self.known_project_id()))
             .collect()
     }
 
@@ -415,7 +418,7 @@ impl Keys {
         self.index()
             .all_live(unix(now))
             .into_iter()
-            .map(KeyInfo::from)
+            .map(|known| KeyInfo::new(known, self.known_project_id()))
             .collect()
     }
 
@@ -423,7 +426,7 @@ impl Keys {
     pub fn find(&self, service_account_id: &str, now: SystemTime) -> Option<KeyInfo> {
         self.index()
             .find(service_account_id, unix(now))
-            .map(KeyInfo::from)
+            .map(|known| KeyInfo::new(known, self.known_project_id()))
     }
 
     /// Every account of `owner` this replica knows, expired-but-not-yet-
@@ -657,6 +660,17 @@ impl Keys {
     /// scheduler re-arms its timer.
     pub async fn rearmed(&self) {
         self.inner.rearm.notified().await;
+    }
+
+    /// The project id once known (every account listed or issued is in
+    /// it, so it is known whenever there are keys); empty before.
+    pub fn known_project_id(&self) -> &str {
+        self.inner.project_id.get().map_or("", String::as_str)
+    }
+
+    /// How the project is configured.
+    pub fn project(&self) -> &ProjectSelector {
+        &self.inner.settings.project
     }
 
     /// The project id: configured, or found by name (created when missing)

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod memory;
 pub mod oidc;
 pub mod openai;
+pub mod projects;
 pub mod replay;
 pub mod seal;
 pub mod telemetry;
@@ -75,20 +76,48 @@ pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
 
 /// The parts that talk to OpenAI, shared by `serve` and `cleanup`.
 pub fn keys_for(config: &Config, http: reqwest::Client) -> Keys {
+    keys_in(config, http, config.project.clone())
+}
+
+/// The keys of one project: the server's own (where the Go original's
+/// accounts are, so the only one `CLEANUP_LEGACY_ACCOUNTS` applies to), or
+/// one a rule of the policy names.
+fn keys_in(config: &Config, http: reqwest::Client, project: config::ProjectSelector) -> Keys {
     let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone());
+    let legacy_cleanup = config.cleanup_legacy_accounts && project == config.project;
     Keys::new(
         admin,
         keys::Settings {
-            project: config.project.clone(),
+            project,
             ttl: config.expiration,
             concurrency: config.cleanup_concurrency,
             // Grow while OpenAI keeps up: 10,000 deletes at 100 ms each take
             // 125 s at 8 at once, 16 s at 64.
             max_concurrency: config.cleanup_concurrency.max(64),
-            legacy_cleanup: config.cleanup_legacy_accounts,
+            legacy_cleanup,
             create_patience: config.timeout,
         },
     )
+}
+
+/// The keys of every project the configuration names: the server's own
+/// first, then each other one a rule of the policy names, once.
+pub fn keys_of_every_project(config: &Config, http: &reqwest::Client) -> Vec<Keys> {
+    let mut selectors = vec![config.project.clone()];
+    for rule in config.rules() {
+        let selector = match rule.project {
+            access::ProjectChoice::Default => continue,
+            access::ProjectChoice::Id(id) => config::ProjectSelector::Id(id),
+            access::ProjectChoice::Name(name) => config::ProjectSelector::Name(name),
+        };
+        if !selectors.contains(&selector) {
+            selectors.push(selector);
+        }
+    }
+    selectors
+        .into_iter()
+        .map(|selector| keys_in(config, http.clone(), selector))
+        .collect()
 }
 
 /// A built, bound, not yet running server.
@@ -135,14 +164,33 @@ impl Application {
                 groups_claim: config.env_groups_claim(),
             },
         );
-        let keys = keys_for(&config, http.clone());
         let activity = memory::Activity::default();
-        let cleanup = Cleanup::new(
-            keys.clone(),
-            clock.clone(),
-            cleanup::full_sweep_period(config.cleanup_interval, config.expiration),
-        )
-        .with_activity(activity.clone());
+        // Every replica lists every project at least twice per the shortest
+        // lifetime a rule gives, so that it deletes on time keys another
+        // replica issued.
+        let shortest = config
+            .rules()
+            .iter()
+            .map(|rule| rule.lifetime)
+            .min()
+            .unwrap_or(config.expiration);
+        let full_period = cleanup::full_sweep_period(config.cleanup_interval, shortest);
+        let mut every = keys_of_every_project(&config, &http)
+            .into_iter()
+            .map(|keys| {
+                let cleanup = Cleanup::new(keys.clone(), clock.clone(), full_period)
+                    .with_activity(activity.clone());
+                projects::Project {
+                    selector: keys.project().clone(),
+                    keys,
+                    cleanup,
+                }
+            });
+        let own = every
+            .next()
+            .expect("the server's own project is always there");
+        let (keys, cleanup) = (own.keys.clone(), own.cleanup.clone());
+        let projects = projects::Projects::new(own, every.collect());
         let cookie_key = match &config.session_secret {
             Some(secret) => Key::derive_from(secret.expose()),
             None => {
@@ -158,8 +206,7 @@ impl Application {
                 trust_unmanaged: config.allow_unmanaged_emails,
                 admins: config.admins.clone(),
             },
-            keys.clone(),
-            cleanup.clone(),
+            projects.clone(),
             Arc::new(limits::Limits::new(&config)),
             issuance::Pages {
                 listing_max_age: config.listing_max_age,
@@ -179,6 +226,7 @@ impl Application {
             provider,
             keys,
             cleanup,
+            projects,
             clock,
             cookie_key,
             secure_cookies: config.is_https(),
@@ -221,9 +269,17 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Aborted if this future is dropped, so that a server whose task is
         // cancelled leaves no cleanup running behind it.
-        let mut cleanup = AbortOnDrop(tokio::spawn(
-            self.state.cleanup.clone().run_until(stop_rx.clone()),
-        ));
+        let mut cleanups: Vec<AbortOnDrop> = self
+            .state
+            .projects
+            .all()
+            .iter()
+            .map(|project| {
+                AbortOnDrop(tokio::spawn(
+                    project.cleanup.clone().run_until(stop_rx.clone()),
+                ))
+            })
+            .collect();
         let _trim = AbortOnDrop(tokio::spawn(memory::trim_after_bursts(
             self.state.activity.clone(),
         )));
@@ -238,7 +294,13 @@ impl Application {
         let addr = self.local_addr();
         tracing::info!(%addr, redirect_uri = %self.config.redirect_uri, "listening");
         let grace = self.config.timeout;
-        let keys = self.state.keys.clone();
+        let every_keys: Vec<Keys> = self
+            .state
+            .projects
+            .all()
+            .iter()
+            .map(|project| project.keys.clone())
+            .collect();
         let connections = self.config.max_connections;
         tracing::info!(
             connections.max = connections.max,
@@ -274,24 +336,36 @@ impl Application {
         }
         // From here on no create starts; those in progress (with the
         // clean-up of an ambiguous one) get until the deadline.
-        keys.close();
+        for keys in &every_keys {
+            keys.close();
+        }
         let deadline = signalled + grace.saturating_mul(SHUTDOWN_TIMEOUTS);
-        if keys.issues_in_flight() > 0 {
+        let in_flight = || every_keys.iter().map(Keys::issues_in_flight).sum::<usize>();
+        if in_flight() > 0 {
             tracing::info!(
-                issues.in_flight = keys.issues_in_flight(),
+                issues.in_flight = in_flight(),
                 "waiting for key creations in flight to finish or be cleaned up"
             );
         }
-        if tokio::time::timeout_at(deadline, keys.issues_settled())
-            .await
-            .is_err()
-        {
+        let waits: Vec<_> = every_keys
+            .iter()
+            .map(|keys| tokio::spawn(keys.issues_settled()))
+            .collect();
+        let settled = async {
+            for wait in waits {
+                let _ = wait.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, settled).await.is_err() {
             tracing::error!(
-                issues.in_flight = keys.issues_in_flight(),
+                issues.in_flight = in_flight(),
                 "stopping with key creations unfinished; an account one of them left in OpenAI is deleted at its expiry by whichever replica runs then"
             );
         }
-        let unresolved = keys.unresolved_failed_creates();
+        let unresolved: Vec<String> = every_keys
+            .iter()
+            .flat_map(Keys::unresolved_failed_creates)
+            .collect();
         if !unresolved.is_empty() {
             tracing::error!(
                 accounts = ?unresolved,
@@ -299,7 +373,9 @@ impl Application {
             );
         }
         let _ = stop_tx.send(true);
-        let _ = (&mut cleanup.0).await;
+        for cleanup in &mut cleanups {
+            let _ = (&mut cleanup.0).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -394,11 +394,19 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 ));
                 ProjectChoice::Default
             }
-            (Some(_), None) | (None, Some(_)) => {
-                problems.push(format!(
-                    "{at}: project, project_name: a project per rule is not supported by this version yet; keys go to the server's project (OPENAI_PROJECT_ID / DEFAULT_PROJECT_NAME)"
-                ));
-                ProjectChoice::Default
+            (Some(id), None) => {
+                if id.trim().is_empty() || id != id.trim() || id.contains('/') {
+                    problems.push(format!(
+                        "{at}: project: {id:?} is not a project id like \"proj_abc123\""
+                    ));
+                }
+                ProjectChoice::Id(id)
+            }
+            (None, Some(name)) => {
+                if name.trim().is_empty() {
+                    problems.push(format!("{at}: project_name: must not be empty"));
+                }
+                ProjectChoice::Name(name)
             }
         };
         if raw

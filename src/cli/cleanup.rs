@@ -2,13 +2,14 @@
 
 use std::process::ExitCode;
 
-use crate::{http_client, keys_for, telemetry};
+use crate::{http_client, keys_of_every_project, telemetry};
 
 /// Arguments of `cleanup`.
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-/// Runs one sweep and prints its report as JSON.
+/// Runs one sweep of every project of the policy and prints each report as
+/// a line of JSON (the project's id in `project_id`).
 pub(super) async fn run(_args: Args) -> ExitCode {
     let config = match super::load_config() {
         Ok(config) => config,
@@ -22,22 +23,29 @@ pub(super) async fn run(_args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let keys = keys_for(&config, http);
-    match keys.sweep(std::time::SystemTime::now()).await {
-        Ok(report) => {
-            println!(
-                "{}",
-                serde_json::to_string(&report).unwrap_or_else(|_| "{}".into())
-            );
-            if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+    let mut clean = true;
+    for keys in keys_of_every_project(&config, &http) {
+        match keys.sweep(std::time::SystemTime::now()).await {
+            Ok(report) => {
+                let mut line = serde_json::to_value(&report).unwrap_or_default();
+                if let Some(object) = line.as_object_mut() {
+                    object.insert(
+                        "project_id".to_owned(),
+                        keys.known_project_id().to_owned().into(),
+                    );
+                }
+                println!("{line}");
+                clean &= report.is_clean();
+            }
+            Err(error) => {
+                eprintln!("error: the sweep of {:?} failed: {error}", keys.project());
+                clean = false;
             }
         }
-        Err(error) => {
-            eprintln!("error: the sweep failed: {error}");
-            ExitCode::FAILURE
-        }
+    }
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -31,6 +31,8 @@ struct AdminPage<'a> {
     /// `REVOKE_ENDPOINT=admin`: the admin page offers the cleanup.
     cleanup_button: bool,
     owners: Vec<Owner>,
+    /// Keys live in more than one project: each row says which.
+    several_projects: bool,
 }
 
 /// `GET /admin`: every live key, by owner.
@@ -41,6 +43,7 @@ pub(super) async fn page(
     let now = state.clock.now();
     let listed = state.issuance.list_all(&signed_in.identity, now).await?;
     let (keys, project_id) = listed.keys;
+    let several_projects = keys.iter().any(|k| k.project_id != project_id);
     let mut by_owner: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     for key in keys {
         by_owner
@@ -54,6 +57,7 @@ pub(super) async fn page(
         project_id,
         notice: (!listed.fresh).then(super::me::stale_notice),
         cleanup_button: state.revoke_endpoint == crate::config::RevokeEndpoint::Admin,
+        several_projects,
         owners: by_owner
             .into_iter()
             .map(|(email, keys)| Owner { email, keys })

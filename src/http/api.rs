@@ -141,6 +141,7 @@ fn item(key: KeyInfo) -> KeyItem {
         created_at: key.created_at,
         expires_at: key.expires_at,
         last_used_at: key.last_used_at,
+        project_id: key.project_id,
     }
 }
 

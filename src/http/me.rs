@@ -45,6 +45,8 @@ pub(super) struct Row {
     pub(super) expires: Shown,
     pub(super) expires_in: String,
     pub(super) last_used: Option<Shown>,
+    /// The OpenAI project it is in.
+    pub(super) project: String,
 }
 
 impl Row {
@@ -58,6 +60,7 @@ impl Row {
             expires: Shown::at(key.expires_at),
             expires_in: clock::humanize(clock::until(key.expires_at, now)),
             last_used: key.last_used_at.map(Shown::at),
+            project: key.project_id,
             id: key.service_account_id,
         }
     }

@@ -490,3 +490,113 @@ async fn a_terminal_signs_in_through_the_browser_by_loopback_and_by_device_code(
     assert_eq!(other.run(&["keys"]).await.status.code(), Some(0));
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_shows_keys_of_every_project_and_of_ci_jobs() {
+    use crate::jobs::{AUDIENCE, claims_of, job};
+    let sandbox = sandbox::Sandbox::start().await.unwrap();
+    let repository_id = claims_of(
+        &sandbox
+            .github
+            .mint_github_token(job("octo-org/evals", "refs/heads/main")),
+    )["repository_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let policy = format!(
+        r#"
+[[issuer]]
+name = "google"
+url = "https://accounts.google.com"
+groups_claim = "groups"
+
+[[issuer]]
+name = "github"
+url = "{github}"
+audience = "{AUDIENCE}"
+
+[[rule]]
+name = "ci-evals"
+issuer = "github"
+claims = {{ repository_id = "{repository_id}", ref = "refs/heads/*" }}
+project_name = "evals"
+ttl = "1h"
+scopes = ["api.model.request"]
+
+[[rule]]
+name = "data-team"
+issuer = "google"
+groups = ["data@example.com"]
+project_name = "data"
+ttl = "8h"
+
+[[rule]]
+name = "staff"
+issuer = "google"
+domains = ["example.com"]
+ttl = "1h"
+admin = true
+"#,
+        github = sandbox.github_issuer_url()
+    );
+    let path = std::env::temp_dir().join(format!("oks-admin-{:x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, policy).unwrap();
+    let app = TestApp::spawn_on(
+        sandbox,
+        Options::default()
+            .set("POLICY_FILE", path.to_str().unwrap())
+            .set("ALLOWED_USERS", "")
+            .set("ALLOWED_DOMAINS", ""),
+    )
+    .await;
+    let data = browser();
+    app.sign_in_with(
+        &data,
+        Identity::workspace("dana@example.com").with_groups(&["data@example.com"]),
+    )
+    .await;
+    let token = app
+        .sandbox
+        .github
+        .mint_github_token(job("octo-org/evals", "refs/heads/main"));
+    let issued = plain_client()
+        .post(app.url("/api/v1/keys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), StatusCode::CREATED);
+    let job_key = issued.json::<serde_json::Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let owner = format!("github:{repository_id}");
+
+    let browser = Browser::start().await;
+    browser
+        .sign_in(&app, "carol@example.com", "example.com")
+        .await;
+    browser.wait_for("#key").await;
+    browser.goto(&app.url("/admin")).await;
+    browser.wait_for("section.owner").await;
+    let source = browser.client().source().await.unwrap();
+    for project in ["data", "evals"] {
+        let id = app.sandbox.openai.find_project_by_name(project).unwrap().id;
+        assert!(source.contains(&id), "{project} ({id}) on the page");
+    }
+    assert!(source.contains(&format!("data-owner=\"{owner}\"")));
+    assert!(source.contains("<th>Project</th>"));
+    browser.shot("admin-projects", false).await;
+    browser
+        .click(&format!(
+            "section[data-owner='{owner}'] button.revoke-owner"
+        ))
+        .await;
+    browser.wait_for("h1").await;
+    let source = browser.client().source().await.unwrap();
+    assert!(!source.contains(&format!("data-owner=\"{owner}\"")));
+    assert!(source.contains("data-owner=\"dana@example.com\""));
+    assert!(!app.sandbox.openai.key_is_live(&job_key));
+    browser.close().await;
+    let _ = std::fs::remove_file(path);
+}

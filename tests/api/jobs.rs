@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use crate::cli::cli_session;
 use crate::helpers::*;
 
-const AUDIENCE: &str = "https://keys.example.com";
+pub(crate) const AUDIENCE: &str = "https://keys.example.com";
 
 /// The claims of a token, read without checking it (the test's own).
-fn claims_of(token: &str) -> Value {
+pub(crate) fn claims_of(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap();
     serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -24,7 +24,7 @@ fn claims_of(token: &str) -> Value {
     .unwrap()
 }
 
-fn job(repository: &str, ref_: &str) -> GithubClaims {
+pub(crate) fn job(repository: &str, ref_: &str) -> GithubClaims {
     let mut claims = GithubClaims::new(repository, ref_);
     claims.audience = AUDIENCE.to_owned();
     claims

@@ -330,3 +330,130 @@ async fn a_failure_between_the_create_calls_leaves_nothing_behind() {
     assert_eq!(issued.status(), StatusCode::CREATED);
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn each_rule_puts_keys_in_its_project_and_every_page_and_sweep_sees_them() {
+    let sandbox = sandbox::Sandbox::start().await.unwrap();
+    let evals = sandbox.openai.create_project("evals");
+    let policy = format!(
+        r#"
+[[issuer]]
+name = "google"
+url = "https://accounts.google.com"
+groups_claim = "groups"
+
+[[rule]]
+name = "data-team"
+issuer = "google"
+groups = ["data@example.com"]
+project_name = "data"
+ttl = "8h"
+
+[[rule]]
+name = "evals"
+issuer = "google"
+emails = ["eve@example.com"]
+project = "{evals}"
+ttl = "1h"
+
+[[rule]]
+name = "staff"
+issuer = "google"
+domains = ["example.com"]
+ttl = "2h"
+"#
+    );
+    let path = std::env::temp_dir().join(format!("oks-policy-{:x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, policy).unwrap();
+    let options = Options::default()
+        .set("POLICY_FILE", path.to_str().unwrap())
+        .set("ALLOWED_USERS", "")
+        .set("ALLOWED_DOMAINS", "")
+        .set("ADMIN_USERS", "sam@example.com");
+    let app = TestApp::spawn_on(sandbox, options).await;
+    app.wait_for_startup_sweep().await;
+    let openai = &app.sandbox.openai;
+
+    let dana = key_for(
+        &app,
+        Identity::workspace("dana@example.com").with_groups(&["data@example.com"]),
+    )
+    .await;
+    let data = openai
+        .find_project_by_name("data")
+        .expect("the project named by the rule is made at start")
+        .id;
+    assert_eq!(dana["project_id"], data.as_str());
+    assert!(
+        openai
+            .service_accounts(&data)
+            .iter()
+            .any(|a| a.id == dana["id"].as_str().unwrap())
+    );
+    let eve = key_for(&app, Identity::workspace("eve@example.com")).await;
+    assert_eq!(eve["project_id"], evals.as_str());
+    assert_eq!(openai.service_accounts(&evals).len(), 1);
+    let sam = key_for(&app, Identity::workspace("sam@example.com")).await;
+    let own = app.project_id().unwrap();
+    assert_eq!(sam["project_id"], own.as_str());
+    assert_ne!(own, data);
+
+    // A person's list says where each key is.
+    let token = cli_session(
+        &app,
+        Identity::workspace("dana@example.com").with_groups(&["data@example.com"]),
+    )
+    .await;
+    let listed: serde_json::Value = plain_client()
+        .get(app.url("/api/v1/keys"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["keys"][0]["project_id"], data.as_str());
+
+    // The admin sees every key of every project, and one revocation
+    // reaches into any of them.
+    let browser = browser();
+    app.sign_in_with(&browser, Identity::workspace("sam@example.com"))
+        .await;
+    let page = KeyPage::read(browser.get(app.url("/admin")).send().await.unwrap()).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    for id in [&data, &evals, &own] {
+        assert!(page.body.contains(id.as_str()), "{id} on the admin page");
+    }
+    for key in [&dana, &eve] {
+        assert!(page.body.contains(key["id"].as_str().unwrap()));
+    }
+    let csrf = hidden(&page.body, "csrf");
+    let revoked = post_form(
+        &app,
+        &browser,
+        &format!("/admin/keys/{}/revoke", eve["id"].as_str().unwrap()),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert!(revoked.status.is_success() || revoked.status.is_redirection());
+    assert!(
+        openai.service_accounts(&evals).is_empty(),
+        "revoked in its project"
+    );
+
+    // Each project is swept at its keys' expiry.
+    app.advance(std::time::Duration::from_secs(8 * 3600 + 5));
+    for _ in 0..300 {
+        if openai.service_accounts(&data).is_empty() && app.accounts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        openai.service_accounts(&data).is_empty(),
+        "swept in its project"
+    );
+    assert!(app.accounts().is_empty());
+    let _ = std::fs::remove_file(path);
+}
