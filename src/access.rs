@@ -6,6 +6,7 @@
 //! everyone's keys.
 
 mod claims;
+mod index;
 mod rules;
 
 pub use claims::{ClaimPattern, Workload, claim_text};
@@ -167,12 +168,14 @@ pub struct Grant {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     /// The rules, in order.
-    pub rules: Vec<Rule>,
+    rules: Vec<Rule>,
     /// Whether listed addresses count without the provider managing them.
-    pub trust_unmanaged: bool,
+    trust_unmanaged: bool,
     /// Who may act on everyone's keys (`ADMIN_USERS`; they must be allowed
     /// too).
-    pub admins: BTreeSet<EmailAddress>,
+    admins: BTreeSet<EmailAddress>,
+    /// Which rules could match whom.
+    index: index::RuleIndex,
 }
 
 /// The name of the one rule the environment's variables make.
@@ -188,6 +191,23 @@ pub enum Miss {
 }
 
 impl Policy {
+    /// The policy of `rules` (in order), with whether listed addresses
+    /// count without the provider managing them (`ALLOW_UNMANAGED_EMAILS`)
+    /// and who is an admin besides the rules' (`ADMIN_USERS`).
+    pub fn new(rules: Vec<Rule>, trust_unmanaged: bool, admins: BTreeSet<EmailAddress>) -> Self {
+        Self {
+            index: index::RuleIndex::new(&rules),
+            rules,
+            trust_unmanaged,
+            admins,
+        }
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     /// The policy of the Go original's variables: one rule for the
     /// environment's issuer with `ALLOWED_USERS` and `ALLOWED_DOMAINS`,
     /// `EXPIRATION` (which is also the most that may be asked for),
@@ -209,10 +229,33 @@ impl Policy {
         }]
     }
 
-    /// The grant of `identity`, or why it gets none.
+    /// The grant of `identity`, or why it gets none: the first rule that
+    /// matches, or the most telling refusal of them all. Only the rules
+    /// that name the person, their domain or a group of theirs are read.
     pub fn decide(&self, identity: &Identity) -> Result<Grant, Refusal> {
-        let mut refusal: Option<Refusal> = None;
-        for rule in &self.rules {
+        let (Some(email), true) = (&identity.email, identity.email_verified) else {
+            // No address to look up: every rule of the issuer says why.
+            return self.decide_among(identity, 0..self.rules.len(), None);
+        };
+        let candidates = self.index.people(identity, email);
+        self.decide_among(identity, candidates.rules, candidates.skipped)
+    }
+
+    /// [`Policy::decide`] reading every rule: what the index must agree
+    /// with.
+    #[cfg(test)]
+    fn decide_by_scan(&self, identity: &Identity) -> Result<Grant, Refusal> {
+        self.decide_among(identity, 0..self.rules.len(), None)
+    }
+
+    fn decide_among(
+        &self,
+        identity: &Identity,
+        rules: impl IntoIterator<Item = usize>,
+        skipped: Option<Refusal>,
+    ) -> Result<Grant, Refusal> {
+        let mut refusal: Option<Refusal> = skipped;
+        for rule in rules.into_iter().map(|i| &self.rules[i]) {
             match self.try_rule(rule, identity) {
                 Ok(owner) => return Ok(self.grant(rule, owner)),
                 Err(Miss::OtherIssuer) => {}
@@ -250,8 +293,27 @@ impl Policy {
     }
 
     /// The grant of a CI job's verified token: the first rule for its
-    /// issuer whose every claim matches. Workloads are never admins.
+    /// issuer whose every claim matches. Workloads are never admins. Only
+    /// the rules whose first exact claim the token has are read, unless
+    /// none matches: then every rule of the issuer, for the closest one's
+    /// reason.
     pub fn decide_workload(&self, workload: &Workload) -> Result<Grant, Refusal> {
+        for i in self.index.jobs(&workload.issuer, &workload.claims) {
+            let rule = &self.rules[i];
+            if workload.first_mismatch(&rule.claims).is_none() {
+                return Ok(self.workload_grant(rule, workload));
+            }
+        }
+        match self.decide_workload_by_scan(workload) {
+            Ok(grant) => {
+                debug_assert!(false, "the index missed rule {}", grant.rule);
+                Ok(grant)
+            }
+            refused => refused,
+        }
+    }
+
+    fn decide_workload_by_scan(&self, workload: &Workload) -> Result<Grant, Refusal> {
         let mut closest: Option<(usize, Refusal)> = None;
         // A rule that names no claims is never a job's (the file refuses
         // one for a workload issuer): it would admit every job.
@@ -663,10 +725,7 @@ admin = true
 
     #[test]
     fn the_first_matching_rule_decides() {
-        let policy = Policy {
-            rules: rules(FILE),
-            ..Policy::default()
-        };
+        let policy = Policy::new(rules(FILE), false, BTreeSet::new());
         let member = in_groups(
             who("a@example.com", true, Some("example.com")),
             &["data@example.com"],
@@ -714,10 +773,7 @@ admin = true
 
     #[test]
     fn explain_stops_at_the_first_match_and_says_why_the_others_missed() {
-        let policy = Policy {
-            rules: rules(FILE),
-            ..Policy::default()
-        };
+        let policy = Policy::new(rules(FILE), false, BTreeSet::new());
         let lines = policy.explain(&who("b@example.com", true, Some("example.com")));
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].1, Err(Miss::Refused(Refusal::NotInGroup)));
@@ -775,10 +831,7 @@ domains = ["example.com"]
 
     #[test]
     fn jobs_get_the_first_rule_whose_every_claim_matches() {
-        let policy = Policy {
-            rules: rules(JOBS),
-            ..Policy::default()
-        };
+        let policy = Policy::new(rules(JOBS), false, BTreeSet::new());
         let decide = |issuer: &str, claims: serde_json::Value| {
             policy.decide_workload(&job(issuer, "123456", claims))
         };
@@ -850,6 +903,99 @@ domains = ["example.com"]
         assert!(policy.decide(&person).is_err());
     }
 
+    fn rule_of(
+        i: usize,
+        issuer: &str,
+        users: &[&str],
+        domains: &[&str],
+        groups: &[&str],
+        claims: &[(&str, &str)],
+    ) -> Rule {
+        let mut rule =
+            Policy::from_env(list(users, domains), Duration::from_secs(60), 0, 0).remove(0);
+        rule.name = format!("r{i}");
+        rule.issuer = issuer.to_owned();
+        rule.groups = groups.iter().map(|g| (*g).to_owned()).collect();
+        rule.claims = claims
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), ClaimPattern::new(*v)))
+            .collect();
+        rule
+    }
+
+    fn pick<'a>(all: &[&'a str], mask: u8) -> Vec<&'a str> {
+        all.iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    proptest! {
+        /// The index narrows, never decides: for any rules and anyone, the
+        /// same grant or refusal as reading every rule.
+        #[test]
+        fn the_index_decides_as_a_scan_does(
+            shapes in proptest::collection::vec((any::<bool>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()), 0..12),
+            email in 0usize..5,
+            verified in any::<bool>(),
+            hd in 0usize..3,
+            groups in any::<u8>(),
+            okta in any::<bool>(),
+            repo in 0usize..4,
+            git_ref in 0usize..4,
+            trust_unmanaged in any::<bool>(),
+        ) {
+            let users = ["a@x.test", "b@x.test", "c@y.test", "d@gmail.com"];
+            let domains = ["x.test", "y.test"];
+            let group_names = ["g1", "g2", "g3"];
+            let claim_values = [("repository_id", "1"), ("repository_id", "2"), ("repository_id", "*"), ("ref", "main"), ("ref", "m*"), ("ref", "dev")];
+            let rules: Vec<Rule> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, (job, u, d, g, c))| {
+                    let issuer = if *job { "github" } else if u & 0x80 != 0 { "okta" } else { ENV_ISSUER };
+                    if *job {
+                        let mut claims: Vec<(&str, &str)> = Vec::new();
+                        for (k, v) in pick(&claim_values.map(|(k, _)| k), *c).into_iter().zip(pick(&claim_values.map(|(_, v)| v), *c)) {
+                            if !claims.iter().any(|(name, _)| *name == k) {
+                                claims.push((k, v));
+                            }
+                        }
+                        if claims.is_empty() {
+                            claims.push(("repository_id", "1"));
+                        }
+                        rule_of(i, issuer, &[], &[], &[], &claims)
+                    } else {
+                        rule_of(i, issuer, &pick(&users, *u), &pick(&domains, *d), &pick(&group_names, *g), &[])
+                    }
+                })
+                .collect();
+            let policy = Policy::new(rules, trust_unmanaged, BTreeSet::new());
+            let address = ["a@x.test", "b@x.test", "c@y.test", "d@gmail.com", "e@z.test"][email];
+            let identity = Identity {
+                issuer: if okta { "okta".into() } else { ENV_ISSUER.into() },
+                groups: pick(&group_names, groups).into_iter().map(str::to_owned).collect(),
+                ..who(address, verified, [None, Some("x.test"), Some("y.test")][hd])
+            };
+            prop_assert_eq!(policy.decide(&identity), policy.decide_by_scan(&identity));
+
+            let mut claims = BTreeMap::new();
+            if repo > 0 {
+                claims.insert("repository_id".to_owned(), serde_json::Value::String(repo.to_string()));
+            }
+            if git_ref > 0 {
+                claims.insert("ref".to_owned(), serde_json::Value::String(["main", "dev", "mx"][git_ref - 1].to_owned()));
+            }
+            let workload = Workload {
+                issuer: "github".into(),
+                owner: Owner::workload("github", "1").unwrap(),
+                claims,
+            };
+            prop_assert_eq!(policy.decide_workload(&workload), policy.decide_workload_by_scan(&workload));
+        }
+    }
+
     proptest! {
         /// The allow-list variables and a policy file that spells the same
         /// list give the same decision to everyone.
@@ -868,13 +1014,13 @@ domains = ["example.com"]
             } else {
                 BTreeSet::new()
             };
-            let env = Policy {
-                rules: Policy::from_env(allow, Duration::from_secs(3600), 5, 20),
+            let env = Policy::new(
+                Policy::from_env(allow, Duration::from_secs(3600), 5, 20),
                 trust_unmanaged,
-                admins: admins.clone(),
-            };
-            let file = Policy {
-                rules: rules(r#"
+                admins.clone(),
+            );
+            let file = Policy::new(
+                rules(r#"
 [[rule]]
 name = "environment"
 issuer = "google"
@@ -883,7 +1029,7 @@ domains = ["example.com"]
 "#),
                 trust_unmanaged,
                 admins,
-            };
+            );
             let identity = who(&format!("{local}@{domain}"), verified, hd);
             prop_assert_eq!(env.decide(&identity), file.decide(&identity));
         }

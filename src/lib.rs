@@ -201,11 +201,11 @@ impl Application {
             }
         };
         let issuance = issuance::Issuance::new(
-            access::Policy {
-                rules: config.rules(),
-                trust_unmanaged: config.allow_unmanaged_emails,
-                admins: config.admins.clone(),
-            },
+            access::Policy::new(
+                config.rules(),
+                config.allow_unmanaged_emails,
+                config.admins.clone(),
+            ),
             projects.clone(),
             Arc::new(limits::Limits::new(&config)),
             issuance::Pages {

@@ -33,6 +33,17 @@ pub fn claim_text(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// [`claim_text`] without a copy for strings, the common case.
+pub(super) fn claim_str(value: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        serde_json::Value::String(text) => Some(std::borrow::Cow::Borrowed(text)),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+            claim_text(value).map(std::borrow::Cow::Owned)
+        }
+        _ => None,
+    }
+}
+
 impl Workload {
     /// `None` when every claim of `wanted` matches; else how many matched
     /// before the first that did not, and why.
@@ -41,13 +52,13 @@ impl Workload {
         wanted: &BTreeMap<String, ClaimPattern>,
     ) -> Option<(usize, Refusal)> {
         for (matched, (name, pattern)) in wanted.iter().enumerate() {
-            let value = self.claims.get(name).and_then(claim_text);
+            let value = self.claims.get(name).and_then(claim_str);
             if !value.as_deref().is_some_and(|v| pattern.matches(v)) {
                 return Some((
                     matched,
                     Refusal::ClaimMismatch {
                         claim: name.clone(),
-                        value,
+                        value: value.map(std::borrow::Cow::into_owned),
                     },
                 ));
             }

@@ -43,11 +43,11 @@ pub(super) fn run(args: Args) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let policy = Policy {
-        rules: config.rules(),
-        trust_unmanaged: config.allow_unmanaged_emails,
-        admins: config.admins.clone(),
-    };
+    let policy = Policy::new(
+        config.rules(),
+        config.allow_unmanaged_emails,
+        config.admins.clone(),
+    );
     let source = config.policy_path.as_deref().map_or_else(
         || "the allow-list variables".to_owned(),
         |p| format!("policy file {p}"),

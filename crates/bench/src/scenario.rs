@@ -9,6 +9,7 @@ pub(crate) mod dashboard;
 pub(crate) mod expiry;
 pub(crate) mod idle;
 pub(crate) mod issue;
+pub(crate) mod policy;
 pub(crate) mod sweep;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::{cli, connections, dashboard, expiry, idle, issue, sweep};
+use super::{cli, connections, dashboard, expiry, idle, issue, policy, sweep};
 use crate::report::Report;
 use crate::server::binary_mb;
 
@@ -72,6 +72,7 @@ pub(crate) async fn run(binary: &Path) -> anyhow::Result<()> {
     // Page views at 1, 10 and 100 per second against 1,000 live keys.
     keep(dashboard::run(binary, &dashboard::Args::default()).await?);
     keep(cli::run(binary, &cli::Args::default()).await?);
+    keep(policy::run(binary, &policy::Args::default()).await?);
 
     let mut build = Report::new("binary");
     build
