@@ -12,7 +12,8 @@ mod rules;
 pub use claims::{ClaimPattern, Workload, claim_text};
 
 pub use rules::{
-    Defaults, IssuerSpec, PolicyFile, WorkloadSpec, load as load_policy_file, parse as parse_policy,
+    BrowserSpec, Defaults, IssuerSpec, PolicyFile, WorkloadSpec, load as load_policy_file,
+    parse as parse_policy,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -176,6 +177,9 @@ pub struct Policy {
     admins: BTreeSet<EmailAddress>,
     /// Which rules could match whom.
     index: index::RuleIndex,
+    /// Issuers every account of which belongs to the organisation (the
+    /// policy file's `managed`).
+    managed_issuers: BTreeSet<String>,
 }
 
 /// The name of the one rule the environment's variables make.
@@ -200,7 +204,17 @@ impl Policy {
             rules,
             trust_unmanaged,
             admins,
+            managed_issuers: BTreeSet::new(),
         }
+    }
+
+    /// With the issuers whose every account belongs to the organisation:
+    /// their listed addresses need no `hd`, and their domain rules match
+    /// the verified address's domain.
+    #[must_use]
+    pub fn with_managed_issuers(mut self, issuers: impl IntoIterator<Item = String>) -> Self {
+        self.managed_issuers = issuers.into_iter().collect();
+        self
     }
 
     /// The rules, in order.
@@ -410,7 +424,11 @@ impl Policy {
             email
         } else {
             rule.allow
-                .decide(identity, self.trust_unmanaged)
+                .decide_for(
+                    identity,
+                    self.trust_unmanaged,
+                    self.managed_issuers.contains(&identity.issuer),
+                )
                 .map_err(Miss::Refused)?
         };
         if !rule.groups.is_empty() && !identity.groups.iter().any(|g| rule.groups.contains(g)) {
@@ -520,6 +538,18 @@ impl AllowList {
         identity: &Identity,
         trust_unmanaged: bool,
     ) -> Result<EmailAddress, Refusal> {
+        self.decide_for(identity, trust_unmanaged, false)
+    }
+
+    /// [`AllowList::decide`] for an identity of an issuer that manages
+    /// every account it signs in (`managed`): its verified address is
+    /// the organisation's, listed or by its domain.
+    fn decide_for(
+        &self,
+        identity: &Identity,
+        trust_unmanaged: bool,
+        managed_issuer: bool,
+    ) -> Result<EmailAddress, Refusal> {
         let email = identity.email.as_ref().ok_or(Refusal::NoEmail)?;
         if !identity.email_verified {
             return Err(Refusal::EmailNotVerified);
@@ -530,7 +560,7 @@ impl AllowList {
                     .hosted_domain
                     .as_deref()
                     .is_some_and(|hd| hd.eq_ignore_ascii_case(email.domain()));
-            if managed || trust_unmanaged {
+            if managed || trust_unmanaged || managed_issuer {
                 return Ok(email.clone());
             }
             return Err(Refusal::Unmanaged);
@@ -544,7 +574,7 @@ impl AllowList {
                 .as_deref()
                 .and_then(|hd| Domain::parse(hd).ok())
                 .is_some_and(|hd| hd == domain);
-            if hd_matches {
+            if hd_matches || managed_issuer {
                 return Ok(email.clone());
             }
             return Err(Refusal::NotManagedByDomain {

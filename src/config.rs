@@ -249,8 +249,29 @@ pub struct Config {
     pub policy_file: Option<crate::access::PolicyFile>,
     /// Its path, as given.
     pub policy_path: Option<String>,
+    /// The issuers of the policy file people sign in through, besides the
+    /// environment's, with their clients.
+    pub browser_issuers: Vec<BrowserIssuer>,
     /// Things that are not errors but deserve a line in the log at start.
     pub warnings: Vec<String>,
+}
+
+/// An issuer of the policy file people sign in through, ready to use: its
+/// client secret read from its file at start.
+#[derive(Clone, Debug)]
+pub struct BrowserIssuer {
+    /// Its name in the policy.
+    pub name: String,
+    /// Its URL (discovery).
+    pub url: Url,
+    /// Its OAuth client id.
+    pub client_id: String,
+    /// Its client secret.
+    pub client_secret: SecretString,
+    /// The redirect URI registered with it, as written.
+    pub redirect_uri: String,
+    /// The ID token claim that lists groups.
+    pub groups_claim: Option<String>,
 }
 
 /// One thing wrong with the environment.
@@ -750,6 +771,56 @@ impl Config {
                 }
             }
         });
+        let own_redirect = redirect_uri.clone();
+        let browser_issuers = policy_file
+            .iter()
+            .flat_map(|file| &file.issuers)
+            .filter_map(|issuer| Some((issuer, issuer.browser.as_ref()?)))
+            .filter_map(|(issuer, browser)| {
+                let at = format!("issuer {:?}", issuer.name);
+                let path = &browser.client_secret_file;
+                let secret = match std::fs::read_to_string(path) {
+                    Ok(text) if !text.trim().is_empty() => SecretString::from(text.trim().to_owned()),
+                    Ok(_) => {
+                        r.problem(vars::POLICY_FILE, format!("{at}: client_secret_file: {} is empty", path.display()));
+                        return None;
+                    }
+                    Err(error) => {
+                        r.problem(vars::POLICY_FILE, format!("{at}: client_secret_file: cannot read {}: {error}", path.display()));
+                        return None;
+                    }
+                };
+                let Ok(url) = Url::parse(&issuer.url) else {
+                    return None;
+                };
+                // The provider sends the browser back to this server's one
+                // callback, whatever spelling it registered.
+                let redirect_uri = browser
+                    .redirect_uri
+                    .clone()
+                    .unwrap_or_else(|| redirect_raw.clone());
+                let same_callback = Url::parse(&redirect_uri).is_ok_and(|given| {
+                    !redirect_uri.is_empty() && own_redirect.as_ref().is_some_and(|own: &Url| {
+                        given.origin() == own.origin() && given.path() == CALLBACK_PATH && given.query().is_none()
+                    })
+                });
+                if !same_callback {
+                    r.problem(
+                        vars::POLICY_FILE,
+                        format!("{at}: redirect_uri: must be this server's callback, REDIRECT_URI's origin with the path {CALLBACK_PATH}"),
+                    );
+                    return None;
+                }
+                Some(BrowserIssuer {
+                    name: issuer.name.clone(),
+                    url,
+                    client_id: browser.client_id.clone(),
+                    client_secret: secret,
+                    redirect_uri,
+                    groups_claim: issuer.groups_claim.clone(),
+                })
+            })
+            .collect::<Vec<_>>();
         let rate_limit_per_ip = r.count(vars::RATE_LIMIT_PER_IP, 120, 1_000_000);
         let rate_limit_revoke = r.count(vars::RATE_LIMIT_REVOKE, 10, 100_000);
         let mut proxies = Vec::new();
@@ -924,6 +995,7 @@ impl Config {
                     revoke_endpoint,
                     policy_path: r.get(vars::POLICY_FILE),
                     policy_file,
+                    browser_issuers,
                     warnings,
                 })
             }

@@ -71,8 +71,10 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     /// The use cases: signing in, issuing, listing and revoking keys.
     pub issuance: crate::issuance::Issuance,
-    /// The OIDC relying party.
+    /// The OIDC relying party of the environment's issuer.
     pub provider: Provider,
+    /// Every issuer people sign in through, the environment's first.
+    pub providers: crate::oidc::Providers,
     /// Issuing and sweeping in the server's own project.
     pub keys: Keys,
     /// Its sweeps.

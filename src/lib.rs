@@ -164,6 +164,29 @@ impl Application {
                 groups_claim: config.env_groups_claim(),
             },
         );
+        let providers = oidc::Providers::new(
+            provider.clone(),
+            config
+                .browser_issuers
+                .iter()
+                .map(|issuer| {
+                    Provider::new(
+                        http.clone(),
+                        oidc::Settings {
+                            issuer: issuer.url.clone(),
+                            accepted_issuers: vec![
+                                issuer.url.as_str().trim_end_matches('/').to_owned(),
+                            ],
+                            client_id: issuer.client_id.clone(),
+                            client_secret: issuer.client_secret.clone(),
+                            redirect_uri: issuer.redirect_uri.clone(),
+                            name: issuer.name.clone(),
+                            groups_claim: issuer.groups_claim.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        );
         let activity = memory::Activity::default();
         // Every replica lists every project at least twice per the shortest
         // lifetime a rule gives, so that it deletes on time keys another
@@ -205,6 +228,13 @@ impl Application {
                 config.rules(),
                 config.allow_unmanaged_emails,
                 config.admins.clone(),
+            )
+            .with_managed_issuers(
+                config
+                    .issuers()
+                    .iter()
+                    .filter(|i| i.browser.is_some() && i.managed)
+                    .map(|i| i.name.clone()),
             ),
             projects.clone(),
             Arc::new(limits::Limits::new(&config)),
@@ -224,6 +254,7 @@ impl Application {
         let state = AppState::new(http::Shared {
             issuance,
             provider,
+            providers,
             keys,
             cleanup,
             projects,

@@ -113,6 +113,28 @@ pub struct Settings {
     pub groups_claim: Option<String>,
 }
 
+/// Every issuer people sign in through: the environment's first, then the
+/// policy file's. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Providers(Arc<[Provider]>);
+
+impl Providers {
+    /// The environment's provider, then `others`.
+    pub fn new(env: Provider, others: Vec<Provider>) -> Self {
+        Self(std::iter::once(env).chain(others).collect())
+    }
+
+    /// The provider named `name` in the policy.
+    pub fn get(&self, name: &str) -> Option<&Provider> {
+        self.0.iter().find(|p| p.name() == name)
+    }
+
+    /// Every provider, the environment's first.
+    pub fn all(&self) -> &[Provider] {
+        &self.0
+    }
+}
+
 /// The relying party: discovery and keys are fetched once and cached.
 #[derive(Clone, Debug)]
 pub struct Provider {
@@ -160,6 +182,11 @@ impl Provider {
                 reached: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// The issuer's name in the policy.
+    pub fn name(&self) -> &str {
+        &self.inner.settings.name
     }
 
     /// True once the discovery document was fetched.

@@ -33,6 +33,25 @@ pub struct IssuerSpec {
     pub groups_claim: Option<String>,
     /// For an issuer of CI jobs' tokens: what they must say.
     pub workload: Option<WorkloadSpec>,
+    /// For an issuer people sign in through, other than the environment's:
+    /// its client.
+    pub browser: Option<BrowserSpec>,
+    /// Whether every account of this issuer belongs to the organisation
+    /// (`managed`): then a listed address needs no `hd`, and a domain rule
+    /// matches the verified address's domain.
+    pub managed: bool,
+}
+
+/// The client of an issuer people sign in through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrowserSpec {
+    /// Its OAuth client id.
+    pub client_id: String,
+    /// The file that holds its client secret.
+    pub client_secret_file: std::path::PathBuf,
+    /// Its registered redirect URI, when it is not `REDIRECT_URI` (the
+    /// same callback under another spelling).
+    pub redirect_uri: Option<String>,
 }
 
 /// What a CI job's token must say, beyond its issuer's signature.
@@ -56,12 +75,21 @@ impl IssuerSpec {
     pub fn describe(&self) -> String {
         match &self.workload {
             None => format!(
-                "{}: {}, people sign in through the environment's client{}",
+                "{}: {}, people sign in through {}{}{}",
                 self.name,
                 self.url,
+                self.browser.as_ref().map_or_else(
+                    || "the environment's client".to_owned(),
+                    |b| format!("client {}", b.client_id)
+                ),
                 self.groups_claim
                     .as_ref()
-                    .map_or_else(String::new, |c| format!(", groups in claim {c}"))
+                    .map_or_else(String::new, |c| format!(", groups in claim {c}")),
+                if self.managed && self.browser.is_some() {
+                    ", every account the organisation's (managed)"
+                } else {
+                    ""
+                }
             ),
             Some(spec) => format!(
                 "{}: {}, CI jobs' tokens for audience {}, at most {} old, owner {}:<{}>",
@@ -145,6 +173,8 @@ struct IssuerToml {
     client_secret_file: Option<String>,
     #[serde(default)]
     redirect_uri: Option<String>,
+    #[serde(default)]
+    managed: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -210,14 +240,53 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 "{at}: name: only a-z, 0-9, '-' and '_' (1 to 32): it is written into the name of every account of its jobs"
             ));
         }
-        if issuer.client_id.is_some()
+        let has_client = issuer.client_id.is_some()
             || issuer.client_secret_file.is_some()
-            || issuer.redirect_uri.is_some()
-        {
+            || issuer.redirect_uri.is_some();
+        let browser = if issuer.name == ENV_ISSUER {
+            if has_client {
+                problems.push(format!(
+                    "{at}: client_id, client_secret_file, redirect_uri: {ENV_ISSUER:?} is the environment's issuer, whose client is CLIENT_ID, CLIENT_SECRET and REDIRECT_URI; give another issuer a name of its own"
+                ));
+            }
+            None
+        } else if has_client && issuer.audience.is_some() {
             problems.push(format!(
-                "{at}: client_id, client_secret_file, redirect_uri: browser sign-in through an issuer of the file's own is not supported by this version yet; people sign in through the environment's issuer ({ENV_ISSUER:?}: OIDC_ISSUER_URL, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)"
+                "{at}: audience, client_id: an issuer is either for CI jobs (audience) or for people (client_id, client_secret_file), not both"
             ));
-        }
+            None
+        } else if has_client {
+            match (&issuer.client_id, &issuer.client_secret_file) {
+                (Some(id), Some(file)) if !id.trim().is_empty() && !file.trim().is_empty() => {
+                    // Read at start by the configuration; checked here too,
+                    // so that it is named with the file's other problems.
+                    match std::fs::read_to_string(file.trim()) {
+                        Ok(text) if text.trim().is_empty() => problems.push(format!(
+                            "{at}: client_secret_file: {} is empty",
+                            file.trim()
+                        )),
+                        Ok(_) => {}
+                        Err(error) => problems.push(format!(
+                            "{at}: client_secret_file: cannot read {}: {error}",
+                            file.trim()
+                        )),
+                    }
+                    Some(BrowserSpec {
+                        client_id: id.trim().to_owned(),
+                        client_secret_file: file.trim().into(),
+                        redirect_uri: issuer.redirect_uri.clone(),
+                    })
+                }
+                _ => {
+                    problems.push(format!(
+                        "{at}: client_id, client_secret_file: people's sign-in needs both (the secret in a file, never in the policy)"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let workload = match (&issuer.audience, issuer.name == ENV_ISSUER) {
             (Some(_), true) => {
                 problems.push(format!(
@@ -226,9 +295,11 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 None
             }
             (None, false) => {
-                problems.push(format!(
-                    "{at}: audience: an issuer of the file's own is for CI jobs' tokens and needs the audience they are requested for (e.g. this server's URL)"
-                ));
+                if browser.is_none() && !has_client {
+                    problems.push(format!(
+                        "{at}: an issuer of the file's own needs either audience (for CI jobs' tokens: the audience they are requested for, e.g. this server's URL) or client_id and client_secret_file (for people's sign-in)"
+                    ));
+                }
                 None
             }
             (None, true) => {
@@ -283,11 +354,27 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
         if url::Url::parse(&issuer.url).is_err() {
             problems.push(format!("{at}: url: {:?} is not a URL", issuer.url));
         }
+        if issuer.name == ENV_ISSUER && issuer.managed.is_some() {
+            problems.push(format!(
+                "{at}: managed: for the environment's issuer, ALLOW_UNMANAGED_EMAILS says whether a listed address needs the provider to manage it"
+            ));
+        }
+        if workload.is_some() && issuer.managed.is_some() {
+            problems.push(format!(
+                "{at}: managed: only for issuers people sign in through"
+            ));
+        }
+        // Google says whether it manages an address (hd); an organisation's
+        // own provider signs in its own accounts only.
+        let is_google =
+            url::Url::parse(&issuer.url).is_ok_and(|u| u.host_str() == Some("accounts.google.com"));
         issuers.push(IssuerSpec {
             name: issuer.name,
             url: issuer.url,
             groups_claim: issuer.groups_claim.filter(|c| !c.is_empty()),
             workload,
+            browser,
+            managed: issuer.managed.unwrap_or(!is_google),
         });
     }
     let workload_issuers: BTreeSet<String> = issuers
@@ -597,7 +684,7 @@ claims = { ref = "main" }
             "issuer \"GitHub Actions\": audience: must not be empty",
             "issuer \"GitHub Actions\": max_token_age",
             "issuer \"GitHub Actions\": groups_claim",
-            "issuer \"okta\": audience",
+            "issuer \"okta\": an issuer of the file's own needs either audience",
             "rule \"no-claims\": emails, domains, groups",
             "rule \"no-claims\": claims: a rule for CI jobs must name claims",
             "rule \"no-claims\": admin",

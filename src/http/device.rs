@@ -36,6 +36,8 @@ struct DonePage<'a> {
 #[derive(Deserialize, Default)]
 pub(super) struct Prefill {
     code: Option<String>,
+    /// The issuer to sign in through, when there are several.
+    issuer: Option<String>,
 }
 
 /// What may be put back in the field: letters, digits and dashes, short.
@@ -65,7 +67,9 @@ pub(super) async fn page(
                 format!("/device?code={code}")
             },
             then: Some(Then::Device { user_code: code }),
-        };
+            issuer: None,
+        }
+        .through(prefill.issuer);
         return login::start(&state, &headers, jar, start).await;
     };
     let page = DevicePage {

@@ -90,6 +90,9 @@ pub enum HttpError {
     /// A command line's sign-in link that is not one (`/cli/login`).
     #[error("bad CLI sign-in link: {0}")]
     BadCliLogin(&'static str),
+    /// A sign-in through an issuer this server does not have.
+    #[error("no issuer named {0:?}")]
+    UnknownIssuer(String),
 }
 
 /// What the person sees.
@@ -270,6 +273,14 @@ fn public(error: &HttpError) -> Public {
             "Bad request",
             "grant_type must be authorization_code (with code and code_verifier) or urn:ietf:params:oauth:grant-type:device_code (with device_code).",
         ),
+        HttpError::UnknownIssuer(name) => with_hint(
+            page(
+                StatusCode::BAD_REQUEST,
+                "No such sign-in",
+                &format!("This server has no sign-in through {name:?}."),
+            ),
+            "Start again from the home page and pick one of the sign-ins it offers.",
+        ),
         HttpError::BadCliLogin(why) => with_hint(
             page(
                 StatusCode::BAD_REQUEST,
@@ -330,6 +341,7 @@ fn code(error: &HttpError) -> &'static str {
         HttpError::BadForm | HttpError::BadBody | HttpError::BadJson(_) => "bad_request",
         HttpError::BadGrant => "unsupported_grant_type",
         HttpError::BadCliLogin(_) => "bad_request",
+        HttpError::UnknownIssuer(_) => "unknown_issuer",
         HttpError::KeyShownOnce => "key_shown_once",
         HttpError::NotFound => "not_found",
         HttpError::MethodNotAllowed => "method_not_allowed",

@@ -44,6 +44,13 @@ struct Login {
     /// What the sign-in is for, beyond the browser's own session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     then: Option<Then>,
+    /// The issuer it goes through (its name in the policy).
+    #[serde(default = "env_issuer")]
+    issuer: String,
+}
+
+fn env_issuer() -> String {
+    crate::access::ENV_ISSUER.to_owned()
 }
 
 /// What follows a sign-in that a command line asked for.
@@ -75,9 +82,17 @@ pub(super) struct Start {
     pub(super) back: String,
     /// What follows the sign-in.
     pub(super) then: Option<Then>,
+    /// The issuer chosen (`?issuer=`); none: the only one, or a choice.
+    pub(super) issuer: Option<String>,
 }
 
 impl Start {
+    /// Through the issuer named `issuer`, if one is.
+    pub(super) fn through(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer.filter(|i| !i.is_empty());
+        self
+    }
+
     /// A plain sign-in from `/`.
     pub(super) fn home(choose_account: bool) -> Self {
         Self {
@@ -88,6 +103,7 @@ impl Start {
                 "/".to_owned()
             },
             then: None,
+            issuer: None,
         }
     }
 }
@@ -189,6 +205,47 @@ struct LandingPage<'a> {
     back: &'a str,
 }
 
+/// One button of the issuer choice.
+struct Choice {
+    name: String,
+    label: String,
+    href: String,
+}
+
+#[derive(Template)]
+#[template(path = "choose.html")]
+struct ChoosePage {
+    choices: Vec<Choice>,
+}
+
+/// The page that lets the person pick the issuer to sign in through: each
+/// button goes back to `back` with `issuer=` added.
+fn choose(state: &AppState, back: &str) -> Result<Response, HttpError> {
+    let separator = if back.contains('?') { '&' } else { '?' };
+    let choices = state
+        .providers
+        .all()
+        .iter()
+        .map(|provider| {
+            let name = provider.name().to_owned();
+            let mut label = name.clone();
+            if let Some(first) = label.get_mut(0..1) {
+                first.make_ascii_uppercase();
+            }
+            Choice {
+                href: format!("{back}{separator}issuer={name}"),
+                label,
+                name,
+            }
+        })
+        .collect();
+    let mut response = Html(ChoosePage { choices }.render()?).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 /// Where to send a browser that asked for `/` under another host than the
 /// public one, if it did. Only when the public URL is plain http: then no
 /// proxy stands in front, and `Host` is what the browser typed; behind an
@@ -226,11 +283,37 @@ pub(super) async fn start(
         choose_account,
         back,
         then,
+        issuer,
     } = start;
     let back = back.as_str();
     if let Some(home) = elsewhere(state, headers) {
+        let back = match &issuer {
+            Some(issuer) => format!(
+                "{back}{}issuer={issuer}",
+                if back.contains('?') { '&' } else { '?' }
+            ),
+            None => back.to_owned(),
+        };
         return Ok(Redirect::to(&format!("{home}{back}")).into_response());
     }
+    // Several issuers: the person picks one (a page with buttons, so that
+    // another site's link does nothing by itself either).
+    let provider = match issuer.as_deref() {
+        Some(name) => state
+            .providers
+            .get(name)
+            .ok_or_else(|| HttpError::UnknownIssuer(name.chars().take(32).collect()))?,
+        None if state.providers.all().len() > 1 => return choose(state, back),
+        None => &state.provider,
+    };
+    let back = &match &issuer {
+        Some(issuer) => format!(
+            "{back}{}issuer={issuer}",
+            if back.contains('?') { '&' } else { '?' }
+        ),
+        None => back.to_owned(),
+    };
+    let back = back.as_str();
     if initiator(headers, &state.public_origin) == Initiator::OtherSite {
         let mut response = Html(LandingPage { back }.render()?).into_response();
         response
@@ -239,10 +322,7 @@ pub(super) async fn start(
         return Ok(response);
     }
     let secrets = LoginSecrets::generate();
-    let url = state
-        .provider
-        .authorization_url(&secrets, choose_account)
-        .await?;
+    let url = provider.authorization_url(&secrets, choose_account).await?;
     let Some(name) = cookie_name(state, &secrets.state) else {
         unreachable!("generated states are URL-safe base64 of 32 bytes");
     };
@@ -266,6 +346,7 @@ pub(super) async fn start(
         secrets,
         started_ns: now,
         then,
+        issuer: provider.name().to_owned(),
     };
     let value = serde_json::to_string(&login).expect("the login cookie always serialises");
     let jar = jar.add(login_cookie(state, name, value, LOGIN_TTL));
@@ -419,6 +500,7 @@ pub(super) struct CliLogin {
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
     state: Option<String>,
+    issuer: Option<String>,
 }
 
 /// `GET /cli/login`: a command line's sign-in. The person signs in as on
@@ -465,7 +547,9 @@ pub(super) async fn cli_login(
             challenge,
             cli_state,
         }),
-    };
+        issuer: None,
+    }
+    .through(login.issuer);
     start(&state, &headers, jar, start_with).await
 }
 
@@ -534,6 +618,12 @@ async fn finish(
         state: &login.secrets.state,
         expires: i64::try_from(expires).unwrap_or(i64::MAX),
     };
-    let exchange = state.provider.sign_in(&code, &login.secrets, now);
+    // A login cookie names one of the issuers it was made for; one made
+    // before a configuration change may name one no longer there.
+    let provider = state
+        .providers
+        .get(&login.issuer)
+        .ok_or(HttpError::LoginExpired)?;
+    let exchange = provider.sign_in(&code, &login.secrets, now);
     Ok(state.issuance.sign_in(client, once, now, exchange).await?)
 }

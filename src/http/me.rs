@@ -161,6 +161,8 @@ pub(super) fn stale_notice() -> String {
 #[derive(Deserialize, Default)]
 pub(super) struct Home {
     account: Option<String>,
+    /// The issuer to sign in through, when there are several.
+    issuer: Option<String>,
 }
 
 /// `/`: my keys with a session; otherwise, and when asked to choose
@@ -177,7 +179,10 @@ pub(super) async fn home(
         Some(signed_in) if !choose_account => {
             keys_page(&state, &signed_in, None, StatusCode::OK).await
         }
-        _ => login::start(&state, &headers, jar, login::Start::home(choose_account)).await,
+        _ => {
+            let start = login::Start::home(choose_account).through(home.issuer);
+            login::start(&state, &headers, jar, start).await
+        }
     }
 }
 

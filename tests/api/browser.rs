@@ -600,3 +600,57 @@ admin = true
     browser.close().await;
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_issuers_a_person_picks_one_and_signs_in_through_it() {
+    let sandbox = sandbox::Sandbox::start().await.unwrap();
+    let (okta, origin) = crate::policy::second_provider(&sandbox).await;
+    let secret = std::env::temp_dir().join(format!("oks-okta-{:x}", rand::random::<u64>()));
+    std::fs::write(&secret, okta.client_secret()).unwrap();
+    let policy = format!(
+        "[[issuer]]\nname = \"okta\"\nurl = \"{origin}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n\n\
+         [[rule]]\nname = \"okta-staff\"\nissuer = \"okta\"\ndomains = [\"corp.test\"]\nttl = \"3h\"\n\n\
+         [[rule]]\nname = \"google-staff\"\nissuer = \"google\"\ndomains = [\"example.com\"]\nttl = \"1h\"\n",
+        okta.client_id(),
+        secret.display()
+    );
+    let path = std::env::temp_dir().join(format!("oks-two-{:x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, policy).unwrap();
+    let app = TestApp::spawn_on(
+        sandbox,
+        Options::default()
+            .set("POLICY_FILE", path.to_str().unwrap())
+            .set("ALLOWED_USERS", "")
+            .set("ALLOWED_DOMAINS", ""),
+    )
+    .await;
+    okta.allow_redirect_uri(&app.url("/oauth2/callback"));
+
+    let browser = Browser::start().await;
+    browser.goto(&app.url("/")).await;
+    browser.wait_for("#issuers").await;
+    assert_eq!(browser.text("#sign-in-google").await, "Sign in with Google");
+    assert_eq!(browser.text("#sign-in-okta").await, "Sign in with Okta");
+    browser.shot("choose", false).await;
+    browser.click("#sign-in-okta").await;
+    browser.wait_for("#signin_email").await;
+    assert!(browser.url().await.starts_with(&origin), "at Okta's form");
+    browser.fill("#signin_email", "olga@corp.test").await;
+    browser.fill("#signin_hd", "").await;
+    browser.click("button.approve").await;
+    browser.wait_for("#key").await;
+    let source = browser.client().source().await.unwrap();
+    assert!(source.contains("olga@corp.test"));
+    let account = app
+        .accounts()
+        .into_iter()
+        .find(|a| a.name.ends_with(".olga@corp.test"))
+        .expect("olga's account");
+    assert_eq!(
+        account.keys[0].expires_at.unwrap() - account.created_at,
+        3 * 3600
+    );
+    browser.close().await;
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(secret);
+}

@@ -132,6 +132,55 @@ async fn each_person_gets_the_first_rule_that_matches_them() {
 }
 
 #[tokio::test]
+async fn an_issuer_people_sign_in_through_needs_a_readable_secret_and_this_servers_callback() {
+    let path = std::env::temp_dir().join(format!("oks-policy-{:x}.toml", rand::random::<u64>()));
+    let lookup = |var: &str| match var {
+        "POLICY_FILE" => Some(path.to_str().unwrap().to_owned()),
+        "OPENAI_MANAGEMENT_KEY" => Some("sk-admin-test".to_owned()),
+        "CLIENT_ID" => Some("id".to_owned()),
+        "CLIENT_SECRET" => Some("secret".to_owned()),
+        "REDIRECT_URI" => Some("https://keys.example.com/oauth2/callback".to_owned()),
+        _ => None,
+    };
+    let rule = "[[rule]]\nname = \"a\"\nissuer = \"okta\"\ndomains = [\"example.com\"]\n";
+    // Every problem of the file at once...
+    std::fs::write(
+        &path,
+        format!(
+            "[[issuer]]\nname = \"okta\"\nurl = \"https://corp.okta.com\"\nclient_id = \"abc\"\nclient_secret_file = \"/nonexistent/okta-secret\"\n\n\
+             [[issuer]]\nname = \"keycloak\"\nurl = \"https://sso.example.com/realms/x\"\nclient_id = \"ghi\"\n\n{rule}"
+        ),
+    )
+    .unwrap();
+    let error = openai_key_server::config::Config::from_lookup(lookup)
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "issuer \"okta\": client_secret_file: cannot read /nonexistent/okta-secret",
+        "issuer \"keycloak\": client_id, client_secret_file: people's sign-in needs both",
+    ] {
+        assert!(error.contains(expected), "{expected} in:\n{error}");
+    }
+    // ... then, with the environment's, the redirect URI.
+    std::fs::write(
+        &path,
+        format!(
+            "[[issuer]]\nname = \"okta\"\nurl = \"https://corp.okta.com\"\nclient_id = \"def\"\nclient_secret_file = \"{}\"\nredirect_uri = \"https://evil.example/oauth2/callback\"\n\n{rule}",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let error = openai_key_server::config::Config::from_lookup(lookup)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("issuer \"okta\": redirect_uri: must be this server's callback"),
+        "{error}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
 async fn a_policy_file_with_problems_stops_the_server_naming_each() {
     let path = std::env::temp_dir().join(format!("oks-policy-{:x}.toml", rand::random::<u64>()));
     std::fs::write(
@@ -456,4 +505,244 @@ ttl = "2h"
     );
     assert!(app.accounts().is_empty());
     let _ = std::fs::remove_file(path);
+}
+
+/// A second provider people sign in through (an organisation's own, like
+/// Okta), served on a port of its own.
+pub(crate) async fn second_provider(
+    sandbox: &sandbox::Sandbox,
+) -> (sandbox::oidc::FakeOidc, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let okta = sandbox::oidc::FakeOidc::new(
+        sandbox::oidc::Config::default(),
+        sandbox.clock.clone(),
+        url::Url::parse(&origin).unwrap(),
+    );
+    let router = okta.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (okta, origin)
+}
+
+/// Signs `identity` in through the issuer named `issuer` in `browser`.
+async fn sign_in_through(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    issuer: &str,
+    provider: &sandbox::oidc::FakeOidc,
+    identity: Identity,
+) -> KeyPage {
+    provider.queue_identity(identity);
+    let start = browser
+        .get(app.url(&format!("/?issuer={issuer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::FOUND, "{issuer}");
+    let authorization = location(&start);
+    assert!(
+        authorization.starts_with(provider.origin().trim_end_matches('/')),
+        "{authorization} is {issuer}'s"
+    );
+    let callback = app.authorize_with(browser, &authorization).await;
+    KeyPage::read(browser.get(&callback).send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn people_sign_in_through_either_issuer_and_each_rule_is_its_issuers() {
+    let sandbox = sandbox::Sandbox::start().await.unwrap();
+    let (okta, origin) = second_provider(&sandbox).await;
+    let secret = std::env::temp_dir().join(format!("oks-okta-{:x}", rand::random::<u64>()));
+    std::fs::write(&secret, format!("{}\n", okta.client_secret())).unwrap();
+    let policy = format!(
+        r#"
+[[issuer]]
+name = "google"
+url = "https://accounts.google.com"
+
+[[issuer]]
+name = "okta"
+url = "{origin}"
+client_id = "{client_id}"
+client_secret_file = "{secret}"
+groups_claim = "groups"
+
+[[rule]]
+name = "okta-data"
+issuer = "okta"
+groups = ["data"]
+ttl = "2h"
+
+[[rule]]
+name = "okta-staff"
+issuer = "okta"
+domains = ["corp.test"]
+ttl = "3h"
+
+[[rule]]
+name = "google-staff"
+issuer = "google"
+domains = ["example.com"]
+ttl = "1h"
+"#,
+        client_id = okta.client_id(),
+        secret = secret.display(),
+    );
+    let path = std::env::temp_dir().join(format!("oks-policy-{:x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, policy).unwrap();
+    let options = Options::default()
+        .set("POLICY_FILE", path.to_str().unwrap())
+        .set("ALLOWED_USERS", "")
+        .set("ALLOWED_DOMAINS", "");
+    let app = TestApp::spawn_on(sandbox, options).await;
+    okta.allow_redirect_uri(&app.url("/oauth2/callback"));
+    let google = &app.sandbox.oidc;
+
+    // Not signed in: a choice, and nothing started yet.
+    let chooser = KeyPage::read(browser().get(app.url("/")).send().await.unwrap()).await;
+    assert_eq!(chooser.status, StatusCode::OK);
+    assert!(
+        chooser.body.contains("href=\"/?issuer=okta\""),
+        "{}",
+        chooser.body
+    );
+    assert!(chooser.body.contains("href=\"/?issuer=google\""));
+    assert_eq!(okta.journal().count("GET /o/oauth2/v2/auth"), 0);
+
+    let lifetime = |app: &TestApp, owner: &str| {
+        let account = app
+            .accounts()
+            .into_iter()
+            .find(|a| a.name.ends_with(&format!(".{owner}")))
+            .unwrap_or_else(|| panic!("an account of {owner}"));
+        account.keys[0].expires_at.unwrap() - account.created_at
+    };
+    // Okta's own accounts: by group, then by the verified address's
+    // domain (Okta has no hd, and manages every account it signs in).
+    let page = sign_in_through(
+        &app,
+        &browser(),
+        "okta",
+        &okta,
+        Identity::consumer("dana@corp.test").with_groups(&["data"]),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(lifetime(&app, "dana@corp.test"), 2 * 3600);
+    let page = sign_in_through(
+        &app,
+        &browser(),
+        "okta",
+        &okta,
+        Identity::consumer("olga@corp.test"),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(lifetime(&app, "olga@corp.test"), 3 * 3600);
+
+    // Google's, under Google's rule only.
+    let page = sign_in_through(
+        &app,
+        &browser(),
+        "google",
+        google,
+        Identity::workspace("sam@example.com"),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(lifetime(&app, "sam@example.com"), 3600);
+    let accounts = app.accounts().len();
+    for (issuer, provider, who) in [
+        (
+            "google",
+            google,
+            Identity::workspace("olga@corp.test").with_groups(&["data"]),
+        ),
+        ("okta", &okta, Identity::workspace("sam@example.com")),
+    ] {
+        let page = sign_in_through(&app, &browser(), issuer, provider, who).await;
+        assert_eq!(
+            page.status,
+            StatusCode::FORBIDDEN,
+            "{issuer}: {}",
+            page.body
+        );
+    }
+    assert_eq!(
+        app.accounts().len(),
+        accounts,
+        "a rule is its issuer's only"
+    );
+
+    // A command line's sign-in offers the same choice, and keeps its
+    // parameters through it.
+    let cli = "/cli/login?port=53682&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&state=abcdefghijklmnop";
+    let chooser = KeyPage::read(browser().get(app.url(cli)).send().await.unwrap()).await;
+    assert_eq!(chooser.status, StatusCode::OK, "{}", chooser.body);
+    assert!(
+        chooser.body.contains(&format!(
+            "href=\"{}&#38;issuer=okta\"",
+            cli.replace('&', "&#38;")
+        )),
+        "{}",
+        chooser.body
+    );
+    let through = browser()
+        .get(app.url(&format!("{cli}&issuer=okta")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through.status(), StatusCode::FOUND);
+    assert!(location(&through).starts_with(&origin));
+
+    // An issuer the server does not have.
+    let unknown = KeyPage::read(
+        browser()
+            .get(app.url("/?issuer=nope"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(unknown.body.contains("No such sign-in"));
+    app.assert_no_secrets_logged(&[&okta.client_secret()]);
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(secret);
+}
+
+#[test]
+fn the_readme_policy_example_is_a_valid_policy() {
+    let text = crate::recipes::recipe("policy");
+    let defaults = openai_key_server::access::Defaults {
+        lifetime: std::time::Duration::from_secs(86_400),
+        cap: 5,
+        per_hour: 20,
+    };
+    // Its one problem here: the Okta client secret is not on this machine.
+    let problems =
+        openai_key_server::access::parse_policy(&text, "README.md", defaults).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(
+            "issuer \"okta\": client_secret_file: cannot read /run/secrets/okta-client-secret"
+        ),
+        "{problems:?}"
+    );
+    let secret = std::env::temp_dir().join(format!("oks-readme-{:x}", rand::random::<u64>()));
+    std::fs::write(&secret, "secret").unwrap();
+    let text = text.replace("/run/secrets/okta-client-secret", secret.to_str().unwrap());
+    let file = openai_key_server::access::parse_policy(&text, "README.md", defaults).unwrap();
+    let names: Vec<&str> = file.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ci-evals",
+            "data-team",
+            "okta-engineering",
+            "interns",
+            "staff"
+        ]
+    );
+    let _ = std::fs::remove_file(secret);
 }
