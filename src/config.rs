@@ -272,6 +272,8 @@ pub struct BrowserIssuer {
     pub redirect_uri: String,
     /// The ID token claim that lists groups.
     pub groups_claim: Option<String>,
+    /// The ID token claim that names the organisation's domain.
+    pub domain_claim: Option<String>,
 }
 
 /// One thing wrong with the environment.
@@ -818,6 +820,7 @@ impl Config {
                     client_secret: secret,
                     redirect_uri,
                     groups_claim: issuer.groups_claim.clone(),
+                    domain_claim: issuer.domain_claim.clone(),
                 })
             })
             .collect::<Vec<_>>();
@@ -1019,9 +1022,36 @@ impl Config {
         }
     }
 
+    /// The policy these settings make: the rules, `ALLOW_UNMANAGED_EMAILS`,
+    /// `ADMIN_USERS`, and the issuers that manage their accounts. The one
+    /// the server decides with, and `explain` too.
+    pub fn policy(&self) -> crate::access::Policy {
+        crate::access::Policy::new(
+            self.rules(),
+            self.allow_unmanaged_emails,
+            self.admins.clone(),
+        )
+        .with_managed_issuers(
+            self.issuers()
+                .iter()
+                .filter(|i| i.browser.is_some() && i.managed)
+                .map(|i| i.name.clone()),
+        )
+    }
+
     /// The policy file's issuers (none without one).
     pub fn issuers(&self) -> &[crate::access::IssuerSpec] {
         self.policy_file.as_ref().map_or(&[], |file| &file.issuers)
+    }
+
+    /// The domain claim of the environment's issuer, if the policy file
+    /// gives one.
+    pub fn env_domain_claim(&self) -> Option<String> {
+        self.issuers()
+            .iter()
+            .find(|issuer| issuer.name == crate::access::ENV_ISSUER)?
+            .domain_claim
+            .clone()
     }
 
     /// The groups claim of the environment's issuer, if the policy file

@@ -162,6 +162,7 @@ impl Application {
                 redirect_uri: config.redirect_uri_text.clone(),
                 name: access::ENV_ISSUER.to_owned(),
                 groups_claim: config.env_groups_claim(),
+                domain_claim: config.env_domain_claim(),
             },
         );
         let providers = oidc::Providers::new(
@@ -182,6 +183,7 @@ impl Application {
                             redirect_uri: issuer.redirect_uri.clone(),
                             name: issuer.name.clone(),
                             groups_claim: issuer.groups_claim.clone(),
+                            domain_claim: issuer.domain_claim.clone(),
                         },
                     )
                 })
@@ -224,18 +226,7 @@ impl Application {
             }
         };
         let issuance = issuance::Issuance::new(
-            access::Policy::new(
-                config.rules(),
-                config.allow_unmanaged_emails,
-                config.admins.clone(),
-            )
-            .with_managed_issuers(
-                config
-                    .issuers()
-                    .iter()
-                    .filter(|i| i.browser.is_some() && i.managed)
-                    .map(|i| i.name.clone()),
-            ),
+            config.policy(),
             projects.clone(),
             Arc::new(limits::Limits::new(&config)),
             issuance::Pages {

@@ -111,6 +111,9 @@ pub struct Settings {
     pub name: String,
     /// The ID token claim that lists the person's groups, if any.
     pub groups_claim: Option<String>,
+    /// The ID token claim that names the organisation's domain of a
+    /// managed account (Google's `hd` when `None`).
+    pub domain_claim: Option<String>,
 }
 
 /// Every issuer people sign in through: the environment's first, then the
@@ -362,6 +365,7 @@ impl Provider {
                 nonce,
                 issuer_name: &self.inner.settings.name,
                 groups_claim: self.inner.settings.groups_claim.as_deref(),
+                domain_claim: self.inner.settings.domain_claim.as_deref(),
             },
             &self.inner.jwks,
             &metadata.jwks_uri,

@@ -24,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
         accepted_issuers: &issuers,
         client_id: "client",
         nonce: "n0nce",
+        issuer_name: "google",
+        groups_claim: Some("groups"),
+        domain_claim: None,
     };
     let now = UNIX_EPOCH + Duration::from_secs(1_764_000_100);
     let _ = header(token);

@@ -31,6 +31,9 @@ pub struct IssuerSpec {
     pub url: String,
     /// The ID token claim that lists groups.
     pub groups_claim: Option<String>,
+    /// The ID token claim that names the organisation's domain of an
+    /// account, for domain rules (Google's signed `hd` when none).
+    pub domain_claim: Option<String>,
     /// For an issuer of CI jobs' tokens: what they must say.
     pub workload: Option<WorkloadSpec>,
     /// For an issuer people sign in through, other than the environment's:
@@ -161,6 +164,8 @@ struct IssuerToml {
     url: String,
     #[serde(default)]
     groups_claim: Option<String>,
+    #[serde(default)]
+    domain_claim: Option<String>,
     #[serde(default)]
     audience: Option<String>,
     #[serde(default)]
@@ -359,6 +364,11 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 "{at}: managed: for the environment's issuer, ALLOW_UNMANAGED_EMAILS says whether a listed address needs the provider to manage it"
             ));
         }
+        if workload.is_some() && issuer.domain_claim.is_some() {
+            problems.push(format!(
+                "{at}: domain_claim: only for issuers people sign in through"
+            ));
+        }
         if workload.is_some() && issuer.managed.is_some() {
             problems.push(format!(
                 "{at}: managed: only for issuers people sign in through"
@@ -372,6 +382,7 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
             name: issuer.name,
             url: issuer.url,
             groups_claim: issuer.groups_claim.filter(|c| !c.is_empty()),
+            domain_claim: issuer.domain_claim.filter(|c| !c.is_empty()),
             workload,
             browser,
             managed: issuer.managed.unwrap_or(!is_google),

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::access::{Grant, Miss, Policy, Rule, Workload};
+use crate::access::{Grant, Miss, Rule, Workload};
 use crate::identity::{EmailAddress, Identity, Owner};
 
 /// Arguments of `explain`.
@@ -43,11 +43,7 @@ pub(super) fn run(args: Args) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let policy = Policy::new(
-        config.rules(),
-        config.allow_unmanaged_emails,
-        config.admins.clone(),
-    );
+    let policy = config.policy();
     let source = config.policy_path.as_deref().map_or_else(
         || "the allow-list variables".to_owned(),
         |p| format!("policy file {p}"),

@@ -29,6 +29,9 @@ pub struct Expectations<'a> {
     pub issuer_name: &'a str,
     /// The claim that lists the person's groups, if the issuer has one.
     pub groups_claim: Option<&'a str>,
+    /// The claim that names the organisation's domain of a managed account
+    /// (Google's `hd` when `None`).
+    pub domain_claim: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +257,14 @@ fn check(
             .and_then(|e| EmailAddress::parse(e).ok()),
         email_claim: claims.email,
         email_verified,
-        hosted_domain: claims.hd,
+        hosted_domain: match expect.domain_claim {
+            None | Some("hd") => claims.hd,
+            Some(name) => claims
+                .extra
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+        },
         issuer: expect.issuer_name.to_owned(),
         groups: match expect.groups_claim {
             Some(name) => groups_of(claims.extra.get(name)),
@@ -311,6 +321,7 @@ mod tests {
         let expect = Expectations {
             issuer_name: "google",
             groups_claim: Some("groups"),
+            domain_claim: None,
             accepted_issuers: &issuers,
             client_id: "client",
             nonce: "n",
@@ -324,6 +335,18 @@ mod tests {
         });
         let identity = verify_with_key(&sign(&pair, &header, &claims), key, &expect, now).unwrap();
         assert_eq!(identity.email.unwrap().as_str(), "a@example.com");
+
+        // Another provider's claim for the organisation's domain.
+        let mut with_domain = claims.clone();
+        with_domain["org_domain"] = json!("corp.test");
+        with_domain["hd"] = json!("ignored.test");
+        let elsewhere = Expectations {
+            domain_claim: Some("org_domain"),
+            ..expect
+        };
+        let identity =
+            verify_with_key(&sign(&pair, &header, &with_domain), key, &elsewhere, now).unwrap();
+        assert_eq!(identity.hosted_domain.as_deref(), Some("corp.test"));
 
         for (field, value) in [
             ("iss", json!("https://other.test")),

@@ -746,3 +746,168 @@ fn the_readme_policy_example_is_a_valid_policy() {
     );
     let _ = std::fs::remove_file(secret);
 }
+
+#[tokio::test]
+async fn an_issuer_that_is_not_managed_needs_its_domain_claim_for_a_domain_rule() {
+    let sandbox = sandbox::Sandbox::start().await.unwrap();
+    let (okta, origin) = second_provider(&sandbox).await;
+    let secret = std::env::temp_dir().join(format!("oks-okta-{:x}", rand::random::<u64>()));
+    std::fs::write(&secret, okta.client_secret()).unwrap();
+    let policy = format!(
+        "[[issuer]]\nname = \"social\"\nurl = \"{origin}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\nmanaged = false\ndomain_claim = \"hd\"\n\n\
+         [[rule]]\nname = \"corp\"\nissuer = \"social\"\ndomains = [\"corp.test\"]\n",
+        okta.client_id(),
+        secret.display()
+    );
+    let path = std::env::temp_dir().join(format!("oks-policy-{:x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, policy).unwrap();
+    let app = TestApp::spawn_on(
+        sandbox,
+        Options::default()
+            .set("POLICY_FILE", path.to_str().unwrap())
+            .set("ALLOWED_USERS", "")
+            .set("ALLOWED_DOMAINS", ""),
+    )
+    .await;
+    okta.allow_redirect_uri(&app.url("/oauth2/callback"));
+    // Anyone may sign up with a corp.test address there: without the
+    // signed domain claim, the address's domain proves nothing.
+    let page = sign_in_through(
+        &app,
+        &browser(),
+        "social",
+        &okta,
+        Identity::consumer("eve@corp.test"),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    assert!(app.accounts().is_empty());
+    let page = sign_in_through(
+        &app,
+        &browser(),
+        "social",
+        &okta,
+        Identity::workspace("ann@corp.test"),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(secret);
+}
+
+/// `openai-key-server explain ARGS` with the policy file `policy`: exit
+/// code and standard output.
+fn explain(policy: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_openai-key-server"))
+        .arg("explain")
+        .args(args)
+        .env_clear()
+        .env("POLICY_FILE", policy)
+        .env("OPENAI_MANAGEMENT_KEY", "sk-admin-test")
+        .env("CLIENT_ID", "id")
+        .env("CLIENT_SECRET", "secret")
+        .env("REDIRECT_URI", "https://keys.example.com/oauth2/callback")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_names_the_rule_a_person_or_a_job_gets_or_why_none() {
+    let path = std::env::temp_dir().join(format!("oks-policy-{:x}.toml", rand::random::<u64>()));
+    std::fs::write(
+        &path,
+        r#"
+[[issuer]]
+name = "google"
+url = "https://accounts.google.com"
+groups_claim = "groups"
+
+[[issuer]]
+name = "github"
+url = "https://token.actions.githubusercontent.com"
+audience = "https://keys.example.com"
+
+[[rule]]
+name = "ci-evals"
+issuer = "github"
+claims = { repository_id = "123456", ref = "refs/heads/*" }
+ttl = "1h"
+scopes = ["api.model.request"]
+
+[[rule]]
+name = "data-team"
+issuer = "google"
+groups = ["data@example.com"]
+project_name = "data"
+ttl = "8h"
+"#,
+    )
+    .unwrap();
+    let (code, out, _) = explain(
+        &path,
+        &["--email", "dana@example.com", "--group", "data@example.com"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1. ci-evals: skipped, it is for issuer github"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2. data-team MATCHES: dana@example.com gets keys of 8 hours"),
+        "{out}"
+    );
+    assert!(out.contains("project named \"data\""), "{out}");
+
+    let (code, out, _) = explain(&path, &["--email", "eve@example.com"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("No rule matches: refused"), "{out}");
+
+    let (code, out, _) = explain(
+        &path,
+        &[
+            "--issuer",
+            "github",
+            "--claim",
+            "repository_id=123456",
+            "--claim",
+            "ref=refs/heads/main",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ci-evals MATCHES: github:123456 gets keys of 1 hour"),
+        "{out}"
+    );
+    assert!(out.contains("scopes api.model.request"), "{out}");
+
+    let (code, out, _) = explain(
+        &path,
+        &[
+            "--issuer",
+            "github",
+            "--claim",
+            "repository_id=123456",
+            "--claim",
+            "ref=refs/pull/1/merge",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("its ref claim is \"refs/pull/1/merge\""),
+        "{out}"
+    );
+
+    let (code, _, err) = explain(&path, &["--issuer", "github", "--email", "a@example.com"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("give the token's claims with --claim"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(path);
+}
