@@ -271,7 +271,7 @@ impl Policy {
         let mut refusal: Option<Refusal> = skipped;
         for rule in rules.into_iter().map(|i| &self.rules[i]) {
             match self.try_rule(rule, identity) {
-                Ok(owner) => return Ok(self.grant(rule, owner)),
+                Ok(owner) => return Ok(self.grant(rule, owner, &identity.issuer)),
                 Err(Miss::OtherIssuer) => {}
                 Err(Miss::Refused(reason)) => {
                     // The most telling reason: a rule that named the person
@@ -296,7 +296,7 @@ impl Policy {
         for rule in &self.rules {
             let outcome = self
                 .try_rule(rule, identity)
-                .map(|owner| self.grant(rule, owner));
+                .map(|owner| self.grant(rule, owner, &identity.issuer));
             let matched = outcome.is_ok();
             lines.push((rule, outcome));
             if matched {
@@ -387,9 +387,12 @@ impl Policy {
         }
     }
 
-    fn grant(&self, rule: &Rule, owner: EmailAddress) -> Grant {
+    /// `ADMIN_USERS` names addresses of the environment's issuer only: the
+    /// same address through another provider (one anyone could sign up
+    /// to) is not that admin.
+    fn grant(&self, rule: &Rule, owner: EmailAddress, issuer: &str) -> Grant {
         Grant {
-            admin: rule.admin || self.admins.contains(&owner),
+            admin: rule.admin || (issuer == ENV_ISSUER && self.admins.contains(&owner)),
             owner: owner.into(),
             rule: rule.name.clone(),
             lifetime: rule.lifetime,
@@ -798,6 +801,29 @@ admin = true
                 &["data@example.com"]
             )),
             Err(Refusal::EmailNotVerified)
+        );
+    }
+
+    #[test]
+    fn admin_users_are_the_environment_issuers_people_only() {
+        let mut okta = rule_of(1, "okta", &["carol@example.com"], &[], &[], &[]);
+        okta.name = "okta-staff".into();
+        let staff = rule_of(0, ENV_ISSUER, &[], &["example.com"], &[], &[]);
+        let admins: BTreeSet<EmailAddress> =
+            [EmailAddress::parse("carol@example.com").unwrap()].into();
+        let policy =
+            Policy::new(vec![staff, okta], true, admins).with_managed_issuers(["okta".to_owned()]);
+        let carol = who("carol@example.com", true, Some("example.com"));
+        assert!(policy.decide(&carol).unwrap().admin);
+        let elsewhere = Identity {
+            issuer: "okta".into(),
+            ..carol
+        };
+        let grant = policy.decide(&elsewhere).unwrap();
+        assert_eq!(grant.rule, "okta-staff");
+        assert!(
+            !grant.admin,
+            "the same address through another issuer is not that admin"
         );
     }
 

@@ -896,6 +896,20 @@ impl Config {
                 ));
             }
         }
+        for issuer in policy_file.iter().flat_map(|f| &f.issuers) {
+            if issuer.name == crate::access::ENV_ISSUER
+                && oidc_issuer.as_ref().is_some_and(|env| {
+                    env.as_str().trim_end_matches('/') != issuer.url.trim_end_matches('/')
+                })
+            {
+                warnings.push(format!(
+                    "{}: issuer \"google\" names url {}, but people sign in through {} (OIDC_ISSUER_URL); the block's url is not used, only its claims settings",
+                    vars::POLICY_FILE,
+                    issuer.url,
+                    oidc_issuer.as_ref().map_or("", |u| u.as_str()),
+                ));
+            }
+        }
         if r.get(vars::GOOGLE_TOKEN_AUDIENCE).is_some() {
             warnings.push(format!(
                 "{} is ignored: the signing keys come from the issuer's discovery document",

@@ -432,7 +432,7 @@ impl Issuance {
             .issue_under(&grant.rule)
             .check(grant.owner.as_str(), now)
             .map_err(|retry_after| Error::RateLimited {
-                what: "keys per person",
+                what: "keys per holder",
                 retry_after,
             })?;
         let reservation = keys

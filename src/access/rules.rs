@@ -136,6 +136,19 @@ impl WorkloadSpec {
     }
 }
 
+/// Claims that say whose a job is: a job rule must match one of them
+/// exactly, or it would admit jobs of anyone.
+const IDENTIFYING_CLAIMS: [&str; 8] = [
+    "repository_id",
+    "repository_owner_id",
+    "repository",
+    "repository_owner",
+    "project_id",
+    "namespace_id",
+    "project_path",
+    "namespace_path",
+];
+
 /// Default of `max_token_age`: GitHub's tokens live five minutes.
 pub(super) const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(600);
 
@@ -235,6 +248,7 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
     let mut problems = Vec::new();
     let mut issuers = Vec::new();
     let mut names = BTreeSet::new();
+    let mut urls = BTreeSet::new();
     for issuer in parsed.issuer {
         let at = format!("{file}: issuer {:?}", issuer.name);
         if !names.insert(issuer.name.clone()) {
@@ -356,8 +370,33 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 })
             }
         };
-        if url::Url::parse(&issuer.url).is_err() {
-            problems.push(format!("{at}: url: {:?} is not a URL", issuer.url));
+        match url::Url::parse(&issuer.url) {
+            Err(_) => problems.push(format!("{at}: url: {:?} is not a URL", issuer.url)),
+            Ok(url) => {
+                // Every identity rests on the keys its discovery names: never
+                // fetched in clear text across a network.
+                let local_http = url.scheme() == "http" && crate::upstream::is_loopback(&url);
+                if url.scheme() != "https" && !local_http {
+                    problems.push(format!(
+                        "{at}: url: must be https (http only for 127.0.0.1, ::1 and localhost): its discovery document and keys decide who someone is"
+                    ));
+                }
+                if !url.username().is_empty()
+                    || url.password().is_some()
+                    || url.query().is_some()
+                    || url.fragment().is_some()
+                {
+                    problems.push(format!(
+                        "{at}: url: give the issuer URL only, with no user, password, query or fragment"
+                    ));
+                }
+                let normalised = issuer.url.trim_end_matches('/').to_owned();
+                if issuer.name != ENV_ISSUER && !urls.insert(normalised) {
+                    problems.push(format!(
+                        "{at}: url: another issuer has this URL; a token names its issuer by URL, so each may appear once"
+                    ));
+                }
+            }
         }
         if issuer.name == ENV_ISSUER && issuer.managed.is_some() {
             problems.push(format!(
@@ -374,10 +413,6 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 "{at}: managed: only for issuers people sign in through"
             ));
         }
-        // Google says whether it manages an address (hd); an organisation's
-        // own provider signs in its own accounts only.
-        let is_google =
-            url::Url::parse(&issuer.url).is_ok_and(|u| u.host_str() == Some("accounts.google.com"));
         issuers.push(IssuerSpec {
             name: issuer.name,
             url: issuer.url,
@@ -385,12 +420,23 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
             domain_claim: issuer.domain_claim.filter(|c| !c.is_empty()),
             workload,
             browser,
-            managed: issuer.managed.unwrap_or(!is_google),
+            // Opt-in: a provider anyone can join (a social login, a public
+            // GitLab) must not vouch for an organisation's addresses.
+            managed: issuer.managed.unwrap_or(false),
         });
     }
     let workload_issuers: BTreeSet<String> = issuers
         .iter()
         .filter(|i| i.workload.is_some())
+        .map(|i| i.name.clone())
+        .collect();
+    let owner_claims: BTreeMap<String, String> = issuers
+        .iter()
+        .filter_map(|i| Some((i.name.clone(), i.workload.as_ref()?.owner_claim.clone()?)))
+        .collect();
+    let with_groups: BTreeSet<String> = issuers
+        .iter()
+        .filter(|i| i.groups_claim.is_some())
         .map(|i| i.name.clone())
         .collect();
     let mut rules = Vec::new();
@@ -468,7 +514,11 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 toml::Value::Boolean(flag) => Some(flag.to_string()),
                 _ => None,
             };
-            if name == "sub" {
+            if ["aud", "exp", "iat", "nbf", "jti"].contains(&name.as_str()) {
+                problems.push(format!(
+                    "{at}: claims: {name}: checked for every token (or unique to each); a rule matches what the job is, like repository_id, ref or environment"
+                ));
+            } else if name == "sub" {
                 problems.push(format!(
                     "{at}: claims: sub: GitHub's sub has two forms (repositories since 2026-07-15 carry ids in it), and a rule on one silently stops matching under the other; match repository_id, repository_owner_id, ref, environment or job_workflow_ref"
                 ));
@@ -483,6 +533,24 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                     "{at}: claims: {name}: give a non-empty string (exact, or a glob with * and ?), a number or a boolean"
                 )),
             }
+        }
+        if for_jobs
+            && !claims.is_empty()
+            && !claims.iter().any(|(name, pattern)| {
+                !pattern.is_glob()
+                    && (IDENTIFYING_CLAIMS.contains(&name.as_str())
+                        || owner_claims.get(&raw.issuer) == Some(name))
+            })
+        {
+            problems.push(format!(
+                "{at}: claims: name the job's owner exactly (repository_id or repository_owner_id for GitHub, project_id or namespace_id for GitLab; or repository, repository_owner, project_path, namespace_path): any job anywhere can ask its issuer for a token of this audience"
+            ));
+        }
+        if !groups.is_empty() && !for_jobs && !with_groups.contains(&raw.issuer) {
+            problems.push(format!(
+                "{at}: groups: issuer {:?} has no groups_claim, so nobody would ever be in a group; give the issuer the ID token claim that lists groups (Okta, Entra ID and Keycloak have one; Google has none)",
+                raw.issuer
+            ));
         }
         let project = match (raw.project, raw.project_name) {
             (None, None) => ProjectChoice::Default,
@@ -705,6 +773,68 @@ claims = { ref = "main" }
         ] {
             assert!(problems.contains(expected), "{expected} in:\n{problems}");
         }
+    }
+
+    #[test]
+    fn rules_that_would_admit_strangers_or_never_match_are_refused() {
+        let problems = parse(
+            r#"
+[[issuer]]
+name = "github"
+url = "https://token.actions.githubusercontent.com"
+audience = "https://keys.example.com"
+
+[[issuer]]
+name = "gitlab"
+url = "http://gitlab.internal"
+audience = "https://keys.example.com"
+
+[[issuer]]
+name = "github2"
+url = "https://token.actions.githubusercontent.com/"
+audience = "https://other.example.com"
+
+[[rule]]
+name = "main-anywhere"
+issuer = "github"
+claims = { ref = "refs/heads/main" }
+
+[[rule]]
+name = "any-repo"
+issuer = "github"
+claims = { repository_id = "*", ref = "refs/heads/main" }
+
+[[rule]]
+name = "on-aud"
+issuer = "github"
+claims = { repository_id = "1", aud = "x" }
+
+[[rule]]
+name = "fine"
+issuer = "github"
+claims = { repository_owner_id = "42", ref = "refs/heads/*" }
+
+[[rule]]
+name = "groups-nobody-has"
+issuer = "google"
+groups = ["eng@example.com"]
+"#,
+            "p.toml",
+            DEFAULTS,
+        )
+        .unwrap_err()
+        .join("\n");
+        for expected in [
+            "rule \"main-anywhere\": claims: name the job's owner exactly",
+            "rule \"any-repo\": claims: name the job's owner exactly",
+            "rule \"on-aud\": claims: aud",
+            "issuer \"gitlab\": url: must be https",
+            "issuer \"github2\": url: another issuer has this URL",
+            "rule \"groups-nobody-has\": groups: issuer \"google\" has no groups_claim",
+        ] {
+            assert!(problems.contains(expected), "{expected} in:\n{problems}");
+        }
+        assert!(!problems.contains("rule \"fine\""), "{problems}");
     }
 
     #[test]

@@ -286,6 +286,13 @@ pub(super) async fn start(
         issuer,
     } = start;
     let back = back.as_str();
+    // An issuer this server does not have goes no further, not even into
+    // a redirect.
+    if let Some(name) = issuer.as_deref()
+        && state.providers.get(name).is_none()
+    {
+        return Err(HttpError::UnknownIssuer(name.chars().take(32).collect()));
+    }
     if let Some(home) = elsewhere(state, headers) {
         let back = match &issuer {
             Some(issuer) => format!(

@@ -608,7 +608,7 @@ async fn with_two_issuers_a_person_picks_one_and_signs_in_through_it() {
     let secret = std::env::temp_dir().join(format!("oks-okta-{:x}", rand::random::<u64>()));
     std::fs::write(&secret, okta.client_secret()).unwrap();
     let policy = format!(
-        "[[issuer]]\nname = \"okta\"\nurl = \"{origin}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\n\n\
+        "[[issuer]]\nname = \"okta\"\nurl = \"{origin}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\nmanaged = true\n\n\
          [[rule]]\nname = \"okta-staff\"\nissuer = \"okta\"\ndomains = [\"corp.test\"]\nttl = \"3h\"\n\n\
          [[rule]]\nname = \"google-staff\"\nissuer = \"google\"\ndomains = [\"example.com\"]\nttl = \"1h\"\n",
         okta.client_id(),

@@ -566,6 +566,7 @@ url = "{origin}"
 client_id = "{client_id}"
 client_secret_file = "{secret}"
 groups_claim = "groups"
+managed = true
 
 [[rule]]
 name = "okta-data"
