@@ -506,6 +506,20 @@ impl Rule {
 }
 
 impl Refusal {
+    /// A word for it, for metrics and machines.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoEmail => "no_email",
+            Self::EmailNotVerified => "email_not_verified",
+            Self::NotManagedByDomain { .. } => "not_managed_by_domain",
+            Self::Unmanaged => "unmanaged",
+            Self::NotAllowed => "not_allowed",
+            Self::NotInGroup => "not_in_group",
+            Self::ClaimMismatch { .. } => "claim_mismatch",
+            Self::NoRuleForIssuer(_) => "no_rule_for_issuer",
+        }
+    }
+
     /// How much a refusal tells the person about their own account.
     fn weight(&self) -> u8 {
         match self {

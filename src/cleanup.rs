@@ -35,6 +35,8 @@ pub struct Cleanup {
     /// Told of each sweep that did work, so that the heap is trimmed after
     /// a burst of deletes as after a burst of requests.
     activity: crate::memory::Activity,
+    /// Where runs are counted.
+    metrics: crate::metrics::Metrics,
 }
 
 /// The last sweep asked for from outside.
@@ -74,7 +76,15 @@ impl Cleanup {
             running: Arc::default(),
             requested: Arc::default(),
             activity: crate::memory::Activity::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Counts its runs in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Notes each sweep that did work in `activity` (by default, in a
@@ -83,6 +93,19 @@ impl Cleanup {
     pub fn with_activity(mut self, activity: crate::memory::Activity) -> Self {
         self.activity = activity;
         self
+    }
+
+    fn count(&self, kind: &'static str, outcome: &Outcome, took: Duration) {
+        match outcome {
+            Ok(report) => self.metrics.sweep(
+                kind,
+                report.list_error.is_none() && report.failed == 0,
+                took,
+                report.deleted,
+                report.failed,
+            ),
+            Err(_) => self.metrics.sweep(kind, false, took, 0, 0),
+        }
     }
 
     /// Runs a full sweep now, or joins the one already running. The sweep
@@ -101,7 +124,9 @@ impl Cleanup {
                     // Cleared even if the sweep panics, so that no later
                     // caller waits for a sweep that will never report.
                     let slot = ClearOnDrop(Arc::clone(&this.running));
+                    let started = std::time::Instant::now();
                     let outcome = this.keys.sweep(this.clock.now()).await;
+                    this.count("full", &outcome, started.elapsed());
                     // Clear the slot before sending: whoever subscribed
                     // before this point gets the outcome, whoever comes after
                     // starts a fresh sweep.
@@ -175,7 +200,10 @@ impl Cleanup {
                 if full {
                     self.run_now().await
                 } else {
-                    self.keys.delete_due(now).await
+                    let started = std::time::Instant::now();
+                    let outcome = self.keys.delete_due(now).await;
+                    self.count("due", &outcome, started.elapsed());
+                    outcome
                 }
             };
             // A sweep in progress does not hold up shutdown: deletes are

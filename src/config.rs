@@ -94,6 +94,8 @@ pub mod vars {
     pub const ISSUE_ON_SIGN_IN: &str = "ISSUE_ON_SIGN_IN";
     /// Oldest listing, in seconds, that a page listing keys may show.
     pub const LISTING_MAX_AGE: &str = "LISTING_MAX_AGE";
+    /// Where `/metrics` is served instead of the main listener.
+    pub const METRICS_ADDRESS: &str = "METRICS_ADDRESS";
     /// Who may use `/revoke`: `public`, `admin` or `off`.
     pub const REVOKE_ENDPOINT: &str = "REVOKE_ENDPOINT";
     /// The policy file (TOML): issuers and rules, instead of the
@@ -249,6 +251,8 @@ pub struct Config {
     pub policy_file: Option<crate::access::PolicyFile>,
     /// Its path, as given.
     pub policy_path: Option<String>,
+    /// Where `/metrics` is served, when not on the main listener.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// The issuers of the policy file people sign in through, besides the
     /// environment's, with their clients.
     pub browser_issuers: Vec<BrowserIssuer>,
@@ -867,6 +871,18 @@ impl Config {
         let device_poll_interval = r.seconds(vars::DEVICE_POLL_INTERVAL, 5, 60);
         let issue_on_sign_in = r.flag(vars::ISSUE_ON_SIGN_IN, true);
         let listing_max_age = r.seconds(vars::LISTING_MAX_AGE, 15, 3_600);
+        let metrics_address = r.get(vars::METRICS_ADDRESS).and_then(|raw| {
+            raw.parse::<std::net::SocketAddr>().map_or_else(
+                |_| {
+                    r.problem(
+                        vars::METRICS_ADDRESS,
+                        format!("must be an address and port such as 127.0.0.1:9090 or [::]:9090, not {raw:?}"),
+                    );
+                    None
+                },
+                Some,
+            )
+        });
         let revoke_endpoint = match r
             .get(vars::REVOKE_ENDPOINT)
             .map(|v| v.to_ascii_lowercase())
@@ -1010,6 +1026,7 @@ impl Config {
                     issue_on_sign_in,
                     listing_max_age,
                     revoke_endpoint,
+                    metrics_address,
                     policy_path: r.get(vars::POLICY_FILE),
                     policy_file,
                     browser_issuers,
@@ -1187,6 +1204,13 @@ impl Config {
             (
                 vars::LISTING_MAX_AGE,
                 self.listing_max_age.as_secs().to_string(),
+            ),
+            (
+                vars::METRICS_ADDRESS,
+                self.metrics_address.map_or_else(
+                    || "(none: /metrics on the main listener)".to_owned(),
+                    |a| a.to_string(),
+                ),
             ),
             (
                 vars::REVOKE_ENDPOINT,

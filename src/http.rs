@@ -81,6 +81,10 @@ pub struct Shared {
     pub cleanup: Cleanup,
     /// Every project of the policy, the server's own first.
     pub projects: crate::projects::Projects,
+    /// What `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
+    /// Whether `/metrics` is on the main listener (no `METRICS_ADDRESS`).
+    pub metrics_on_main: bool,
     /// Time source.
     pub clock: Clock,
     /// Key of the encrypted cookies.
@@ -217,6 +221,13 @@ async fn to_my_keys() -> axum::response::Redirect {
 /// inline script, no framing, forms only back to us.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// `/metrics` alone, for `METRICS_ADDRESS`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .with_state(state)
+}
+
 /// Every route, with its method, and the layers around them.
 pub fn router(state: AppState) -> Router {
     let timing = state.server_timing;
@@ -258,9 +269,16 @@ pub fn router(state: AppState) -> Router {
         RevokeEndpoint::Admin => routes.route("/revoke", post(ops::revoke_as_admin)),
         RevokeEndpoint::Off => routes,
     };
+    if state.metrics_on_main {
+        routes = routes.route("/metrics", get(ops::metrics));
+    }
     let (api, _) = api::routes();
     let routes = routes
         .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::count_request,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(read_body))

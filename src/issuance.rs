@@ -14,6 +14,7 @@ use crate::clock;
 use crate::identity::{Identity, Owner};
 use crate::keys::{IssuedKey, KeyInfo};
 use crate::limits::{ClientAddr, Limits};
+use crate::metrics::{Metrics, RevokedBy};
 use crate::oidc::{self, WorkloadIssuers};
 use crate::projects::{Project, Projects};
 use crate::replay::CompletedLogins;
@@ -201,6 +202,8 @@ struct Inner {
     workloads: WorkloadIssuers,
     /// CI jobs' token ids used on this replica, until the tokens expire.
     spent_job_tokens: CompletedLogins,
+    /// Where issues, refusals, revocations and sign-ins are counted.
+    metrics: Metrics,
 }
 
 /// Whether `at` is at most `max_age` before `now` (or after it).
@@ -225,6 +228,7 @@ impl Issuance {
         pages: Pages,
         cli: CliAuth,
         workloads: WorkloadIssuers,
+        metrics: Metrics,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -241,6 +245,7 @@ impl Issuance {
                 cli,
                 workloads,
                 spent_job_tokens: CompletedLogins::default(),
+                metrics,
             }),
         }
     }
@@ -271,6 +276,22 @@ impl Issuance {
     /// completed only past the allowance, so that flooding that memory
     /// costs allowance like any other failure.
     pub async fn sign_in(
+        &self,
+        client: ClientAddr,
+        login: Login<'_>,
+        now: SystemTime,
+        exchange: impl Future<Output = Result<Identity, oidc::Error>>,
+    ) -> Result<(Identity, Grant), Error> {
+        let signed_in = self.sign_in_once(client, login, now, exchange).await;
+        self.inner.metrics.sign_in(match &signed_in {
+            Ok(_) => "success",
+            Err(Error::Refused { .. }) => "refused",
+            Err(_) => "failed",
+        });
+        self.counted(signed_in)
+    }
+
+    async fn sign_in_once(
         &self,
         client: ClientAddr,
         login: Login<'_>,
@@ -330,8 +351,29 @@ impl Issuance {
         request: &IssueRequest,
         now: SystemTime,
     ) -> Result<IssuedKey, Error> {
-        let grant = self.authorize(identity)?;
-        self.issue_under(&grant, request, now).await
+        let issued = match self.authorize(identity) {
+            Ok(grant) => self.issue_under(&grant, request, now).await,
+            Err(error) => Err(error),
+        };
+        self.counted(issued)
+    }
+
+    /// `result`, its refusal counted by reason.
+    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(error) = &result {
+            let reason = match error {
+                Error::Refused { reason, .. } => reason.code(),
+                Error::CapReached { .. } => "cap_reached",
+                Error::RateLimited { .. } => "rate_limited",
+                Error::LifetimeTooLong { .. } | Error::LifetimeZero => "bad_lifetime",
+                Error::BadJobToken(_) => "invalid_token",
+                Error::TokenReplayed => "token_replayed",
+                Error::NoWorkloadIssuers => "no_job_tokens",
+                _ => return result,
+            };
+            self.inner.metrics.refused(reason);
+        }
+        result
     }
 
     /// Issues a key to the CI job whose OIDC token is `token`, from
@@ -340,6 +382,17 @@ impl Issuance {
     /// see SECURITY.md); then as [`Issuance::issue`]. Failed tokens use up
     /// the address's allowance of failed sign-ins.
     pub async fn issue_for_job(
+        &self,
+        client: ClientAddr,
+        token: &secrecy::SecretString,
+        request: &IssueRequest,
+        now: SystemTime,
+    ) -> Result<(Grant, IssuedKey), Error> {
+        let issued = self.issue_for_job_once(client, token, request, now).await;
+        self.counted(issued)
+    }
+
+    async fn issue_for_job_once(
         &self,
         client: ClientAddr,
         token: &secrecy::SecretString,
@@ -452,6 +505,11 @@ impl Issuance {
             )?
             .await
             .map_err(|_| crate::keys::Error::TaskFailed)??;
+        self.inner.metrics.issued(
+            &grant.rule,
+            grant.owner.is_workload(),
+            !grant.scopes.is_empty(),
+        );
         Ok(issued)
     }
 
@@ -582,11 +640,18 @@ impl Issuance {
         } else {
             "revoke a key"
         };
+        let grant_owner = grant.owner.clone();
         let failed = keys
             .revoke(vec![key.clone()], grant.owner, action, now)
             .await
             .map_err(|_| crate::keys::Error::TaskFailed)??;
         if failed.is_empty() {
+            let by = if any_owner && key.owner != grant_owner {
+                RevokedBy::Admin
+            } else {
+                RevokedBy::Holder
+            };
+            self.inner.metrics.revoked(by, 1);
             Ok(key)
         } else {
             Err(Error::PartlyRevoked {
@@ -677,6 +742,9 @@ impl Issuance {
                 .map_err(|_| crate::keys::Error::TaskFailed)??
                 .len();
         }
+        self.inner
+            .metrics
+            .revoked(RevokedBy::Admin, wanted.saturating_sub(failed));
         if failed == 0 {
             Ok(revoked)
         } else {

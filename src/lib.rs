@@ -20,6 +20,7 @@ pub mod issuance;
 pub mod keys;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod oidc;
 pub mod openai;
 pub mod projects;
@@ -76,14 +77,25 @@ pub fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
 
 /// The parts that talk to OpenAI, shared by `serve` and `cleanup`.
 pub fn keys_for(config: &Config, http: reqwest::Client) -> Keys {
-    keys_in(config, http, config.project.clone())
+    keys_in(
+        config,
+        http,
+        config.project.clone(),
+        &metrics::Metrics::default(),
+    )
 }
 
 /// The keys of one project: the server's own (where the Go original's
 /// accounts are, so the only one `CLEANUP_LEGACY_ACCOUNTS` applies to), or
 /// one a rule of the policy names.
-fn keys_in(config: &Config, http: reqwest::Client, project: config::ProjectSelector) -> Keys {
-    let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone());
+fn keys_in(
+    config: &Config,
+    http: reqwest::Client,
+    project: config::ProjectSelector,
+    metrics: &metrics::Metrics,
+) -> Keys {
+    let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone())
+        .with_metrics(metrics.clone());
     let legacy_cleanup = config.cleanup_legacy_accounts && project == config.project;
     Keys::new(
         admin,
@@ -102,7 +114,11 @@ fn keys_in(config: &Config, http: reqwest::Client, project: config::ProjectSelec
 
 /// The keys of every project the configuration names: the server's own
 /// first, then each other one a rule of the policy names, once.
-pub fn keys_of_every_project(config: &Config, http: &reqwest::Client) -> Vec<Keys> {
+pub fn keys_of_every_project(
+    config: &Config,
+    http: &reqwest::Client,
+    metrics: &metrics::Metrics,
+) -> Vec<Keys> {
     let mut selectors = vec![config.project.clone()];
     for rule in config.rules() {
         let selector = match rule.project {
@@ -116,7 +132,7 @@ pub fn keys_of_every_project(config: &Config, http: &reqwest::Client) -> Vec<Key
     }
     selectors
         .into_iter()
-        .map(|selector| keys_in(config, http.clone(), selector))
+        .map(|selector| keys_in(config, http.clone(), selector, metrics))
         .collect()
 }
 
@@ -152,6 +168,7 @@ impl Application {
             tracing::warn!("{warning}");
         }
         let http = http_client(&config)?;
+        let metrics = metrics::Metrics::new();
         let provider = Provider::new(
             http.clone(),
             oidc::Settings {
@@ -163,6 +180,7 @@ impl Application {
                 name: access::ENV_ISSUER.to_owned(),
                 groups_claim: config.env_groups_claim(),
                 domain_claim: config.env_domain_claim(),
+                metrics: metrics.clone(),
             },
         );
         let providers = oidc::Providers::new(
@@ -184,6 +202,7 @@ impl Application {
                             name: issuer.name.clone(),
                             groups_claim: issuer.groups_claim.clone(),
                             domain_claim: issuer.domain_claim.clone(),
+                            metrics: metrics.clone(),
                         },
                     )
                 })
@@ -200,11 +219,12 @@ impl Application {
             .min()
             .unwrap_or(config.expiration);
         let full_period = cleanup::full_sweep_period(config.cleanup_interval, shortest);
-        let mut every = keys_of_every_project(&config, &http)
+        let mut every = keys_of_every_project(&config, &http, &metrics)
             .into_iter()
             .map(|keys| {
                 let cleanup = Cleanup::new(keys.clone(), clock.clone(), full_period)
-                    .with_activity(activity.clone());
+                    .with_activity(activity.clone())
+                    .with_metrics(metrics.clone());
                 projects::Project {
                     selector: keys.project().clone(),
                     keys,
@@ -240,7 +260,8 @@ impl Application {
                 config.cli_session_ttl,
                 config.device_poll_interval,
             ),
-            oidc::WorkloadIssuers::new(&http, config.issuers()),
+            oidc::WorkloadIssuers::new(&http, config.issuers(), &metrics),
+            metrics.clone(),
         );
         let state = AppState::new(http::Shared {
             issuance,
@@ -249,6 +270,8 @@ impl Application {
             keys,
             cleanup,
             projects,
+            metrics,
+            metrics_on_main: config.metrics_address.is_none(),
             clock,
             cookie_key,
             secure_cookies: config.is_https(),
@@ -315,6 +338,19 @@ impl Application {
 
         let addr = self.local_addr();
         tracing::info!(%addr, redirect_uri = %self.config.redirect_uri, "listening");
+        let _metrics = match self.config.metrics_address {
+            Some(metrics_addr) => {
+                let listener = TcpListener::bind(metrics_addr)
+                    .await
+                    .with_context(|| format!("binding {metrics_addr} (METRICS_ADDRESS)"))?;
+                tracing::info!(addr = %metrics_addr, "serving /metrics");
+                let router = http::metrics_router(self.state.clone());
+                Some(AbortOnDrop(tokio::spawn(async move {
+                    let _ = axum::serve(listener, router).await;
+                })))
+            }
+            None => None,
+        };
         let grace = self.config.timeout;
         let every_keys: Vec<Keys> = self
             .state

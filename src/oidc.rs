@@ -114,6 +114,8 @@ pub struct Settings {
     /// The ID token claim that names the organisation's domain of a
     /// managed account (Google's `hd` when `None`).
     pub domain_claim: Option<String>,
+    /// Where its key fetches are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Every issuer people sign in through: the environment's first, then the
@@ -178,7 +180,7 @@ impl Provider {
     pub fn new(http: reqwest::Client, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
-                jwks: Jwks::new(http.clone()),
+                jwks: Jwks::new(http.clone(), settings.metrics.clone()),
                 http,
                 settings,
                 metadata: OnceCell::new(),

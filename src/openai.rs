@@ -155,6 +155,7 @@ pub struct AdminClient {
     http: reqwest::Client,
     base: Url,
     key: SecretString,
+    metrics: crate::metrics::Metrics,
 }
 
 impl AdminClient {
@@ -166,7 +167,19 @@ impl AdminClient {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        Self { http, base, key }
+        Self {
+            http,
+            base,
+            key,
+            metrics: crate::metrics::Metrics::default(),
+        }
+    }
+
+    /// Counting its calls in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
@@ -186,6 +199,8 @@ impl AdminClient {
         url: Url,
         body: Option<&impl Serialize>,
     ) -> Result<T, Error> {
+        let route = format!("{method} {}", crate::metrics::admin_route(url.path()));
+        let started = std::time::Instant::now();
         let mut request = self
             .http
             .request(method, url)
@@ -193,10 +208,16 @@ impl AdminClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = timing::upstream(request.send())
-            .await
-            .map_err(Error::from_transport)?;
+        let response = match timing::upstream(request.send()).await {
+            Ok(response) => response,
+            Err(error) => {
+                self.metrics.admin_call(&route, None, started.elapsed());
+                return Err(Error::from_transport(error));
+            }
+        };
         let status = response.status();
+        self.metrics
+            .admin_call(&route, Some(status.as_u16()), started.elapsed());
         let request_id = response
             .headers()
             .get("x-request-id")

@@ -24,7 +24,7 @@ pub(super) async fn run(_args: Args) -> ExitCode {
         }
     };
     let mut clean = true;
-    for keys in keys_of_every_project(&config, &http) {
+    for keys in keys_of_every_project(&config, &http, &crate::metrics::Metrics::default()) {
         match keys.sweep(std::time::SystemTime::now()).await {
             Ok(report) => {
                 let mut line = serde_json::to_value(&report).unwrap_or_default();

@@ -63,3 +63,37 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Json(json!({ "discovery": discovery, "admin_api": admin_api })),
     )
 }
+
+/// `GET /metrics`: the Prometheus exposition, the live keys counted now.
+pub(crate) async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    let live = state.projects.all_keys(state.clock.now()).len();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(live),
+    )
+        .into_response()
+}
+
+/// Counts each request by its route (the matched pattern, never the path
+/// with its ids), method and status, and its time.
+pub(super) async fn count_request(
+    State(state): State<AppState>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
+    state.metrics.http(
+        route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}

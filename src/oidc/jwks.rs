@@ -121,6 +121,7 @@ struct Cache {
 #[derive(Clone)]
 pub struct Jwks {
     http: reqwest::Client,
+    metrics: crate::metrics::Metrics,
     cache: Arc<Mutex<Cache>>,
     /// Serialises fetches so that a cold cache under load fetches once.
     fetching: Arc<tokio::sync::Mutex<()>>,
@@ -143,9 +144,10 @@ enum Lookup {
 }
 
 impl Jwks {
-    pub(crate) fn new(http: reqwest::Client) -> Self {
+    pub(crate) fn new(http: reqwest::Client, metrics: crate::metrics::Metrics) -> Self {
         Self {
             http,
+            metrics,
             cache: Arc::default(),
             fetching: Arc::default(),
         }
@@ -224,6 +226,12 @@ impl Jwks {
     }
 
     async fn fetch(&self, uri: &Url) -> Result<(HashMap<String, Key>, Duration), Error> {
+        let fetched = self.fetch_once(uri).await;
+        self.metrics.jwks_refresh(fetched.is_ok());
+        fetched
+    }
+
+    async fn fetch_once(&self, uri: &Url) -> Result<(HashMap<String, Key>, Duration), Error> {
         let response = timing::upstream(self.http.get(uri.clone()).send())
             .await
             .and_then(reqwest::Response::error_for_status)

@@ -89,7 +89,11 @@ fn reject(reason: impl Into<String>) -> Error {
 impl WorkloadIssuers {
     /// The workload issuers among `issuers`; nothing is fetched until a
     /// token of one comes.
-    pub fn new(http: &reqwest::Client, issuers: &[IssuerSpec]) -> Self {
+    pub fn new(
+        http: &reqwest::Client,
+        issuers: &[IssuerSpec],
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
         let issuers = issuers
             .iter()
             .filter_map(|issuer| {
@@ -101,7 +105,7 @@ impl WorkloadIssuers {
                     spec,
                     http: http.clone(),
                     metadata: OnceCell::new(),
-                    jwks: Jwks::new(http.clone()),
+                    jwks: Jwks::new(http.clone(), metrics.clone()),
                 })
             })
             .collect();

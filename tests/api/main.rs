@@ -18,6 +18,7 @@ mod helpers;
 mod jobs;
 mod json;
 mod logins;
+mod metrics;
 mod pages;
 mod policy;
 mod races;
