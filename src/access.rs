@@ -161,6 +161,8 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// Where their keys go.
     pub project: ProjectChoice,
+    /// The issuer the holder came through.
+    pub issuer: String,
 }
 
 /// Who may have what, read from the configuration at start and asked on
@@ -384,6 +386,7 @@ impl Policy {
             admin: false,
             scopes: rule.scopes.clone(),
             project: rule.project.clone(),
+            issuer: rule.issuer.clone(),
         }
     }
 
@@ -401,6 +404,7 @@ impl Policy {
             per_hour: rule.per_hour,
             scopes: rule.scopes.clone(),
             project: rule.project.clone(),
+            issuer: rule.issuer.clone(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The command line: one subcommand per module, `serve` by default.
 
+mod audit;
 mod check_config;
 mod cleanup;
 pub mod client;
@@ -79,6 +80,12 @@ pub enum Command {
     /// variables that make the one rule without it), and signs nobody in.
     /// Exits 0 when a rule matches, 1 when the identity would be refused.
     Explain(explain::Args),
+    /// Work with an audit file (AUDIT_LOG_FILE).
+    ///
+    /// `audit verify FILE` checks its hash chain and names the first line
+    /// edited, removed or inserted; exit 0 when intact, 1 when not, 2 when
+    /// the file cannot be read. Reads no settings.
+    Audit(audit::Args),
     /// Sign this terminal in to a key server (browser, or --device).
     ///
     /// Opens the browser at the server's sign-in (or prints the address);
@@ -224,6 +231,7 @@ pub fn main() -> ExitCode {
             Command::CheckConfig(args) => check_config::run(args),
             Command::Cleanup(args) => cleanup::run(args).await,
             Command::Explain(args) => explain::run(args),
+            Command::Audit(args) => audit::run(args),
             Command::Login(args) => client(login::login(args)).await,
             Command::Key(args) => client(key::key(args)).await,
             Command::Env(args) => client(key::env(args)).await,

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -96,6 +96,8 @@ pub mod vars {
     pub const LISTING_MAX_AGE: &str = "LISTING_MAX_AGE";
     /// Where `/metrics` is served instead of the main listener.
     pub const METRICS_ADDRESS: &str = "METRICS_ADDRESS";
+    /// A file the audit events are also appended to, in a hash chain.
+    pub const AUDIT_LOG_FILE: &str = "AUDIT_LOG_FILE";
     /// Who may use `/revoke`: `public`, `admin` or `off`.
     pub const REVOKE_ENDPOINT: &str = "REVOKE_ENDPOINT";
     /// The policy file (TOML): issuers and rules, instead of the
@@ -253,6 +255,8 @@ pub struct Config {
     pub policy_path: Option<String>,
     /// Where `/metrics` is served, when not on the main listener.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where audit events are also appended (`AUDIT_LOG_FILE`).
+    pub audit_log_file: Option<PathBuf>,
     /// The issuers of the policy file people sign in through, besides the
     /// environment's, with their clients.
     pub browser_issuers: Vec<BrowserIssuer>,
@@ -1027,6 +1031,7 @@ impl Config {
                     listing_max_age,
                     revoke_endpoint,
                     metrics_address,
+                    audit_log_file: r.get(vars::AUDIT_LOG_FILE).map(PathBuf::from),
                     policy_path: r.get(vars::POLICY_FILE),
                     policy_file,
                     browser_issuers,
@@ -1204,6 +1209,13 @@ impl Config {
             (
                 vars::LISTING_MAX_AGE,
                 self.listing_max_age.as_secs().to_string(),
+            ),
+            (
+                vars::AUDIT_LOG_FILE,
+                self.audit_log_file.as_ref().map_or_else(
+                    || "(none: audit events in the log only)".to_owned(),
+                    |p| p.display().to_string(),
+                ),
             ),
             (
                 vars::METRICS_ADDRESS,

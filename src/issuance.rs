@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::access::{Grant, Policy, Refusal};
+use crate::audit::{Audit, Event};
 use crate::cli_auth::{self, CliAuth, DeviceStart, Issued};
 use crate::clock;
 use crate::identity::{Identity, Owner};
@@ -204,6 +205,8 @@ struct Inner {
     spent_job_tokens: CompletedLogins,
     /// Where issues, refusals, revocations and sign-ins are counted.
     metrics: Metrics,
+    /// Where they are recorded.
+    audit: Audit,
 }
 
 /// Whether `at` is at most `max_age` before `now` (or after it).
@@ -221,6 +224,7 @@ fn write(slot: &Mutex<Option<SystemTime>>, at: SystemTime) {
 
 impl Issuance {
     /// The core over these parts.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         policy: Policy,
         projects: Projects,
@@ -229,6 +233,7 @@ impl Issuance {
         cli: CliAuth,
         workloads: WorkloadIssuers,
         metrics: Metrics,
+        audit: Audit,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -246,6 +251,7 @@ impl Issuance {
                 workloads,
                 spent_job_tokens: CompletedLogins::default(),
                 metrics,
+                audit,
             }),
         }
     }
@@ -288,7 +294,7 @@ impl Issuance {
             Err(Error::Refused { .. }) => "refused",
             Err(_) => "failed",
         });
-        self.counted(signed_in)
+        self.counted(signed_in, now)
     }
 
     async fn sign_in_once(
@@ -355,12 +361,17 @@ impl Issuance {
             Ok(grant) => self.issue_under(&grant, request, now).await,
             Err(error) => Err(error),
         };
-        self.counted(issued)
+        self.counted(issued, now)
     }
 
-    /// `result`, its refusal counted by reason.
-    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+    /// `result`, its refusal counted by reason and recorded.
+    fn counted<T>(&self, result: Result<T, Error>, now: SystemTime) -> Result<T, Error> {
         if let Err(error) = &result {
+            let subject = match error {
+                Error::Refused { account, .. } => account.clone(),
+                Error::CapReached { owner, .. } => Some(owner.to_string()),
+                _ => None,
+            };
             let reason = match error {
                 Error::Refused { reason, .. } => reason.code(),
                 Error::CapReached { .. } => "cap_reached",
@@ -372,6 +383,14 @@ impl Issuance {
                 _ => return result,
             };
             self.inner.metrics.refused(reason);
+            self.inner.audit.record(
+                Event {
+                    subject,
+                    reason: Some(reason.to_owned()),
+                    ..Event::new("key.refused")
+                },
+                now,
+            );
         }
         result
     }
@@ -389,7 +408,7 @@ impl Issuance {
         now: SystemTime,
     ) -> Result<(Grant, IssuedKey), Error> {
         let issued = self.issue_for_job_once(client, token, request, now).await;
-        self.counted(issued)
+        self.counted(issued, now)
     }
 
     async fn issue_for_job_once(
@@ -510,6 +529,22 @@ impl Issuance {
             grant.owner.is_workload(),
             !grant.scopes.is_empty(),
         );
+        self.inner.audit.record(
+            Event {
+                actor: Some(grant.owner.to_string()),
+                subject: Some(grant.owner.to_string()),
+                issuer: Some(grant.issuer.clone()),
+                rule: Some(grant.rule.clone()),
+                account_id: Some(issued.service_account_id.clone()),
+                key_id: Some(issued.key_id.clone()),
+                project: Some(issued.project_id.clone()),
+                scopes: Some(grant.scopes.clone()),
+                lifetime_s: Some(lifetime.as_secs()),
+                expires_at: Some(issued.expires_at),
+                ..Event::new("key.issued")
+            },
+            now,
+        );
         Ok(issued)
     }
 
@@ -572,7 +607,7 @@ impl Issuance {
         identity: &Identity,
         now: SystemTime,
     ) -> Result<Listed<(Vec<KeyInfo>, String)>, Error> {
-        self.admin(identity, "see every key")?;
+        self.admin(identity, "see every key", now)?;
         let fresh = self.fresh(now).await;
         let project_id = self
             .inner
@@ -609,7 +644,7 @@ impl Issuance {
         service_account_id: &str,
         now: SystemTime,
     ) -> Result<KeyInfo, Error> {
-        let grant = self.admin(identity, "revoke a key")?;
+        let grant = self.admin(identity, "revoke a key", now)?;
         self.revoke_one(grant, service_account_id, true, now).await
     }
 
@@ -671,7 +706,7 @@ impl Issuance {
         now: SystemTime,
     ) -> Result<Vec<KeyInfo>, Error> {
         let action = "revoke every key of one person";
-        let grant = self.admin(identity, action)?;
+        let grant = self.admin(identity, action, now)?;
         self.complete_listing(now).await?;
         let keys = self.inner.projects.accounts_of(owner);
         self.revoke_many(grant, keys, action, now).await
@@ -687,7 +722,7 @@ impl Issuance {
         now: SystemTime,
     ) -> Result<Vec<KeyInfo>, Error> {
         let action = "revoke every key (break-glass)";
-        let grant = self.admin(identity, action)?;
+        let grant = self.admin(identity, action, now)?;
         let project_id = self
             .inner
             .projects
@@ -698,10 +733,17 @@ impl Issuance {
             .to_owned();
         if confirmation.trim() != project_id {
             tracing::warn!(
-                audit = "refused",
                 actor = %grant.owner,
                 action,
                 "a break-glass revocation was not confirmed with the project id; nothing revoked"
+            );
+            self.inner.audit.record(
+                Event {
+                    actor: Some(grant.owner.to_string()),
+                    reason: Some(format!("{action}: not confirmed with the project id")),
+                    ..Event::new("admin.refused")
+                },
+                now,
             );
             return Err(Error::NotConfirmed);
         }
@@ -721,12 +763,14 @@ impl Issuance {
         now: SystemTime,
     ) -> Result<Vec<KeyInfo>, Error> {
         let wanted: usize = groups.iter().map(|(_, keys)| keys.len()).sum();
-        tracing::info!(
-            audit = "revoking",
-            actor = %grant.owner,
-            action,
-            accounts = wanted,
-            "revoking keys"
+        self.inner.audit.record(
+            Event {
+                actor: Some(grant.owner.to_string()),
+                reason: Some(action.to_owned()),
+                count: Some(wanted),
+                ..Event::new("admin.revoking")
+            },
+            now,
         );
         // Every project's revocation starts before any is waited for.
         let mut running = Vec::new();
@@ -777,9 +821,16 @@ impl Issuance {
         client: ClientAddr,
         now: SystemTime,
     ) -> Result<(), Error> {
-        let grant = self.admin(identity, "ask for a cleanup")?;
+        let grant = self.admin(identity, "ask for a cleanup", now)?;
         self.request_sweep(client, now)?;
-        tracing::info!(audit = "sweep", actor = %grant.owner, action = "ask for a cleanup", "asked for a cleanup");
+        self.inner.audit.record(
+            Event {
+                actor: Some(grant.owner.to_string()),
+                reason: Some("ask for a cleanup".to_owned()),
+                ..Event::new("admin.cleanup")
+            },
+            now,
+        );
         Ok(())
     }
 
@@ -841,12 +892,15 @@ impl Issuance {
         now: SystemTime,
     ) -> Issued {
         let issued = self.inner.cli.session_for(identity, &grant.owner, now);
-        tracing::info!(
-            audit = "cli-session",
-            actor = %grant.owner,
-            how,
-            expires_at = issued.expires_at,
-            "signed a command line in"
+        self.inner.audit.record(
+            Event {
+                actor: Some(grant.owner.to_string()),
+                issuer: Some(grant.issuer.clone()),
+                reason: Some(how.to_owned()),
+                expires_at: Some(issued.expires_at),
+                ..Event::new("session.cli")
+            },
+            now,
         );
         issued
     }
@@ -895,10 +949,13 @@ impl Issuance {
             .cli
             .answer_device(user_code, approve.then_some(identity), now)?;
         limiter.refund(&key, now);
-        tracing::info!(
-            audit = if approve { "device-approved" } else { "device-refused" },
-            actor = %grant.owner,
-            "answered a device sign-in"
+        self.inner.audit.record(
+            Event {
+                actor: Some(grant.owner.to_string()),
+                reason: Some(if approve { "approved" } else { "refused" }.to_owned()),
+                ..Event::new("session.device")
+            },
+            now,
         );
         Ok(())
     }
@@ -916,12 +973,24 @@ impl Issuance {
 
     /// The grant of an admin; anyone else's attempt is refused, and said
     /// so in an audit line.
-    fn admin(&self, identity: &Identity, action: &'static str) -> Result<Grant, Error> {
+    fn admin(
+        &self,
+        identity: &Identity,
+        action: &'static str,
+        now: SystemTime,
+    ) -> Result<Grant, Error> {
         let grant = self.authorize(identity)?;
         if grant.admin {
             Ok(grant)
         } else {
-            tracing::warn!(audit = "refused", actor = %grant.owner, action, "not an admin");
+            self.inner.audit.record(
+                Event {
+                    actor: Some(grant.owner.to_string()),
+                    reason: Some(format!("{action}: not an admin")),
+                    ..Event::new("admin.refused")
+                },
+                now,
+            );
             Err(Error::NotAdmin { actor: grant.owner })
         }
     }

@@ -43,6 +43,8 @@ pub struct Settings {
     /// How long a create may wait out OpenAI's 429s before the person is
     /// told OpenAI is busy (`TIMEOUT`).
     pub create_patience: Duration,
+    /// Where revocations and deletions are recorded.
+    pub audit: crate::audit::Audit,
 }
 
 /// How long to let concurrent starts create their project before looking
@@ -456,7 +458,9 @@ impl Keys {
         now: SystemTime,
     ) -> tokio::task::JoinHandle<Result<Vec<KeyInfo>, Error>> {
         let this = self.clone();
-        tokio::spawn(
+        let context = crate::audit::context();
+        tokio::spawn(crate::audit::within(
+            context,
             async move {
                 let project_id = this.project_id(now).await?.to_owned();
                 let (jobs, rx) = mpsc::channel(keys.len().max(1));
@@ -486,16 +490,22 @@ impl Keys {
                     rx,
                     |job, fate| match fate {
                         Fate::Deleted | Fate::AlreadyGone => {
-                            tracing::info!(
-                                audit = "revoked",
-                                actor = %actor,
-                                action,
-                                owner = %job.owner,
-                                service_account.id = %job.id,
-                                key.id = job.key_id.as_deref().unwrap_or_default(),
-                                expires_at = job.expires_at,
-                                already_gone = matches!(fate, Fate::AlreadyGone),
-                                "revoked a key"
+                            this.inner.settings.audit.record(
+                                crate::audit::Event {
+                                    actor: Some(actor.to_string()),
+                                    subject: Some(job.owner.clone()),
+                                    account_id: Some(job.id.clone()),
+                                    key_id: job.key_id.clone(),
+                                    project: Some(project_id.clone()),
+                                    expires_at: Some(job.expires_at),
+                                    reason: Some(if matches!(fate, Fate::AlreadyGone) {
+                                        format!("{action} (already gone)")
+                                    } else {
+                                        action.to_owned()
+                                    }),
+                                    ..crate::audit::Event::new("key.revoked")
+                                },
+                                now,
                             );
                             this.index().remove_deleted(job.expires_at, &job.id);
                         }
@@ -512,7 +522,7 @@ impl Keys {
                     .collect())
             }
             .instrument(tracing::Span::current()),
-        )
+        ))
     }
     /// Reads every key of the project from OpenAI's key listing, to learn
     /// when each was last used (and the key ids of accounts another
@@ -612,12 +622,13 @@ impl Keys {
         let keys = self.clone();
         // Its log lines belong to the caller's span (the request's id and
         // user), and its upstream wait to the caller's Server-Timing.
-        let issue = async move {
+        let context = crate::audit::context();
+        let issue = crate::audit::within(context, async move {
             let issued = keys.issue(&owner, lifetime, &scopes, now).await;
             drop(reservation);
             drop(guard);
             issued
-        }
+        })
         .instrument(tracing::Span::current());
         Ok(tokio::spawn(crate::timing::carry(issue)))
     }
@@ -854,7 +865,6 @@ impl Keys {
         }
         self.inner.rearm.notify_one();
         tracing::info!(
-            audit = "issued",
             owner = %owner,
             service_account.id = %created.id,
             key.id = %key.id,
@@ -934,7 +944,6 @@ impl Keys {
         }
         self.inner.rearm.notify_one();
         tracing::info!(
-            audit = "issued",
             owner = %owner,
             service_account.id = %created.id,
             key.id = %key.id,
@@ -1042,7 +1051,6 @@ impl Keys {
         }
         let parsed = AccountName::parse(name);
         tracing::info!(
-            audit = "deleted",
             owner = parsed.as_ref().map(|n| n.owner.to_string()).unwrap_or_default(),
             service_account.id = %account.id,
             expires_at = parsed.map_or(0, |n| n.expires_at),
@@ -1164,7 +1172,13 @@ impl Keys {
 
     /// Deletes what arrives on `jobs`, updating the schedule and logging
     /// each deletion; fills in the report's delete counts.
-    async fn delete(&self, project_id: &str, jobs: mpsc::Receiver<Due>, report: &mut SweepReport) {
+    async fn delete(
+        &self,
+        project_id: &str,
+        jobs: mpsc::Receiver<Due>,
+        report: &mut SweepReport,
+        now: SystemTime,
+    ) {
         let settings = &self.inner.settings;
         let mut legacy_deleted = 0;
         let tally = deleter::run(
@@ -1188,13 +1202,18 @@ impl Keys {
                             .clone()
                             .or_else(|| self.index().key_id(job.expires_at, &job.id))
                             .unwrap_or_default();
-                        tracing::info!(
-                            audit = "deleted",
-                            owner = %job.owner,
-                            service_account.id = %job.id,
-                            key.id = %key_id,
-                            expires_at = job.expires_at,
-                            "deleted an expired service account"
+                        self.inner.settings.audit.record(
+                            crate::audit::Event {
+                                actor: Some("server".to_owned()),
+                                subject: Some(job.owner.clone()),
+                                account_id: Some(job.id.clone()),
+                                key_id: (!key_id.is_empty()).then(|| key_id.clone()),
+                                project: Some(project_id.to_owned()),
+                                expires_at: Some(job.expires_at),
+                                reason: Some("expired".to_owned()),
+                                ..crate::audit::Event::new("key.deleted")
+                            },
+                            now,
                         );
                     }
                     self.index().remove_deleted(job.expires_at, &job.id);
@@ -1239,7 +1258,7 @@ impl Keys {
                 self.publish(&mut listing, since, now);
                 listing
             },
-            self.delete(&project_id, rx, &mut report)
+            self.delete(&project_id, rx, &mut report, now)
         );
         if listing.pages > 0 {
             self.mark_reached();
@@ -1309,7 +1328,7 @@ impl Keys {
             let _ = tx.try_send(job);
         }
         drop(tx);
-        self.delete(&project_id, rx, &mut report).await;
+        self.delete(&project_id, rx, &mut report, now).await;
         if report.failed > 0 {
             // Keep failed ones from spinning the scheduler: they stay in the
             // index, and are retried at the next full sweep.

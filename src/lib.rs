@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod api;
+pub mod audit;
 pub mod cleanup;
 pub mod cli;
 pub mod cli_auth;
@@ -82,6 +83,7 @@ pub fn keys_for(config: &Config, http: reqwest::Client) -> Keys {
         http,
         config.project.clone(),
         &metrics::Metrics::default(),
+        &audit::Audit::log_only(),
     )
 }
 
@@ -93,6 +95,7 @@ fn keys_in(
     http: reqwest::Client,
     project: config::ProjectSelector,
     metrics: &metrics::Metrics,
+    audit: &audit::Audit,
 ) -> Keys {
     let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone())
         .with_metrics(metrics.clone());
@@ -108,6 +111,7 @@ fn keys_in(
             max_concurrency: config.cleanup_concurrency.max(64),
             legacy_cleanup,
             create_patience: config.timeout,
+            audit: audit.clone(),
         },
     )
 }
@@ -118,6 +122,7 @@ pub fn keys_of_every_project(
     config: &Config,
     http: &reqwest::Client,
     metrics: &metrics::Metrics,
+    audit: &audit::Audit,
 ) -> Vec<Keys> {
     let mut selectors = vec![config.project.clone()];
     for rule in config.rules() {
@@ -132,7 +137,7 @@ pub fn keys_of_every_project(
     }
     selectors
         .into_iter()
-        .map(|selector| keys_in(config, http.clone(), selector, metrics))
+        .map(|selector| keys_in(config, http.clone(), selector, metrics, audit))
         .collect()
 }
 
@@ -169,6 +174,27 @@ impl Application {
         }
         let http = http_client(&config)?;
         let metrics = metrics::Metrics::new();
+        let audit = match &config.audit_log_file {
+            Some(path) => audit::Audit::to_file(path).context("AUDIT_LOG_FILE")?,
+            None => audit::Audit::log_only(),
+        };
+        audit.record(
+            audit::Event {
+                actor: Some("server".to_owned()),
+                reason: Some(format!(
+                    "version {}, {}, {} rule(s), {} issuer(s) of its own",
+                    env!("CARGO_PKG_VERSION"),
+                    config.policy_path.as_deref().map_or_else(
+                        || "the allow-list variables".to_owned(),
+                        |p| format!("policy file {p}")
+                    ),
+                    config.rules().len(),
+                    config.issuers().len(),
+                )),
+                ..audit::Event::new("config.loaded")
+            },
+            clock.now(),
+        );
         let provider = Provider::new(
             http.clone(),
             oidc::Settings {
@@ -219,7 +245,7 @@ impl Application {
             .min()
             .unwrap_or(config.expiration);
         let full_period = cleanup::full_sweep_period(config.cleanup_interval, shortest);
-        let mut every = keys_of_every_project(&config, &http, &metrics)
+        let mut every = keys_of_every_project(&config, &http, &metrics, &audit)
             .into_iter()
             .map(|keys| {
                 let cleanup = Cleanup::new(keys.clone(), clock.clone(), full_period)
@@ -262,6 +288,7 @@ impl Application {
             ),
             oidc::WorkloadIssuers::new(&http, config.issuers(), &metrics),
             metrics.clone(),
+            audit,
         );
         let state = AppState::new(http::Shared {
             issuance,

@@ -24,7 +24,11 @@ pub(super) async fn run(_args: Args) -> ExitCode {
         }
     };
     let mut clean = true;
-    for keys in keys_of_every_project(&config, &http, &crate::metrics::Metrics::default()) {
+    let (metrics, audit) = (
+        crate::metrics::Metrics::default(),
+        crate::audit::Audit::log_only(),
+    );
+    for keys in keys_of_every_project(&config, &http, &metrics, &audit) {
         match keys.sweep(std::time::SystemTime::now()).await {
             Ok(report) => {
                 let mut line = serde_json::to_value(&report).unwrap_or_default();

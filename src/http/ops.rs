@@ -87,7 +87,19 @@ pub(super) async fn count_request(
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let context = crate::audit::Context {
+        request_id: request
+            .headers()
+            .get(super::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        client: request
+            .extensions()
+            .get::<crate::limits::ClientAddr>()
+            .and_then(|c| c.0)
+            .map(|ip| ip.to_string()),
+    };
+    let response = crate::audit::within(context, next.run(request)).await;
     let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
     state.metrics.http(
         route,

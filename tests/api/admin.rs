@@ -176,7 +176,7 @@ async fn an_admin_revokes_one_key_then_every_key_of_a_person_each_audited() {
     let logs = logs();
     let audited = |action: &str, account: &str| {
         logs.lines().any(|l| {
-            l.contains("\"audit\":\"revoked\"")
+            l.contains("\"audit\":\"key.revoked\"")
                 && l.contains("\"actor\":\"carol@example.com\"")
                 && l.contains(action)
                 && l.contains(account)

@@ -43,7 +43,7 @@ async fn an_expired_account_is_deleted_at_its_expiry_even_when_listing_fails() {
         models_status(&app, &page.key()).await,
         StatusCode::UNAUTHORIZED
     );
-    assert!(logs().contains("\"audit\":\"deleted\""));
+    assert!(logs().contains("\"audit\":\"key.deleted\""));
 }
 
 #[tokio::test]

@@ -128,7 +128,7 @@ async fn logs_and_audit_lines_carry_the_address_the_proxy_forwarded() {
     let logs = logs();
     let issued = logs
         .lines()
-        .filter(|l| l.contains("\"audit\":\"issued\"") && l.contains("alice@example.com"))
+        .filter(|l| l.contains("\"audit\":\"key.issued\"") && l.contains("alice@example.com"))
         .find(|l| l.contains("203.0.113.77"))
         .unwrap_or_else(|| panic!("no audit line with the forwarded address"));
     assert!(!issued.contains("6.6.6.6"), "{issued}");

@@ -5,6 +5,7 @@
 mod abuse;
 mod admin;
 mod attacks;
+mod audit;
 mod browser;
 mod cleanup;
 mod cli;

@@ -163,9 +163,11 @@ async fn revoking_my_key_deletes_it_at_once_and_its_key_stops_working() {
     assert_eq!(models_status(&app, &key).await, StatusCode::UNAUTHORIZED);
     assert!(listed_accounts(&my_keys(&app, &browser).await.body).is_empty());
     assert!(
-        logs().lines().any(|l| l.contains("\"audit\":\"revoked\"")
-            && l.contains("bob@gmail.com")
-            && l.contains(&account)),
+        logs()
+            .lines()
+            .any(|l| l.contains("\"audit\":\"key.revoked\"")
+                && l.contains("bob@gmail.com")
+                && l.contains(&account)),
         "an audit line names who, what and which account"
     );
     app.assert_no_secrets_logged(&[&key]);

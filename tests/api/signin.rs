@@ -365,11 +365,11 @@ async fn each_request_is_one_json_log_line_with_id_route_status_latency_and_user
     );
     let audit = logs
         .lines()
-        .find(|l| l.contains("\"audit\":\"issued\"") && l.contains("logline@example.com"))
+        .find(|l| l.contains("\"audit\":\"key.issued\"") && l.contains("logline@example.com"))
         .expect("an audit line for the issuance");
     let audit: serde_json::Value = serde_json::from_str(audit).unwrap();
-    assert!(audit["service_account.id"].as_str().is_some(), "{audit}");
-    assert!(audit["key.id"].as_str().is_some(), "{audit}");
+    assert!(audit["account_id"].as_str().is_some(), "{audit}");
+    assert!(audit["key_id"].as_str().is_some(), "{audit}");
     assert!(audit["expires_at"].as_i64().is_some(), "{audit}");
     app.assert_no_secrets_logged(&[&page.key()]);
 }
