@@ -57,6 +57,10 @@ impl Drop for ClearOnDrop {
     }
 }
 
+/// The wait before the first retry of a full sweep that failed; it
+/// doubles with each failure in a row, up to the full period.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+
 /// How often every replica lists all accounts: `CLEANUP_INTERVAL`, but at
 /// least twice per key lifetime, so that each replica learns of every key
 /// (including those another replica issued) before it expires, and deletes
@@ -193,6 +197,9 @@ impl Cleanup {
     pub async fn run_until(self, mut shutdown: watch::Receiver<bool>) {
         let mut jumps = self.clock.jumps();
         let mut next_full: Option<SystemTime> = None;
+        // Full sweeps that failed in a row: the next is tried after 5 s,
+        // 10 s, 20 s… up to the full period, not after the full period.
+        let mut failures: u32 = 0;
         loop {
             let now = self.clock.now();
             let full = next_full.is_none_or(|t| now >= t);
@@ -217,6 +224,7 @@ impl Cleanup {
             {
                 self.activity.record();
             }
+            let listed = matches!(&outcome, Ok(report) if report.list_error.is_none());
             match outcome {
                 Ok(report) if report.failed > 0 && !full => {
                     // Retried already inside the sweep; leave them to the next
@@ -225,11 +233,25 @@ impl Cleanup {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "sweep failed; retrying at the next full sweep");
+                    tracing::warn!(%error, "sweep failed");
                 }
             }
             if full {
-                next_full = Some(now + self.full_period);
+                if listed {
+                    failures = 0;
+                    next_full = Some(now + self.full_period);
+                } else {
+                    let backoff = RETRY_FIRST
+                        .saturating_mul(1 << failures.min(16))
+                        .min(self.full_period);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(
+                        retry_in_s = backoff.as_secs(),
+                        failures,
+                        "the full sweep could not list every account; trying again soon"
+                    );
+                    next_full = Some(now + backoff);
+                }
             }
 
             let mut wake = next_full.unwrap_or(now);

@@ -250,6 +250,34 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// Variables a `.env` text sets more than once: the name, the line of the
+/// first and of the next.
+fn duplicates(text: &str) -> Vec<(String, usize, usize)> {
+    let mut seen = std::collections::HashMap::new();
+    let mut twice = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((name, _)) = line.split_once('=') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        match seen.get(name) {
+            Some(&first) => twice.push((name.to_owned(), first, i + 1)),
+            None => {
+                seen.insert(name.to_owned(), i + 1);
+            }
+        }
+    }
+    twice
+}
+
 /// Loads `.env` (a missing file is fine, a malformed one is not) and parses
 /// the settings, printing every problem and returning the exit code on
 /// failure.
@@ -257,6 +285,16 @@ fn load_config() -> Result<Config, ExitCode> {
     // Only the working directory's `.env`: dotenvy's own search walks up
     // the parents, which could pick up a stranger's file.
     let path = std::env::current_dir().map(|dir| dir.join(".env"));
+    if let Ok(text) = path.as_ref().map(std::fs::read_to_string)
+        && let Ok(text) = text
+    {
+        for (name, first, again) in duplicates(&text) {
+            // dotenv tools disagree on which one wins: say which does here.
+            eprintln!(
+                "warning: .env sets {name} twice (lines {first} and {again}); the first (line {first}) is used: remove the other"
+            );
+        }
+    }
     match path.map(dotenvy::from_path) {
         Ok(Ok(())) => {}
         Ok(Err(error)) if error.not_found() => {}
@@ -298,7 +336,16 @@ fn load_config() -> Result<Config, ExitCode> {
 mod tests {
     use clap::CommandFactory as _;
 
-    use super::Cli;
+    use super::{Cli, duplicates};
+
+    #[test]
+    fn a_variable_set_twice_in_dotenv_is_named_with_its_lines() {
+        let text = "# a comment\nPORT=8080\nexport CLIENT_ID=a\n\nPORT=9090\nCLIENT_ID = b\n#PORT=1\nA=1\n";
+        assert_eq!(
+            duplicates(text),
+            [("PORT".to_owned(), 2, 5), ("CLIENT_ID".to_owned(), 3, 6)]
+        );
+    }
 
     #[test]
     fn the_command_line_definition_is_consistent() {

@@ -959,6 +959,22 @@ impl Config {
                 vars::TRUSTED_PROXIES
             ));
         }
+        if let Some(url) = &redirect_uri
+            && url.scheme() == "http"
+            && trusted_proxies.is_empty()
+            && port != 0
+            && url.port_or_known_default() != Some(port)
+        {
+            // Plain http with no proxy named: the browser comes back to
+            // REDIRECT_URI's port, where nothing of ours may listen.
+            warnings.push(format!(
+                "{} names port {}, but this server listens on {} {port} and no {} is set: unless something in front forwards that port here, sign-ins come back to a port where this server is not",
+                vars::REDIRECT_URI,
+                url.port_or_known_default().unwrap_or(80),
+                vars::PORT,
+                vars::TRUSTED_PROXIES,
+            ));
+        }
         if let ProjectSelector::Id(id) = &project
             && !id.starts_with("proj_")
         {

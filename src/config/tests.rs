@@ -403,6 +403,20 @@ fn trusted_proxies_are_networks_and_the_missing_ones_are_warned_about_behind_htt
             .iter()
             .any(|w| w.contains(vars::TRUSTED_PROXIES))
     );
+    // Plain http on another port than PORT, no proxy named: a warning.
+    let elsewhere = parse(&with(&[(
+        vars::REDIRECT_URI,
+        "http://localhost:3000/oauth2/callback",
+    )]))
+    .unwrap();
+    assert!(
+        elsewhere
+            .warnings
+            .iter()
+            .any(|w| w.contains("names port 3000") && w.contains("PORT 8080")),
+        "{:?}",
+        elsewhere.warnings
+    );
 }
 
 #[test]

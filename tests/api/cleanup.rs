@@ -173,3 +173,33 @@ async fn the_sweep_pages_through_hundreds_of_accounts() {
             .all(|a| a.name.starts_with("foreign-"))
     );
 }
+
+#[tokio::test]
+async fn a_full_sweep_that_cannot_list_is_tried_again_within_seconds() {
+    let sandbox = Sandbox::start().await.unwrap();
+    // The first two listings are refused (403 is not retried within one).
+    sandbox.openai.push_fault(
+        Fault::new(FaultKind::status(403))
+            .method("GET")
+            .path("/service_accounts")
+            .times(2),
+    );
+    let app = TestApp::spawn_on(sandbox, Options::default()).await;
+    eventually("the startup sweep tried to list", || {
+        app.openai_calls(SA_LIST) >= 1
+    })
+    .await;
+    // Not a full period later (half the key lifetime here): 5 s, then 10 s.
+    app.advance(Duration::from_secs(6));
+    eventually("a second listing 5 s later", || {
+        app.openai_calls(SA_LIST) >= 2
+    })
+    .await;
+    app.advance(Duration::from_secs(11));
+    eventually("a third listing 10 s after that", || {
+        app.openai_calls(SA_LIST) >= 3
+    })
+    .await;
+    assert!(app.sandbox.openai.faults().is_empty(), "both faults used");
+    assert!(logs().contains("trying again soon"));
+}
