@@ -348,6 +348,14 @@ impl Metrics {
             .set(i64::from(up));
     }
 
+    /// Whether the last call to `upstream` worked (`None`: none yet).
+    pub fn upstream_state(&self, upstream: &'static str) -> Option<bool> {
+        self.0
+            .upstream_up
+            .get(&Upstream { upstream })
+            .map(|gauge| gauge.get() == 1)
+    }
+
     /// A fetch of signing keys.
     pub fn jwks_refresh(&self, ok: bool) {
         let outcome = if ok { "ok" } else { "failed" };

@@ -80,6 +80,13 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             args.cleanup_interval.to_string(),
         ),
         (vars::LOG_FORMAT.to_owned(), "pretty".to_owned()),
+        (vars::PORT.to_owned(), addr.port().to_string()),
+        // One process, sessions that end with it: a fresh secret, and no
+        // warning about it.
+        (vars::SESSION_SECRET.to_owned(), {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+        }),
     ]);
     let config =
         Config::from_lookup(|var| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()))

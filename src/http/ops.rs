@@ -49,7 +49,11 @@ pub(super) async fn healthz() -> &'static str {
 
 /// Ready once the provider's discovery and the Admin API answered at least
 /// once; until then each call tries them again, so that a server that
-/// started while either was down becomes ready without a restart.
+/// started while either was down becomes ready without a restart. It
+/// stays ready when they fail later: every replica would fail alike, and
+/// taking them all out of the load balancer for an upstream's blip would
+/// turn it into an outage. The body says how the last call to each went
+/// (as `oks_upstream_up` does), for the operator.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let discovery = state.provider.was_reached() || state.provider.metadata().await.is_ok();
     let admin_api = state.keys.was_reached() || state.keys.probe(state.clock.now()).await.is_ok();
@@ -60,8 +64,23 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "discovery": discovery, "admin_api": admin_api })),
+        Json(json!({
+            "discovery": discovery,
+            "admin_api": admin_api,
+            "last_call": {
+                "openai": state_word(state.metrics.upstream_state("openai")),
+                "identity_provider": state_word(state.metrics.upstream_state("identity_provider")),
+            },
+        })),
     )
+}
+
+fn state_word(up: Option<bool>) -> &'static str {
+    match up {
+        Some(true) => "up",
+        Some(false) => "down",
+        None => "unknown",
+    }
 }
 
 /// `GET /metrics`: the Prometheus exposition, the live keys counted now.

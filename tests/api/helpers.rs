@@ -178,6 +178,7 @@ impl TestApp {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
+        env.insert("PORT".to_owned(), addr.port().to_string());
         env.extend(options.env);
         Self::start(Arc::new(sandbox), listener, env, options.own_runtime).await
     }

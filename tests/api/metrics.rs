@@ -116,6 +116,13 @@ async fn the_counters_match_what_the_sandbox_saw() {
         ) >= 3.0
     );
     assert_eq!(sum(&series, "oks_build_info", &[]), 1.0);
+    assert_eq!(
+        sum(&series, "oks_upstream_up", &["upstream=\"openai\""]),
+        1.0
+    );
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["last_call"]["openai"], "up", "{ready}");
+    assert_eq!(ready["last_call"]["identity_provider"], "up", "{ready}");
     for who in [
         "alice@",
         "bob@",
