@@ -228,7 +228,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args).await,
-            Command::CheckConfig(args) => check_config::run(args),
+            Command::CheckConfig(args) => check_config::run(args).await,
             Command::Cleanup(args) => cleanup::run(args).await,
             Command::Explain(args) => explain::run(args),
             Command::Audit(args) => audit::run(args),

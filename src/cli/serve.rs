@@ -15,6 +15,7 @@ pub(super) async fn run(_args: Args) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(config.log_format);
+    let checks = tokio::spawn(super::check_config::log_online_checks(config.clone()));
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error) => {
@@ -22,7 +23,9 @@ pub(super) async fn run(_args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run(shutdown_signal()).await {
+    let ran = app.run(shutdown_signal()).await;
+    checks.abort();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "server failed");

@@ -337,3 +337,109 @@ async fn the_server_stops_cleanly_on_sigterm_and_sigint() {
         assert!(exit.success(), "SIG{signal}: {exit:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_says_whether_the_key_and_the_project_will_work() {
+    let sandbox = Sandbox::start().await.unwrap();
+    let dir = temp_dir("check-online");
+    let redirect = "http://127.0.0.1:8080/oauth2/callback";
+    let base: Vec<(String, String)> = sandbox
+        .env(redirect)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let with = |changes: &[(&str, &str)]| {
+        let mut env = base.clone();
+        env.push(("ALLOWED_DOMAINS".to_owned(), "example.com".to_owned()));
+        for (k, v) in changes {
+            env.retain(|(name, _)| name != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        env
+    };
+    let online = |env: Vec<(String, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let output = run(&dir, &["check-config", "--online"], &env);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let default = sandbox.openai.default_project_id();
+    let (code, out, err) = online(with(&[("OPENAI_PROJECT_ID", &default)]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("online: project {default}")) && out.contains("is active"),
+        "{out}"
+    );
+
+    let (code, _, err) = online(with(&[
+        ("OPENAI_PROJECT_ID", &default),
+        ("OPENAI_MANAGEMENT_KEY", "sk-admin-wrong"),
+    ]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("refuses the admin key") && err.contains("OPENAI_MANAGEMENT_KEY"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-admin-wrong"), "{err}");
+
+    let (code, _, err) = online(with(&[("OPENAI_PROJECT_ID", "proj_doesnotexist")]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("proj_doesnotexist does not exist"), "{err}");
+
+    let archived = sandbox.openai.create_project("old");
+    sandbox.openai.archive_project(&archived).unwrap();
+    let (code, _, err) = online(with(&[("OPENAI_PROJECT_ID", &archived)]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is archived"), "{err}");
+
+    // By name: not there yet is fine (it is made at first use).
+    let (code, out, err) = online(with(&[("DEFAULT_PROJECT_NAME", "brand-new")]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("no project is named \"brand-new\" yet"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_says_at_start_when_openai_refuses_the_admin_key() {
+    use std::io::{BufRead as _, BufReader};
+    let sandbox = Sandbox::start().await.unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .current_dir(temp_dir("serve-online"))
+        .arg("serve")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    for (k, v) in sandbox.env("http://127.0.0.1:8080/oauth2/callback") {
+        command.env(k, v);
+    }
+    command
+        .env("ALLOWED_DOMAINS", "example.com")
+        .env("OPENAI_MANAGEMENT_KEY", "sk-admin-wrong")
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json");
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let found = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take(200)
+            .find(|l| l.contains("online check") && l.contains("refuses the admin key"))
+    });
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), found)
+        .await
+        .expect("the check is logged at start")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("an error line about the admin key");
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    assert!(!line.contains("sk-admin-wrong"), "{line}");
+}
