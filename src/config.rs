@@ -1091,6 +1091,23 @@ impl Config {
         )
     }
 
+    /// Every project keys go to: the server's own first, then each other one
+    /// a rule of the policy names, once.
+    pub fn project_selectors(&self) -> Vec<ProjectSelector> {
+        let mut selectors = vec![self.project.clone()];
+        for rule in self.rules() {
+            let selector = match rule.project {
+                crate::access::ProjectChoice::Default => continue,
+                crate::access::ProjectChoice::Id(id) => ProjectSelector::Id(id),
+                crate::access::ProjectChoice::Name(name) => ProjectSelector::Name(name),
+            };
+            if !selectors.contains(&selector) {
+                selectors.push(selector);
+            }
+        }
+        selectors
+    }
+
     /// The policy file's issuers (none without one).
     pub fn issuers(&self) -> &[crate::access::IssuerSpec] {
         self.policy_file.as_ref().map_or(&[], |file| &file.issuers)

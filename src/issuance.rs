@@ -306,12 +306,7 @@ impl Issuance {
     ) -> Result<(Identity, Grant), Error> {
         let limiter = &self.inner.limits.sign_in_per_ip;
         let key = client.key();
-        limiter
-            .check(&key, now)
-            .map_err(|retry_after| Error::RateLimited {
-                what: "failed sign-ins per address",
-                retry_after,
-            })?;
+        self.sign_in_allowance(&key, now)?;
         if !self.inner.completed_logins.complete(
             login.state,
             login.expires,
@@ -362,6 +357,19 @@ impl Issuance {
             Err(error) => Err(error),
         };
         self.counted(issued, now)
+    }
+
+    /// One of the address `key`'s failed sign-ins (`RATE_LIMIT_PER_IP`),
+    /// or how long until it has one again.
+    fn sign_in_allowance(&self, key: &str, now: SystemTime) -> Result<(), Error> {
+        self.inner
+            .limits
+            .sign_in_per_ip
+            .check(key, now)
+            .map_err(|retry_after| Error::RateLimited {
+                what: "failed sign-ins per address",
+                retry_after,
+            })
     }
 
     /// `result`, its refusal counted by reason and recorded.
@@ -424,12 +432,7 @@ impl Issuance {
         }
         let limiter = &self.inner.limits.sign_in_per_ip;
         let address = client.key();
-        limiter
-            .check(&address, now)
-            .map_err(|retry_after| Error::RateLimited {
-                what: "failed sign-ins per address",
-                retry_after,
-            })?;
+        self.sign_in_allowance(&address, now)?;
         let verified = match self
             .inner
             .workloads
@@ -872,12 +875,7 @@ impl Issuance {
     ) -> Result<Issued, Error> {
         let limiter = &self.inner.limits.sign_in_per_ip;
         let key = client.key();
-        limiter
-            .check(&key, now)
-            .map_err(|retry_after| Error::RateLimited {
-                what: "failed sign-ins per address",
-                retry_after,
-            })?;
+        self.sign_in_allowance(&key, now)?;
         let identity = self.inner.cli.redeem(code, verifier, now)?;
         let grant = self.authorize(&identity)?;
         limiter.refund(&key, now);
@@ -939,12 +937,7 @@ impl Issuance {
         let grant = self.authorize(identity)?;
         let limiter = &self.inner.limits.sign_in_per_ip;
         let key = client.key();
-        limiter
-            .check(&key, now)
-            .map_err(|retry_after| Error::RateLimited {
-                what: "failed sign-ins per address",
-                retry_after,
-            })?;
+        self.sign_in_allowance(&key, now)?;
         self.inner
             .cli
             .answer_device(user_code, approve.then_some(identity), now)?;

@@ -124,18 +124,8 @@ pub fn keys_of_every_project(
     metrics: &metrics::Metrics,
     audit: &audit::Audit,
 ) -> Vec<Keys> {
-    let mut selectors = vec![config.project.clone()];
-    for rule in config.rules() {
-        let selector = match rule.project {
-            access::ProjectChoice::Default => continue,
-            access::ProjectChoice::Id(id) => config::ProjectSelector::Id(id),
-            access::ProjectChoice::Name(name) => config::ProjectSelector::Name(name),
-        };
-        if !selectors.contains(&selector) {
-            selectors.push(selector);
-        }
-    }
-    selectors
+    config
+        .project_selectors()
         .into_iter()
         .map(|selector| keys_in(config, http.clone(), selector, metrics, audit))
         .collect()

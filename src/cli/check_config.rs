@@ -43,7 +43,7 @@ pub(super) async fn run(args: Args) -> ExitCode {
     };
     let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone());
     let mut problems = Vec::new();
-    for selector in selectors(&config) {
+    for selector in config.project_selectors() {
         match check(&admin, &selector).await {
             Ok(line) => println!("online: {line}"),
             Err(problem) => {
@@ -68,28 +68,12 @@ pub(super) async fn log_online_checks(config: Config) {
         return;
     };
     let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone());
-    for selector in selectors(&config) {
+    for selector in config.project_selectors() {
         match check(&admin, &selector).await {
             Ok(line) => tracing::info!("online check: {line}"),
             Err(problem) => tracing::error!("online check: {problem}"),
         }
     }
-}
-
-/// The server's project, then each other one a rule names.
-fn selectors(config: &Config) -> Vec<ProjectSelector> {
-    let mut all = vec![config.project.clone()];
-    for rule in config.rules() {
-        let selector = match rule.project {
-            crate::access::ProjectChoice::Default => continue,
-            crate::access::ProjectChoice::Id(id) => ProjectSelector::Id(id),
-            crate::access::ProjectChoice::Name(name) => ProjectSelector::Name(name),
-        };
-        if !all.contains(&selector) {
-            all.push(selector);
-        }
-    }
-    all
 }
 
 /// What to fix when a call is refused, in the words of the setting.
