@@ -10,6 +10,11 @@ use utoipa::ToSchema;
 /// Where the API lives.
 pub const PREFIX: &str = "/api/v1";
 
+/// The header that hands a CLI its session sealed anew during a rotation
+/// of `SESSION_SECRET` (while `SESSION_SECRET_PREVIOUS` is set); the CLI
+/// keeps it in place of the one it sent.
+pub const RENEWED_SESSION: &str = "oks-renewed-session";
+
 /// The `grant_type` of a loopback sign-in's code.
 pub const GRANT_CODE: &str = "authorization_code";
 /// The `grant_type` of a device sign-in (RFC 8628).

@@ -353,6 +353,14 @@ impl CliAuth {
         Ok((identity, session.exp))
     }
 
+    /// `token` sealed anew under the current session secret, if only the
+    /// previous one opens it (a rotation is under way).
+    pub fn reseal_session(&self, token: &str) -> Option<SecretString> {
+        self.sealer
+            .reseal(Purpose::CliSession, token)
+            .map(SecretString::from)
+    }
+
     fn devices(&self) -> std::sync::MutexGuard<'_, Devices> {
         self.devices.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -498,7 +506,7 @@ mod tests {
 
     fn auth() -> CliAuth {
         CliAuth::new(
-            Sealer::new(cookie::Key::generate()),
+            Sealer::with_key(cookie::Key::generate()),
             Duration::from_secs(3600),
             Duration::from_secs(5),
         )

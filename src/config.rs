@@ -3,7 +3,7 @@
 //! of the Go original, so that an existing deployment's environment works
 //! unchanged; everything new is optional.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -56,6 +56,9 @@ pub mod vars {
     pub const OPENAI_PROJECT_ID: &str = "OPENAI_PROJECT_ID";
     /// Base64 key for the encrypted cookies.
     pub const SESSION_SECRET: &str = "SESSION_SECRET";
+    /// The session secret being rotated out: what it sealed still opens
+    /// (and is sealed anew with `SESSION_SECRET`).
+    pub const SESSION_SECRET_PREVIOUS: &str = "SESSION_SECRET_PREVIOUS";
     /// Whether a listed address is trusted without the provider vouching
     /// that it manages it (Google: no `hd`, not Gmail).
     pub const ALLOW_UNMANAGED_EMAILS: &str = "ALLOW_UNMANAGED_EMAILS";
@@ -155,6 +158,25 @@ impl SessionSecret {
         Self(SecretBox::new(Box::new(bytes)))
     }
 
+    /// A secret as written: base64 (standard or URL-safe) of at least 32
+    /// bytes. The error says what is wrong, never the value.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim_end_matches('='))
+            });
+        match decoded {
+            Ok(bytes) if bytes.len() >= 32 => Ok(Self(SecretBox::new(bytes.into_boxed_slice()))),
+            Ok(bytes) => Err(format!(
+                "must decode to at least 32 bytes, not {}; make one with `openssl rand -base64 48`",
+                bytes.len()
+            )),
+            Err(_) => Err("must be base64 (make one with `openssl rand -base64 48`)".to_owned()),
+        }
+    }
+
     /// The raw bytes, for deriving the cookie key.
     pub fn expose(&self) -> &[u8] {
         self.0.expose_secret()
@@ -215,6 +237,11 @@ pub struct Config {
     /// Key for the encrypted login cookies; `None` means a random one per
     /// process.
     pub session_secret: Option<SessionSecret>,
+    /// The session secret being rotated out: it still opens, never seals.
+    pub session_secret_previous: Option<SessionSecret>,
+    /// The files secrets were read from (by variable, e.g.
+    /// `OPENAI_MANAGEMENT_KEY`), read again on `SIGHUP`.
+    pub secret_files: BTreeMap<String, PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
     /// Trust a listed address that the provider does not manage (see
@@ -276,6 +303,8 @@ pub struct BrowserIssuer {
     pub client_id: String,
     /// Its client secret.
     pub client_secret: SecretString,
+    /// The file it was read from, read again on `SIGHUP`.
+    pub client_secret_file: PathBuf,
     /// The redirect URI registered with it, as written.
     pub redirect_uri: String,
     /// The ID token claim that lists groups.
@@ -317,6 +346,9 @@ impl fmt::Display for Error {
 struct Reader<F> {
     lookup: F,
     problems: Vec<Problem>,
+    /// The files secrets were read from, by variable, to read again on
+    /// `SIGHUP`.
+    secret_files: BTreeMap<String, PathBuf>,
 }
 
 impl<F: Fn(&str) -> Option<String>> Reader<F> {
@@ -350,10 +382,14 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             (Some(v), None) => Some(SecretString::from(v.trim().to_owned())),
             (None, Some(path)) => match std::fs::read_to_string(Path::new(&path)) {
                 Ok(v) if v.trim().is_empty() => {
+                    self.secret_files.insert(var.to_owned(), PathBuf::from(&path));
                     self.problem(&file_var, format!("names the file {path}, which is empty"));
                     None
                 }
-                Ok(v) => Some(SecretString::from(v.trim().to_owned())),
+                Ok(v) => {
+                    self.secret_files.insert(var.to_owned(), PathBuf::from(&path));
+                    Some(SecretString::from(v.trim().to_owned()))
+                }
                 Err(e) => {
                     self.problem(&file_var, format!("cannot read the file {path}: {e}"));
                     None
@@ -361,6 +397,14 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             },
             (None, None) => None,
         }
+    }
+
+    /// A session secret (`SESSION_SECRET`, `SESSION_SECRET_PREVIOUS`).
+    fn session_secret(&mut self, var: &str) -> Option<SessionSecret> {
+        let secret = self.secret(var)?;
+        SessionSecret::parse(secret.expose_secret())
+            .map_err(|problem| self.problem(var, problem))
+            .ok()
     }
 
     fn required_secret(&mut self, var: &str, example: &str) -> SecretString {
@@ -536,6 +580,7 @@ impl Config {
         let mut r = Reader {
             lookup,
             problems: Vec::new(),
+            secret_files: BTreeMap::new(),
         };
 
         let mut users = BTreeSet::new();
@@ -725,39 +770,30 @@ impl Config {
                 }
             });
 
-        let session_secret = match r.secret(vars::SESSION_SECRET) {
-            None => None,
-            Some(secret) => {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(secret.expose_secret())
-                    .or_else(|_| {
-                        base64::engine::general_purpose::URL_SAFE_NO_PAD
-                            .decode(secret.expose_secret().trim_end_matches('='))
-                    });
-                match decoded {
-                    Ok(bytes) if bytes.len() >= 32 => {
-                        Some(SessionSecret(SecretBox::new(bytes.into_boxed_slice())))
-                    }
-                    Ok(bytes) => {
-                        r.problem(
-                            vars::SESSION_SECRET,
-                            format!(
-                                "must decode to at least 32 bytes, not {}; make one with `openssl rand -base64 48`",
-                                bytes.len()
-                            ),
-                        );
-                        None
-                    }
-                    Err(_) => {
-                        r.problem(
-                            vars::SESSION_SECRET,
-                            "must be base64 (make one with `openssl rand -base64 48`)",
-                        );
-                        None
-                    }
-                }
+        let session_secret = r.session_secret(vars::SESSION_SECRET);
+        // An empty file is the end of a rotation (nothing being rotated
+        // out), not a mistake.
+        let previous_file = r.get(&format!("{}_FILE", vars::SESSION_SECRET_PREVIOUS));
+        let session_secret_previous = match previous_file
+            .as_deref()
+            .map(|path| (path, std::fs::read_to_string(path)))
+        {
+            Some((path, Ok(text))) if text.trim().is_empty() => {
+                r.secret_files
+                    .insert(vars::SESSION_SECRET_PREVIOUS.to_owned(), PathBuf::from(path));
+                None
             }
+            _ => r.session_secret(vars::SESSION_SECRET_PREVIOUS),
         };
+        if session_secret_previous.is_some()
+            && session_secret.is_none()
+            && !r.problems.iter().any(|p| p.var.starts_with(vars::SESSION_SECRET))
+        {
+            r.problem(
+                vars::SESSION_SECRET_PREVIOUS,
+                "names the secret being rotated out, so SESSION_SECRET (or SESSION_SECRET_FILE) must name the new one",
+            );
+        }
 
         // Google documents that it is not authoritative for a non-Gmail
         // address without `hd`; other providers have no such claim.
@@ -826,6 +862,7 @@ impl Config {
                     url,
                     client_id: browser.client_id.clone(),
                     client_secret: secret,
+                    client_secret_file: path.clone(),
                     redirect_uri,
                     groups_claim: issuer.groups_claim.clone(),
                     domain_claim: issuer.domain_claim.clone(),
@@ -975,6 +1012,17 @@ impl Config {
                 vars::TRUSTED_PROXIES,
             ));
         }
+        if let (Some(current), Some(previous)) = (&session_secret, &session_secret_previous)
+            && current.expose() == previous.expose()
+        {
+            warnings.push(format!(
+                "{} is the same as {}: nothing is being rotated; set the new secret as {} (or unset {} once the rotation is over)",
+                vars::SESSION_SECRET_PREVIOUS,
+                vars::SESSION_SECRET,
+                vars::SESSION_SECRET,
+                vars::SESSION_SECRET_PREVIOUS,
+            ));
+        }
         if let ProjectSelector::Id(id) = &project
             && !id.starts_with("proj_")
         {
@@ -1030,6 +1078,8 @@ impl Config {
                     accepted_issuers,
                     openai_base_url,
                     session_secret,
+                    session_secret_previous,
+                    secret_files: r.secret_files.clone(),
                     log_format,
                     allow_unmanaged_emails,
                     max_keys_per_user: usize::try_from(max_keys_per_user).unwrap_or(usize::MAX),
@@ -1196,6 +1246,14 @@ impl Config {
                     "[REDACTED]".to_owned()
                 } else {
                     "(unset: random per process)".to_owned()
+                },
+            ),
+            (
+                vars::SESSION_SECRET_PREVIOUS,
+                if self.session_secret_previous.is_some() {
+                    "[REDACTED]".to_owned()
+                } else {
+                    "(unset)".to_owned()
                 },
             ),
             (

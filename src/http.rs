@@ -87,8 +87,10 @@ pub struct Shared {
     pub metrics_on_main: bool,
     /// Time source.
     pub clock: Clock,
-    /// Key of the encrypted cookies.
-    pub cookie_key: Key,
+    /// Keys of the encrypted cookies (the previous one during a rotation).
+    pub session_keys: crate::secrets::SessionKeys,
+    /// Reads the secrets held in files again.
+    pub reloader: Arc<crate::secrets::Reloader>,
     /// Whether cookies are `Secure` (and `__Host-` prefixed).
     pub secure_cookies: bool,
     /// Whether answers carry a `Server-Timing` header.
@@ -110,7 +112,7 @@ pub struct Shared {
 
 impl FromRef<AppState> for Key {
     fn from_ref(state: &AppState) -> Self {
-        state.cookie_key.clone()
+        state.session_keys.current()
     }
 }
 
@@ -282,6 +284,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(read_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::reseal_previous,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             error::render_error_pages,

@@ -848,6 +848,12 @@ impl Issuance {
         })
     }
 
+    /// A CLI session token sealed anew under the current session secret,
+    /// if only the previous one opens it (a rotation is under way).
+    pub fn resealed_cli_session(&self, token: &str) -> Option<secrecy::SecretString> {
+        self.inner.cli.reseal_session(token)
+    }
+
     /// The one-time code that hands a person just signed in through the
     /// browser to the command line that holds the verifier of `challenge`.
     pub fn cli_code(

@@ -27,6 +27,7 @@ pub mod openai;
 pub mod projects;
 pub mod replay;
 pub mod seal;
+pub mod secrets;
 pub mod telemetry;
 pub mod timing;
 pub mod upstream;
@@ -81,6 +82,7 @@ pub fn keys_for(config: &Config, http: reqwest::Client) -> Keys {
     keys_in(
         config,
         http,
+        &config.management_key.clone().into(),
         config.project.clone(),
         &metrics::Metrics::default(),
         &audit::Audit::log_only(),
@@ -93,11 +95,12 @@ pub fn keys_for(config: &Config, http: reqwest::Client) -> Keys {
 fn keys_in(
     config: &Config,
     http: reqwest::Client,
+    admin_key: &secrets::Rotating,
     project: config::ProjectSelector,
     metrics: &metrics::Metrics,
     audit: &audit::Audit,
 ) -> Keys {
-    let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone())
+    let admin = AdminClient::new(http, &config.openai_base_url, admin_key.clone())
         .with_metrics(metrics.clone());
     let legacy_cleanup = config.cleanup_legacy_accounts && project == config.project;
     Keys::new(
@@ -117,17 +120,19 @@ fn keys_in(
 }
 
 /// The keys of every project the configuration names: the server's own
-/// first, then each other one a rule of the policy names, once.
+/// first, then each other one a rule of the policy names, once. All read
+/// `admin_key`, so that a rotation reaches every one.
 pub fn keys_of_every_project(
     config: &Config,
     http: &reqwest::Client,
+    admin_key: &secrets::Rotating,
     metrics: &metrics::Metrics,
     audit: &audit::Audit,
 ) -> Vec<Keys> {
     config
         .project_selectors()
         .into_iter()
-        .map(|selector| keys_in(config, http.clone(), selector, metrics, audit))
+        .map(|selector| keys_in(config, http.clone(), admin_key, selector, metrics, audit))
         .collect()
 }
 
@@ -185,13 +190,24 @@ impl Application {
             },
             clock.now(),
         );
+        let admin_key = secrets::Rotating::from(config.management_key.clone());
+        let mut client_secrets = vec![(
+            access::ENV_ISSUER.to_owned(),
+            secrets::Rotating::from(config.client_secret.clone()),
+        )];
+        client_secrets.extend(config.browser_issuers.iter().map(|issuer| {
+            (
+                issuer.name.clone(),
+                secrets::Rotating::from(issuer.client_secret.clone()),
+            )
+        }));
         let provider = Provider::new(
             http.clone(),
             oidc::Settings {
                 issuer: config.oidc_issuer.clone(),
                 accepted_issuers: config.accepted_issuers.clone(),
                 client_id: config.client_id.clone(),
-                client_secret: config.client_secret.clone(),
+                client_secret: client_secrets[0].1.clone(),
                 redirect_uri: config.redirect_uri_text.clone(),
                 name: access::ENV_ISSUER.to_owned(),
                 groups_claim: config.env_groups_claim(),
@@ -204,7 +220,8 @@ impl Application {
             config
                 .browser_issuers
                 .iter()
-                .map(|issuer| {
+                .zip(&client_secrets[1..])
+                .map(|(issuer, (_, client_secret))| {
                     Provider::new(
                         http.clone(),
                         oidc::Settings {
@@ -213,7 +230,7 @@ impl Application {
                                 issuer.url.as_str().trim_end_matches('/').to_owned(),
                             ],
                             client_id: issuer.client_id.clone(),
-                            client_secret: issuer.client_secret.clone(),
+                            client_secret: client_secret.clone(),
                             redirect_uri: issuer.redirect_uri.clone(),
                             name: issuer.name.clone(),
                             groups_claim: issuer.groups_claim.clone(),
@@ -235,7 +252,7 @@ impl Application {
             .min()
             .unwrap_or(config.expiration);
         let full_period = cleanup::full_sweep_period(config.cleanup_interval, shortest);
-        let mut every = keys_of_every_project(&config, &http, &metrics, &audit)
+        let mut every = keys_of_every_project(&config, &http, &admin_key, &metrics, &audit)
             .into_iter()
             .map(|keys| {
                 let cleanup = Cleanup::new(keys.clone(), clock.clone(), full_period)
@@ -261,6 +278,22 @@ impl Application {
                 Key::derive_from(config::SessionSecret::random().expose())
             }
         };
+        let session_keys = secrets::SessionKeys::new(
+            cookie_key,
+            config
+                .session_secret_previous
+                .as_ref()
+                .map(|secret| Key::derive_from(secret.expose())),
+        );
+        let reloader = Arc::new(secrets::Reloader::new(secrets::Sources {
+            config: &config,
+            admin_key,
+            client_secrets,
+            session_keys: session_keys.clone(),
+            http: http.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+        }));
         let issuance = issuance::Issuance::new(
             config.policy(),
             projects.clone(),
@@ -272,7 +305,7 @@ impl Application {
                 forms_kept: config.session_ttl,
             },
             cli_auth::CliAuth::new(
-                seal::Sealer::new(cookie_key.clone()),
+                seal::Sealer::new(session_keys.clone()),
                 config.cli_session_ttl,
                 config.device_poll_interval,
             ),
@@ -290,7 +323,8 @@ impl Application {
             metrics,
             metrics_on_main: config.metrics_address.is_none(),
             clock,
-            cookie_key,
+            session_keys,
+            reloader,
             secure_cookies: config.is_https(),
             server_timing: config.server_timing,
             activity,
@@ -345,6 +379,9 @@ impl Application {
         let _trim = AbortOnDrop(tokio::spawn(memory::trim_after_bursts(
             self.state.activity.clone(),
         )));
+        let _watch = AbortOnDrop(tokio::spawn(
+            self.state.reloader.clone().watch_admin_key(stop_rx.clone()),
+        ));
         let provider = self.state.provider.clone();
         tokio::spawn(async move {
             // Warm the discovery cache so /readyz and the first sign-in are quick.
@@ -462,6 +499,32 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Reads the secrets held in files again on every `SIGHUP`, for as long
+/// as the returned task runs (on Unix; elsewhere it does nothing). The
+/// handler is in place when this returns, so a `SIGHUP` sent from then on
+/// never takes the default action (ending the process).
+pub fn reload_on_sighup(reloader: Arc<secrets::Reloader>) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hangups) => tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    reloader.reload().await;
+                }
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP: secrets are read at start only");
+                tokio::spawn(async {})
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        drop(reloader);
+        tokio::spawn(async {})
     }
 }
 

@@ -102,8 +102,8 @@ pub struct Settings {
     pub accepted_issuers: Vec<String>,
     /// OAuth client id (the expected `aud`).
     pub client_id: String,
-    /// OAuth client secret.
-    pub client_secret: SecretString,
+    /// OAuth client secret (read anew for each exchange, so that it rotates).
+    pub client_secret: crate::secrets::Rotating,
     /// The registered redirect URI, exactly as configured: providers compare
     /// it character for character, so it is never re-serialised.
     pub redirect_uri: String,
@@ -297,16 +297,17 @@ impl Provider {
             .iter()
             .any(|m| m == "client_secret_post");
         let mut request = self.inner.http.post(metadata.token_endpoint.clone());
+        let client_secret = settings.client_secret.current();
         if post {
             form.push(("client_id", &settings.client_id));
-            form.push(("client_secret", settings.client_secret.expose_secret()));
+            form.push(("client_secret", client_secret.expose_secret()));
         } else {
             // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic.
             let encode =
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             request = request.basic_auth(
                 encode(&settings.client_id),
-                Some(encode(settings.client_secret.expose_secret())),
+                Some(encode(client_secret.expose_secret())),
             );
         }
         let response = timing::upstream(request.form(&form).send())

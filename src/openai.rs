@@ -154,14 +154,15 @@ struct CreateProject<'a> {
 pub struct AdminClient {
     http: reqwest::Client,
     base: Url,
-    key: SecretString,
+    key: crate::secrets::Rotating,
     metrics: crate::metrics::Metrics,
 }
 
 impl AdminClient {
     /// A client for `base` (e.g. `https://api.openai.com/v1`). `http` should
     /// have its timeout set and redirects off.
-    pub fn new(http: reqwest::Client, base: &Url, key: SecretString) -> Self {
+    /// The key may be one that rotates: every call reads it anew.
+    pub fn new(http: reqwest::Client, base: &Url, key: impl Into<crate::secrets::Rotating>) -> Self {
         let mut base = base.clone();
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -170,7 +171,7 @@ impl AdminClient {
         Self {
             http,
             base,
-            key,
+            key: key.into(),
             metrics: crate::metrics::Metrics::default(),
         }
     }
@@ -204,7 +205,7 @@ impl AdminClient {
         let mut request = self
             .http
             .request(method, url)
-            .bearer_auth(self.key.expose_secret());
+            .bearer_auth(self.key.current().expose_secret());
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -3,9 +3,12 @@
 //! with its purpose as associated data, so that a token made for one
 //! purpose (a CLI session, a sign-in code) opens for no other, nor as a
 //! browser cookie. Any replica with the same secret opens what another
-//! sealed; nothing is stored.
+//! sealed; nothing is stored. During a rotation of the secret, what the
+//! previous one sealed still opens.
 
 use cookie::{Cookie, CookieJar, Key};
+
+use crate::secrets::SessionKeys;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -30,7 +33,7 @@ impl Purpose {
 /// Seals and opens tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Sealer {
-    key: Key,
+    keys: SessionKeys,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -40,17 +43,26 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// A sealer under `key` (the browser session's).
-    pub fn new(key: Key) -> Self {
-        Self { key }
+    /// A sealer under `keys` (the browser session's).
+    pub fn new(keys: SessionKeys) -> Self {
+        Self { keys }
+    }
+
+    /// A sealer under `key` alone.
+    pub fn with_key(key: Key) -> Self {
+        Self::new(SessionKeys::new(key, None))
     }
 
     /// `value` as a URL-safe token for `purpose`.
     pub fn seal<T: Serialize>(&self, purpose: Purpose, value: &T) -> String {
         let json = serde_json::to_string(value).expect("sealed values always serialise");
+        self.seal_text(purpose, json)
+    }
+
+    fn seal_text(&self, purpose: Purpose, text: String) -> String {
         let mut jar = CookieJar::new();
-        jar.private_mut(&self.key)
-            .add(Cookie::new(purpose.name(), json));
+        jar.private_mut(&self.keys.current())
+            .add(Cookie::new(purpose.name(), text));
         let sealed = jar
             .get(purpose.name())
             .expect("the cookie was just added")
@@ -60,18 +72,37 @@ impl Sealer {
         sealed.replace('+', "-").replace('/', "_")
     }
 
-    /// The value of `token` if it was sealed for `purpose` under this key.
+    /// The value of `token` if it was sealed for `purpose` under the
+    /// current key or the previous one.
     pub fn open<T: DeserializeOwned>(&self, purpose: Purpose, token: &str) -> Option<T> {
+        let (text, _) = self.open_text(purpose, token)?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// `token` sealed anew under the current key, if it opens only under
+    /// the previous one (a rotation is under way).
+    pub fn reseal(&self, purpose: Purpose, token: &str) -> Option<String> {
+        match self.open_text(purpose, token)? {
+            (text, true) => Some(self.seal_text(purpose, text)),
+            (_, false) => None,
+        }
+    }
+
+    /// What `token` holds, and whether only the previous key opened it.
+    fn open_text(&self, purpose: Purpose, token: &str) -> Option<(String, bool)> {
         // Real tokens are a few hundred bytes.
         if token.len() > 4096 {
             return None;
         }
         let standard = token.replace('-', "+").replace('_', "/");
         let jar = CookieJar::new();
-        let opened = jar
-            .private(&self.key)
-            .decrypt(Cookie::new(purpose.name(), standard))?;
-        serde_json::from_str(opened.value()).ok()
+        let cookie = Cookie::new(purpose.name(), standard);
+        let (current, previous) = self.keys.both();
+        if let Some(opened) = jar.private(&current).decrypt(cookie.clone()) {
+            return Some((opened.value().to_owned(), false));
+        }
+        let opened = jar.private(&previous?).decrypt(cookie)?;
+        Some((opened.value().to_owned(), true))
     }
 }
 
@@ -81,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_token_opens_for_its_purpose_and_key_only() {
-        let sealer = Sealer::new(Key::generate());
+        let sealer = Sealer::with_key(Key::generate());
         let token = sealer.seal(Purpose::CliSession, &"alice");
         assert!(
             token
@@ -95,11 +126,34 @@ mod tests {
             Some("alice")
         );
         assert_eq!(sealer.open::<String>(Purpose::CliCode, &token), None);
-        let other = Sealer::new(Key::generate());
+        let other = Sealer::with_key(Key::generate());
         assert_eq!(other.open::<String>(Purpose::CliSession, &token), None);
         let mut tampered = token.into_bytes();
         tampered[10] ^= 1;
         let tampered = String::from_utf8(tampered).unwrap();
         assert_eq!(sealer.open::<String>(Purpose::CliSession, &tampered), None);
+    }
+
+    #[test]
+    fn during_a_rotation_the_previous_key_opens_and_tokens_are_sealed_anew() {
+        let (old, new) = (Key::generate(), Key::generate());
+        let before = Sealer::with_key(old.clone());
+        let token = before.seal(Purpose::CliSession, &"alice");
+        let keys = SessionKeys::new(new.clone(), Some(old));
+        let during = Sealer::new(keys.clone());
+        assert_eq!(
+            during.open::<String>(Purpose::CliSession, &token).as_deref(),
+            Some("alice")
+        );
+        let resealed = during.reseal(Purpose::CliSession, &token).unwrap();
+        assert_eq!(during.reseal(Purpose::CliSession, &resealed), None, "already current");
+        assert_eq!(during.reseal(Purpose::CliCode, &token), None, "another purpose");
+        // The rotation over: only the new key.
+        keys.replace(new, None);
+        assert_eq!(during.open::<String>(Purpose::CliSession, &token), None);
+        assert_eq!(
+            during.open::<String>(Purpose::CliSession, &resealed).as_deref(),
+            Some("alice")
+        );
     }
 }

@@ -28,7 +28,8 @@ pub(super) async fn run(_args: Args) -> ExitCode {
         crate::metrics::Metrics::default(),
         crate::audit::Audit::log_only(),
     );
-    for keys in keys_of_every_project(&config, &http, &metrics, &audit) {
+    let admin_key = config.management_key.clone().into();
+    for keys in keys_of_every_project(&config, &http, &admin_key, &metrics, &audit) {
         match keys.sweep(std::time::SystemTime::now()).await {
             Ok(report) => {
                 let mut line = serde_json::to_value(&report).unwrap_or_default();

@@ -72,6 +72,9 @@ pub struct Api {
     base: Url,
     http: reqwest::Client,
     session: Option<SecretString>,
+    /// Called with the session the server sealed anew during a rotation
+    /// of its secret, to keep in place of the old one.
+    on_renewed: Option<Box<dyn Fn(SecretString) + Send + Sync>>,
 }
 
 impl Api {
@@ -92,7 +95,15 @@ impl Api {
             base: server.clone(),
             http,
             session,
+            on_renewed: None,
         }
+    }
+
+    /// Handing the session the server renews to `keep`.
+    #[must_use]
+    pub fn renewing(mut self, keep: impl Fn(SecretString) + Send + Sync + 'static) -> Self {
+        self.on_renewed = Some(Box::new(keep));
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -127,6 +138,15 @@ impl Api {
             cause: describe(&error),
         };
         let response = request.send().await.map_err(unreachable)?;
+        if let (Some(keep), Some(renewed)) = (
+            &self.on_renewed,
+            response
+                .headers()
+                .get(crate::api::RENEWED_SESSION)
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            keep(SecretString::from(renewed.to_owned()));
+        }
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(unreachable)?;
         if (200..300).contains(&status) {

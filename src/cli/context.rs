@@ -118,8 +118,25 @@ impl Context {
         }
     }
 
-    /// A client of the server with the session.
+    /// A client of the server with the session. A session the server
+    /// seals anew (it is rotating its secret) is kept in place of this one.
     pub fn api(&self, session: &Session) -> Api {
-        Api::new(&self.server, Some(session.token.clone()))
+        let store = self.store.clone();
+        let (server, expires_at, email) = (
+            session.server.clone(),
+            session.expires_at,
+            session.email.clone(),
+        );
+        Api::new(&self.server, Some(session.token.clone())).renewing(move |token| {
+            let renewed = Session {
+                server: server.clone(),
+                token,
+                expires_at,
+                email: email.clone(),
+            };
+            if let Err(error) = store.save_session(&renewed) {
+                eprintln!("warning: could not keep the renewed session: {error:#}");
+            }
+        })
     }
 }

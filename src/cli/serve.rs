@@ -1,4 +1,5 @@
-//! `serve`: run the key server until SIGINT or SIGTERM.
+//! `serve`: run the key server until SIGINT or SIGTERM; on SIGHUP, read
+//! the secrets held in files again.
 
 use std::process::ExitCode;
 
@@ -23,7 +24,9 @@ pub(super) async fn run(_args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let hangups = crate::reload_on_sighup(app.state().reloader.clone());
     let ran = app.run(shutdown_signal()).await;
+    hangups.abort();
     checks.abort();
     match ran {
         Ok(()) => ExitCode::SUCCESS,

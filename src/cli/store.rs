@@ -76,6 +76,7 @@ pub struct Obtained {
 }
 
 /// The CLI's directories.
+#[derive(Clone)]
 pub struct Store {
     config_dir: PathBuf,
     cache_dir: PathBuf,

@@ -126,7 +126,7 @@ fn cookie_name(state: &AppState, login_state: &str) -> Option<String> {
         .then(|| format!("{}{tag}", cookie_prefix(state)))
 }
 
-fn login_cookie(
+pub(super) fn login_cookie(
     state: &AppState,
     name: String,
     value: String,
@@ -139,6 +139,22 @@ fn login_cookie(
         .same_site(SameSite::Lax)
         .max_age(max_age.try_into().unwrap_or_default())
         .build()
+}
+
+/// Whether `name` is one of this server's cookies: the session's or a
+/// login's.
+pub(super) fn is_ours(state: &AppState, name: &str) -> bool {
+    name.starts_with(cookie_prefix(state)) || name == super::session::cookie_name(state)
+}
+
+/// How long the login whose cookie holds `value` has left at `now`.
+pub(super) fn time_left(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let login: Login = serde_json::from_str(value).ok()?;
+    let now_ns = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let age = Duration::from_nanos(now_ns.saturating_sub(login.started_ns));
+    LOGIN_TTL.checked_sub(age).filter(|left| !left.is_zero())
 }
 
 /// This browser's logins in progress, oldest first: when each started, and

@@ -73,7 +73,7 @@ fn env_issuer() -> String {
 }
 
 /// The name of the session cookie (`__Host-` over https).
-fn cookie_name(state: &AppState) -> &'static str {
+pub(super) fn cookie_name(state: &AppState) -> &'static str {
     if state.secure_cookies {
         SECURE_COOKIE
     } else {
@@ -215,7 +215,7 @@ where
         let state = AppState::from_ref(state);
         let jar = PrivateCookieJar::<axum_extra::extract::cookie::Key>::from_headers(
             &parts.headers,
-            state.cookie_key.clone(),
+            state.session_keys.current(),
         );
         Ok(Self(SignedIn::read(&state, &jar).ok().flatten()))
     }
@@ -232,7 +232,7 @@ where
         let state = AppState::from_ref(state);
         let jar = PrivateCookieJar::<axum_extra::extract::cookie::Key>::from_headers(
             &parts.headers,
-            state.cookie_key.clone(),
+            state.session_keys.current(),
         );
         Self::read(&state, &jar)?.ok_or(HttpError::NotSignedIn)
     }
@@ -325,7 +325,7 @@ where
         }
         let jar = PrivateCookieJar::<axum_extra::extract::cookie::Key>::from_headers(
             request.headers(),
-            app.cookie_key.clone(),
+            app.session_keys.current(),
         );
         let Some(expected) = csrf_of(&app, &jar) else {
             return Ok(Self);
@@ -398,4 +398,116 @@ mod tests {
             "the CSRF token decides then"
         );
     }
+}
+
+/// During a rotation of `SESSION_SECRET` (`SESSION_SECRET_PREVIOUS` set):
+/// a cookie of ours that only the previous secret opens is sealed anew
+/// with the current one, in the request (so that every extractor reads it)
+/// and in the answer (so that the browser keeps the new one); a CLI
+/// session is handed back sealed anew in [`crate::api::RENEWED_SESSION`]. Nobody is
+/// signed out by a rotation, and once every cookie in use has passed
+/// through, the previous secret can go.
+pub(super) async fn reseal_previous(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (current, Some(previous)) = state.session_keys.both() else {
+        return next.run(request).await;
+    };
+    let now = state.clock.now();
+    let mut cookies: Vec<Cookie<'static>> = request
+        .headers()
+        .get_all(header::COOKIE)
+        .into_iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|cookie| Cookie::parse_encoded(cookie.trim().to_owned()).ok())
+        .collect();
+    let mut resealed = Vec::new();
+    for cookie in &mut cookies {
+        let jar = cookie::CookieJar::new();
+        if !super::login::is_ours(&state, cookie.name())
+            || jar.private(&current).decrypt(cookie.clone()).is_some()
+        {
+            continue;
+        }
+        let Some(opened) = jar.private(&previous).decrypt(cookie.clone()) else {
+            continue;
+        };
+        let Some(left) = time_left(&state, opened.name(), opened.value(), now) else {
+            continue;
+        };
+        let mut sealed = cookie::CookieJar::new();
+        sealed.private_mut(&current).add(opened.clone());
+        let value = sealed
+            .get(opened.name())
+            .expect("the cookie was just added")
+            .value()
+            .to_owned();
+        cookie.set_value(value.clone());
+        let name = opened.name().to_owned();
+        resealed.push(if name == cookie_name(&state) {
+            self::cookie(&state, value, left)
+        } else {
+            super::login::login_cookie(&state, name, value, left)
+        });
+    }
+    if !resealed.is_empty() {
+        let header = cookies
+            .iter()
+            .map(|c| c.encoded().to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        request.headers_mut().remove(header::COOKIE);
+        if let Ok(value) = header.parse() {
+            request.headers_mut().insert(header::COOKIE, value);
+        }
+    }
+    let renewed = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| state.issuance.resealed_cli_session(token.trim()));
+    let mut response = next.run(request).await;
+    let set: Vec<String> = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split_once('=').map(|(name, _)| name.trim().to_owned()))
+        .collect();
+    for cookie in resealed {
+        // What the handler set itself (a new session, a cleared login)
+        // stands.
+        if set.iter().any(|name| name == cookie.name()) {
+            continue;
+        }
+        if let Ok(value) = cookie.encoded().to_string().parse() {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    if let Some(token) = renewed
+        && let Ok(value) = axum::http::HeaderValue::from_str(secrecy::ExposeSecret::expose_secret(&token))
+    {
+        let headers = response.headers_mut();
+        headers.insert(crate::api::RENEWED_SESSION, value);
+        headers.insert(
+            header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    response
+}
+
+/// How long a cookie of ours has left, by what it holds: a session until
+/// its end, a login for its lifetime; `None` once over.
+fn time_left(state: &AppState, name: &str, value: &str, now: SystemTime) -> Option<Duration> {
+    if name == cookie_name(state) {
+        let stored: Stored = serde_json::from_str(value).ok()?;
+        let left = stored.expires.checked_sub(clock::unix_seconds(now))?;
+        return (left > 0).then(|| Duration::from_secs(left.unsigned_abs()));
+    }
+    super::login::time_left(value, now)
 }
