@@ -382,12 +382,14 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             (Some(v), None) => Some(SecretString::from(v.trim().to_owned())),
             (None, Some(path)) => match std::fs::read_to_string(Path::new(&path)) {
                 Ok(v) if v.trim().is_empty() => {
-                    self.secret_files.insert(var.to_owned(), PathBuf::from(&path));
+                    self.secret_files
+                        .insert(var.to_owned(), PathBuf::from(&path));
                     self.problem(&file_var, format!("names the file {path}, which is empty"));
                     None
                 }
                 Ok(v) => {
-                    self.secret_files.insert(var.to_owned(), PathBuf::from(&path));
+                    self.secret_files
+                        .insert(var.to_owned(), PathBuf::from(&path));
                     Some(SecretString::from(v.trim().to_owned()))
                 }
                 Err(e) => {
@@ -779,15 +781,20 @@ impl Config {
             .map(|path| (path, std::fs::read_to_string(path)))
         {
             Some((path, Ok(text))) if text.trim().is_empty() => {
-                r.secret_files
-                    .insert(vars::SESSION_SECRET_PREVIOUS.to_owned(), PathBuf::from(path));
+                r.secret_files.insert(
+                    vars::SESSION_SECRET_PREVIOUS.to_owned(),
+                    PathBuf::from(path),
+                );
                 None
             }
             _ => r.session_secret(vars::SESSION_SECRET_PREVIOUS),
         };
         if session_secret_previous.is_some()
             && session_secret.is_none()
-            && !r.problems.iter().any(|p| p.var.starts_with(vars::SESSION_SECRET))
+            && !r
+                .problems
+                .iter()
+                .any(|p| p.var.starts_with(vars::SESSION_SECRET))
         {
             r.problem(
                 vars::SESSION_SECRET_PREVIOUS,

@@ -162,7 +162,11 @@ impl AdminClient {
     /// A client for `base` (e.g. `https://api.openai.com/v1`). `http` should
     /// have its timeout set and redirects off.
     /// The key may be one that rotates: every call reads it anew.
-    pub fn new(http: reqwest::Client, base: &Url, key: impl Into<crate::secrets::Rotating>) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        base: &Url,
+        key: impl Into<crate::secrets::Rotating>,
+    ) -> Self {
         let mut base = base.clone();
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());

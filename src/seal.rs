@@ -142,17 +142,29 @@ mod tests {
         let keys = SessionKeys::new(new.clone(), Some(old));
         let during = Sealer::new(keys.clone());
         assert_eq!(
-            during.open::<String>(Purpose::CliSession, &token).as_deref(),
+            during
+                .open::<String>(Purpose::CliSession, &token)
+                .as_deref(),
             Some("alice")
         );
         let resealed = during.reseal(Purpose::CliSession, &token).unwrap();
-        assert_eq!(during.reseal(Purpose::CliSession, &resealed), None, "already current");
-        assert_eq!(during.reseal(Purpose::CliCode, &token), None, "another purpose");
+        assert_eq!(
+            during.reseal(Purpose::CliSession, &resealed),
+            None,
+            "already current"
+        );
+        assert_eq!(
+            during.reseal(Purpose::CliCode, &token),
+            None,
+            "another purpose"
+        );
         // The rotation over: only the new key.
         keys.replace(new, None);
         assert_eq!(during.open::<String>(Purpose::CliSession, &token), None);
         assert_eq!(
-            during.open::<String>(Purpose::CliSession, &resealed).as_deref(),
+            during
+                .open::<String>(Purpose::CliSession, &resealed)
+                .as_deref(),
             Some("alice")
         );
     }

@@ -37,7 +37,10 @@ impl From<SecretString> for Rotating {
 impl Rotating {
     /// The value of the moment.
     pub fn current(&self) -> SecretString {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// From now on, `secret`.
@@ -67,17 +70,28 @@ impl SessionKeys {
 
     /// The key that seals.
     pub fn current(&self) -> Key {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).0.clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
     }
 
     /// The key that only opens, during a rotation.
     pub fn previous(&self) -> Option<Key> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).1.clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
     }
 
     /// Both, read together.
     pub fn both(&self) -> (Key, Option<Key>) {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// From now on, these.
@@ -161,6 +175,9 @@ pub struct Reloader {
     /// The admin key OpenAI last refused, so that a watch does not ask
     /// again about the same file.
     refused_admin_key: Mutex<Option<SecretString>>,
+    /// One reload at a time: a signal and a watch that read the same new
+    /// file put it in use once.
+    busy: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -202,7 +219,7 @@ impl Reloader {
         let config = sources.config;
         let file_of = |var: &str| config.secret_files.get(var).cloned();
         let admin_key = file_of(vars::OPENAI_MANAGEMENT_KEY).map(|path| FileSecret {
-            name: format!("{}_FILE", vars::OPENAI_MANAGEMENT_KEY),
+            name: format!("{}_FILE={}", vars::OPENAI_MANAGEMENT_KEY, path.display()),
             path,
             target: sources.admin_key.clone(),
         });
@@ -213,14 +230,17 @@ impl Reloader {
                 if issuer == crate::access::ENV_ISSUER {
                     let path = file_of(vars::CLIENT_SECRET)?;
                     return Some(FileSecret {
-                        name: format!("{}_FILE", vars::CLIENT_SECRET),
+                        name: format!("{}_FILE={}", vars::CLIENT_SECRET, path.display()),
                         path,
                         target,
                     });
                 }
                 let browser = config.browser_issuers.iter().find(|b| b.name == issuer)?;
                 Some(FileSecret {
-                    name: format!("issuer {issuer:?}'s client_secret_file"),
+                    name: format!(
+                        "issuer {issuer:?}'s client_secret_file={}",
+                        browser.client_secret_file.display()
+                    ),
                     path: browser.client_secret_file.clone(),
                     target,
                 })
@@ -240,12 +260,14 @@ impl Reloader {
             audit: sources.audit,
             clock: sources.clock,
             refused_admin_key: Mutex::new(None),
+            busy: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Reads every secret held in a file again (`SIGHUP`), and puts each
     /// new value that passes its check in use.
     pub async fn reload(&self) -> Vec<Outcome> {
+        let _one_at_a_time = self.busy.lock().await;
         let mut outcomes = Vec::new();
         if let Some(admin_key) = &self.admin_key {
             outcomes.push(self.reload_admin_key(admin_key, Trigger::Signal).await);
@@ -281,6 +303,7 @@ impl Reloader {
     /// once OpenAI accepts it.
     pub async fn check_admin_key_file(&self) -> Option<Outcome> {
         let admin_key = self.admin_key.as_ref()?;
+        let _one_at_a_time = self.busy.lock().await;
         let outcome = self.reload_admin_key(admin_key, Trigger::FileChanged).await;
         if !matches!(outcome, Outcome::Unchanged(_)) {
             self.report(&outcome, Trigger::FileChanged);
@@ -338,7 +361,7 @@ impl Reloader {
         match admin.list_projects(None).await {
             Ok(_) => AdminVerdict::Accepted,
             Err(openai::Error::Unauthorized { .. }) => AdminVerdict::Refused(
-                "OpenAI refuses the new key (401): it must be an admin key (sk-admin-…) of this organisation".to_owned(),
+                "OpenAI refuses the new key (401): it must be an admin key of this organisation (Settings → Admin keys), not a project key".to_owned(),
             ),
             Err(openai::Error::Forbidden { .. }) => AdminVerdict::Refused(
                 "OpenAI forbids the new key to list projects (403): give it the organisation owner's rights".to_owned(),
@@ -358,20 +381,24 @@ impl Reloader {
         ) {
             return None;
         }
-        let name = match (current_source, previous_source) {
-            (SessionSource::File(_), SessionSource::File(_)) => {
-                "SESSION_SECRET_FILE and SESSION_SECRET_PREVIOUS_FILE"
-            }
-            (SessionSource::File(_), SessionSource::Fixed) => "SESSION_SECRET_FILE",
-            _ => "SESSION_SECRET_PREVIOUS_FILE",
-        }
-        .to_owned();
+        let name = [
+            (vars::SESSION_SECRET, current_source),
+            (vars::SESSION_SECRET_PREVIOUS, previous_source),
+        ]
+        .iter()
+        .filter_map(|(var, source)| match source {
+            SessionSource::File(path) => Some(format!("{var}_FILE={}", path.display())),
+            SessionSource::Fixed => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
         let (old_current, old_previous) = self.session_keys.both();
         let current = match current_source {
             SessionSource::Fixed => old_current.clone(),
-            SessionSource::File(path) => match read(path)
-                .and_then(|text| SessionSecret::parse(text.expose_secret()).map_err(|why| format!("{} {why}", vars::SESSION_SECRET)))
-            {
+            SessionSource::File(path) => match read(path).and_then(|text| {
+                SessionSecret::parse(text.expose_secret())
+                    .map_err(|why| format!("{} {why}", vars::SESSION_SECRET))
+            }) {
                 Ok(secret) => Key::derive_from(secret.expose()),
                 Err(why) => return Some(Outcome::Refused(name, why)),
             },
@@ -421,7 +448,10 @@ impl Reloader {
             }
             Outcome::Rotated(name) => {
                 tracing::info!(secret = %name, trigger = trigger.name(), "the new secret is in use");
-                ("secret.rotated", format!("{name}: read again ({})", trigger.name()))
+                (
+                    "secret.rotated",
+                    format!("{name}: read again ({})", trigger.name()),
+                )
             }
             Outcome::Refused(name, why) => {
                 tracing::error!(secret = %name, trigger = trigger.name(), "the new secret is refused, the old one stays in use: {why}");

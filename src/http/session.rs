@@ -343,63 +343,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
-
-    #[test]
-    fn only_our_own_pages_may_post() {
-        let ours = "https://keys.example.com";
-        assert!(same_origin(
-            &headers(&[("sec-fetch-site", "same-origin")]),
-            ours
-        ));
-        assert!(!same_origin(
-            &headers(&[("sec-fetch-site", "same-site")]),
-            ours
-        ));
-        assert!(!same_origin(
-            &headers(&[("sec-fetch-site", "cross-site")]),
-            ours
-        ));
-        assert!(same_origin(
-            &headers(&[("origin", "https://keys.example.com")]),
-            ours
-        ));
-        assert!(!same_origin(
-            &headers(&[("origin", "https://evil.example.net")]),
-            ours
-        ));
-        assert!(
-            !same_origin(
-                &headers(&[
-                    ("origin", "null"),
-                    ("referer", "https://evil.example.net/x")
-                ]),
-                ours
-            ),
-            "an opaque origin falls back to the referer"
-        );
-        assert!(same_origin(
-            &headers(&[("referer", "https://keys.example.com/admin")]),
-            ours
-        ));
-        assert!(
-            same_origin(&headers(&[]), ours),
-            "the CSRF token decides then"
-        );
-    }
-}
-
 /// During a rotation of `SESSION_SECRET` (`SESSION_SECRET_PREVIOUS` set):
 /// a cookie of ours that only the previous secret opens is sealed anew
 /// with the current one, in the request (so that every extractor reads it)
@@ -489,7 +432,8 @@ pub(super) async fn reseal_previous(
         }
     }
     if let Some(token) = renewed
-        && let Ok(value) = axum::http::HeaderValue::from_str(secrecy::ExposeSecret::expose_secret(&token))
+        && let Ok(value) =
+            axum::http::HeaderValue::from_str(secrecy::ExposeSecret::expose_secret(&token))
     {
         let headers = response.headers_mut();
         headers.insert(crate::api::RENEWED_SESSION, value);
@@ -510,4 +454,61 @@ fn time_left(state: &AppState, name: &str, value: &str, now: SystemTime) -> Opti
         return (left > 0).then(|| Duration::from_secs(left.unsigned_abs()));
     }
     super::login::time_left(value, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_our_own_pages_may_post() {
+        let ours = "https://keys.example.com";
+        assert!(same_origin(
+            &headers(&[("sec-fetch-site", "same-origin")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &headers(&[("sec-fetch-site", "same-site")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            ours
+        ));
+        assert!(same_origin(
+            &headers(&[("origin", "https://keys.example.com")]),
+            ours
+        ));
+        assert!(!same_origin(
+            &headers(&[("origin", "https://evil.example.net")]),
+            ours
+        ));
+        assert!(
+            !same_origin(
+                &headers(&[
+                    ("origin", "null"),
+                    ("referer", "https://evil.example.net/x")
+                ]),
+                ours
+            ),
+            "an opaque origin falls back to the referer"
+        );
+        assert!(same_origin(
+            &headers(&[("referer", "https://keys.example.com/admin")]),
+            ours
+        ));
+        assert!(
+            same_origin(&headers(&[]), ours),
+            "the CSRF token decides then"
+        );
+    }
 }

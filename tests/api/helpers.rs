@@ -115,6 +115,9 @@ pub(crate) struct TestApp {
     /// The server's cleanup, to run full sweeps as an operator would and
     /// read their reports (`/revoke` tells anonymous callers nothing).
     pub(crate) cleanup: openai_key_server::cleanup::Cleanup,
+    /// What SIGHUP calls in `serve` (a test must not signal its own
+    /// process, which runs many servers).
+    pub(crate) reloader: Arc<openai_key_server::secrets::Reloader>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -200,6 +203,19 @@ impl TestApp {
         Self::start(Arc::clone(&self.sandbox), listener, env, false).await
     }
 
+    /// Stops this server and starts it again at the same address with
+    /// `changes` to its settings (an empty value unsets one): an operator
+    /// restarting it with a new configuration.
+    pub(crate) async fn restart_with(self, changes: &[(&str, &str)]) -> Self {
+        let (sandbox, mut env, addr) = (Arc::clone(&self.sandbox), self.env.clone(), self.addr);
+        self.stop().await.unwrap();
+        for (var, value) in changes {
+            env.insert((*var).to_owned(), (*value).to_owned());
+        }
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::start(sandbox, listener, env, false).await
+    }
+
     async fn start(
         sandbox: Arc<Sandbox>,
         listener: TcpListener,
@@ -216,7 +232,7 @@ impl TestApp {
         let stopped = async move {
             let _ = rx.await;
         };
-        let (cleanup, server) = if own_runtime {
+        let ((cleanup, reloader), server) = if own_runtime {
             let listener = listener.into_std().unwrap();
             let server_clock = clock.clone();
             let (built_tx, built_rx) = oneshot::channel();
@@ -228,7 +244,8 @@ impl TestApp {
                 let result = runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
                     let app = Application::build_with(config, listener, server_clock)?;
-                    let _ = built_tx.send(app.state().cleanup.clone());
+                    let _ =
+                        built_tx.send((app.state().cleanup.clone(), app.state().reloader.clone()));
                     app.run(stopped).await
                 });
                 // Whatever is left ends here, as at a process's exit.
@@ -239,7 +256,10 @@ impl TestApp {
         } else {
             let app = Application::build_with(config, listener, clock.clone())
                 .expect("the server builds");
-            (app.state().cleanup.clone(), tokio::spawn(app.run(stopped)))
+            (
+                (app.state().cleanup.clone(), app.state().reloader.clone()),
+                tokio::spawn(app.run(stopped)),
+            )
         };
 
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -261,6 +281,7 @@ impl TestApp {
             client_secret,
             project_id,
             cleanup,
+            reloader,
             shutdown: Some(tx),
             server: Some(server),
         }

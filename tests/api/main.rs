@@ -24,5 +24,6 @@ mod pages;
 mod policy;
 mod races;
 mod recipes;
+mod rotation;
 mod signin;
 mod upstream;

@@ -307,6 +307,10 @@ struct Provider {
 #[derive(Debug)]
 struct State {
     redirect_uris: Vec<String>,
+    /// The client's secrets besides the one it was made with (Google
+    /// allows two at once), and whether that first one is disabled.
+    extra_client_secrets: Vec<String>,
+    first_secret_disabled: bool,
     queue: VecDeque<Identity>,
     auto_approve: Option<Identity>,
     deny_next: bool,
@@ -353,6 +357,13 @@ pub enum Endpoint {
 impl Provider {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `secret` is one of the client's live secrets.
+    pub(crate) fn client_secret_is_live(&self, secret: &str) -> bool {
+        let state = self.lock();
+        (secret == self.client_secret && !state.first_secret_disabled)
+            || state.extra_client_secrets.iter().any(|s| s == secret)
     }
 
     /// An oversized answer for `endpoint`, if one is armed.
@@ -435,6 +446,8 @@ impl FakeOidc {
             .map_or_else(|| origin.clone(), |i| i.trim_end_matches('/').to_owned());
         let mut state = State {
             redirect_uris: config.redirect_uris,
+            extra_client_secrets: Vec::new(),
+            first_secret_disabled: false,
             queue: VecDeque::new(),
             auto_approve: None,
             deny_next: false,
@@ -575,6 +588,30 @@ impl FakeOidc {
     /// The registered OAuth client's secret.
     pub fn client_secret(&self) -> String {
         self.inner.client_secret.clone()
+    }
+
+    /// Adds a second secret to the client, as Google's console does to
+    /// rotate one: both work until one is disabled. `None` when the client
+    /// has two already (Google's limit).
+    pub fn add_client_secret(&self) -> Option<String> {
+        let mut state = self.inner.lock();
+        let live = usize::from(!state.first_secret_disabled) + state.extra_client_secrets.len();
+        if live >= 2 {
+            return None;
+        }
+        let secret = format!("GOCSPX-{}", random_string(28, URL_SAFE));
+        state.extra_client_secrets.push(secret.clone());
+        Some(secret)
+    }
+
+    /// Disables (and deletes) one of the client's secrets: the token
+    /// endpoint refuses it from now on.
+    pub fn disable_client_secret(&self, secret: &str) {
+        let mut state = self.inner.lock();
+        if secret == self.inner.client_secret {
+            state.first_secret_disabled = true;
+        }
+        state.extra_client_secrets.retain(|s| s != secret);
     }
 
     /// The next authorization request signs this identity in without a form

@@ -239,7 +239,7 @@ fn authenticate(
         ));
     }
     match secret {
-        Some(secret) if secret == provider.client_secret => Ok(client_id),
+        Some(secret) if provider.client_secret_is_live(&secret) => Ok(client_id),
         _ => Err(OAuthError::invalid_client("Unauthorized", by_basic)),
     }
 }
