@@ -63,11 +63,13 @@ pub(super) async fn run(args: Args) -> ExitCode {
 /// problem is an error line saying what to fix (the server still starts,
 /// since OpenAI may only be away for a moment; `/readyz` waits for the
 /// Admin API to answer).
-pub(super) async fn log_online_checks(config: Config) {
+pub(super) async fn log_online_checks(config: Config, metrics: crate::metrics::Metrics) {
     let Ok(http) = crate::http_client(&config) else {
         return;
     };
-    let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone());
+    // Counted like every other call the server makes.
+    let admin = AdminClient::new(http, &config.openai_base_url, config.management_key.clone())
+        .with_metrics(metrics);
     for selector in config.project_selectors() {
         match check(&admin, &selector).await {
             Ok(line) => tracing::info!("online check: {line}"),

@@ -16,7 +16,7 @@ pub(super) async fn run(_args: Args) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(config.log_format);
-    let checks = tokio::spawn(super::check_config::log_online_checks(config.clone()));
+    let checked = config.clone();
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error) => {
@@ -24,6 +24,10 @@ pub(super) async fn run(_args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let checks = tokio::spawn(super::check_config::log_online_checks(
+        checked,
+        app.state().metrics.clone(),
+    ));
     let hangups = crate::reload_on_sighup(app.state().reloader.clone());
     let ran = app.run(shutdown_signal()).await;
     hangups.abort();

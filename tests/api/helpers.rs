@@ -644,3 +644,58 @@ pub(crate) fn listed_accounts(body: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// `POST /organization/admin_api_keys` as the sandbox's admin: a second
+/// admin key (its id and value).
+pub(crate) async fn new_admin_key(sandbox: &sandbox::Sandbox, with: &str) -> (String, String) {
+    let response = plain_client()
+        .post(format!(
+            "{}/organization/admin_api_keys",
+            sandbox.openai_base_url()
+        ))
+        .bearer_auth(with)
+        .json(&serde_json::json!({"name": "rotated"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["value"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The id of the admin key whose value is `value` (the one the sandbox
+/// started with is the only one before a rotation).
+pub(crate) async fn admin_key_ids(sandbox: &sandbox::Sandbox, with: &str) -> Vec<String> {
+    let response = plain_client()
+        .get(format!(
+            "{}/organization/admin_api_keys",
+            sandbox.openai_base_url()
+        ))
+        .bearer_auth(with)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub(crate) async fn delete_admin_key(sandbox: &sandbox::Sandbox, id: &str, with: &str) {
+    let response = plain_client()
+        .delete(format!(
+            "{}/organization/admin_api_keys/{id}",
+            sandbox.openai_base_url()
+        ))
+        .bearer_auth(with)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

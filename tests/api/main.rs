@@ -24,6 +24,7 @@ mod pages;
 mod policy;
 mod races;
 mod recipes;
+mod replicas;
 mod rotation;
 mod signin;
 mod upstream;

@@ -324,6 +324,15 @@ impl FakeOpenAi {
         self.world().live_key(value, now).is_some()
     }
 
+    /// The id of the service account whose live key `value` is, if the
+    /// key is live.
+    pub fn account_of_key(&self, value: &str) -> Option<String> {
+        let now = self.now();
+        self.world()
+            .live_key(value, now)
+            .map(|live| live.account.id.clone())
+    }
+
     // ----- knobs -----
 
     /// The API generation it acts as.
