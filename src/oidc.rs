@@ -205,42 +205,53 @@ impl Provider {
         self.inner
             .metadata
             .get_or_try_init(|| async {
-                let issuer = self.inner.settings.issuer.as_str().trim_end_matches('/');
-                let url = format!("{issuer}/.well-known/openid-configuration");
-                let response = timing::upstream(self.inner.http.get(&url).send())
-                    .await
-                    .and_then(reqwest::Response::error_for_status)
-                    .map_err(|e| Error::Unreachable(format!("discovery: {}", e.without_url())))?;
-                let body = timing::upstream(upstream::read_capped(response, upstream::OIDC_MAX_BYTES))
-                    .await
-                    .map_err(|e| Error::Unreachable(format!("discovery document: {}", without_url(e))))?;
-                let metadata: Metadata = serde_json::from_slice(&body)
-                    .map_err(|e| Error::Unreachable(format!("discovery document: {e}")))?;
-                if metadata.issuer.trim_end_matches('/') != issuer {
-                    return Err(Error::Unreachable(format!(
-                        "discovery names the issuer {:?}, not the configured {issuer:?}",
-                        metadata.issuer
-                    )));
-                }
-                // The client secret goes to the token endpoint, and every
-                // identity rests on the keys: neither over plain http to
-                // another machine, whatever the document says.
-                for (what, endpoint) in [
-                    ("token endpoint", &metadata.token_endpoint),
-                    ("signing keys", &metadata.jwks_uri),
-                    ("authorization endpoint", &metadata.authorization_endpoint),
-                ] {
-                    if !upstream::is_safe_endpoint(endpoint, &self.inner.settings.issuer) {
-                        return Err(Error::Unreachable(format!(
-                            "the discovery document names a {what} that is not https ({}); refusing to use it",
-                            endpoint.origin().ascii_serialization()
-                        )));
-                    }
-                }
-                self.inner.reached.store(true, Ordering::Relaxed);
-                Ok(metadata)
+                let fetched = self.fetch_metadata().await;
+                // The provider's state as the operator sees it
+                // (`oks_upstream_up`, `/readyz`), from every call to it.
+                self.inner
+                    .settings
+                    .metrics
+                    .upstream("identity_provider", fetched.is_ok());
+                fetched
             })
             .await
+    }
+
+    async fn fetch_metadata(&self) -> Result<Metadata, Error> {
+        let issuer = self.inner.settings.issuer.as_str().trim_end_matches('/');
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        let response = timing::upstream(self.inner.http.get(&url).send())
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| Error::Unreachable(format!("discovery: {}", e.without_url())))?;
+        let body = timing::upstream(upstream::read_capped(response, upstream::OIDC_MAX_BYTES))
+            .await
+            .map_err(|e| Error::Unreachable(format!("discovery document: {}", without_url(e))))?;
+        let metadata: Metadata = serde_json::from_slice(&body)
+            .map_err(|e| Error::Unreachable(format!("discovery document: {e}")))?;
+        if metadata.issuer.trim_end_matches('/') != issuer {
+            return Err(Error::Unreachable(format!(
+                "discovery names the issuer {:?}, not the configured {issuer:?}",
+                metadata.issuer
+            )));
+        }
+        // The client secret goes to the token endpoint, and every
+        // identity rests on the keys: neither over plain http to
+        // another machine, whatever the document says.
+        for (what, endpoint) in [
+            ("token endpoint", &metadata.token_endpoint),
+            ("signing keys", &metadata.jwks_uri),
+            ("authorization endpoint", &metadata.authorization_endpoint),
+        ] {
+            if !upstream::is_safe_endpoint(endpoint, &self.inner.settings.issuer) {
+                return Err(Error::Unreachable(format!(
+                    "the discovery document names a {what} that is not https ({}); refusing to use it",
+                    endpoint.origin().ascii_serialization()
+                )));
+            }
+        }
+        self.inner.reached.store(true, Ordering::Relaxed);
+        Ok(metadata)
     }
 
     /// The URL to send the browser to, for these login secrets; with
@@ -310,10 +321,15 @@ impl Provider {
                 Some(encode(client_secret.expose_secret())),
             );
         }
+        let metrics = &self.inner.settings.metrics;
         let response = timing::upstream(request.form(&form).send())
             .await
-            .map_err(|e| Error::Unreachable(format!("token endpoint: {}", e.without_url())))?;
+            .map_err(|e| {
+                metrics.upstream("identity_provider", false);
+                Error::Unreachable(format!("token endpoint: {}", e.without_url()))
+            })?;
         let status = response.status();
+        metrics.upstream("identity_provider", !status.is_server_error());
         let bytes = timing::upstream(upstream::read_capped(response, upstream::OIDC_MAX_BYTES))
             .await
             .map_err(|e| Error::Unreachable(format!("token endpoint: {}", without_url(e))))?;

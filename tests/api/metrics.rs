@@ -207,3 +207,36 @@ async fn metrics_address_moves_metrics_off_the_main_listener() {
     assert_eq!(answer.status(), StatusCode::OK);
     assert!(answer.text().await.unwrap().contains("oks_build_info"));
 }
+
+#[tokio::test]
+async fn the_providers_state_follows_its_token_endpoint_too() {
+    let app = TestApp::spawn().await;
+    app.wait_for_startup_sweep().await;
+    let last_call = || async {
+        let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+        ready["last_call"]["identity_provider"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(last_call().await, "up");
+    // The token endpoint down (the keys are cached: no JWKS call tells).
+    app.sandbox.oidc.fail_next_token(1, 503);
+    let failed = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert!(failed.status.is_server_error(), "{}", failed.status);
+    assert_eq!(last_call().await, "down");
+    let (_, series) = scrape(&app).await;
+    assert_eq!(
+        sum(
+            &series,
+            "oks_upstream_up",
+            &["upstream=\"identity_provider\""]
+        ),
+        0.0
+    );
+    let page = app.sign_in_as(Identity::consumer("bob@gmail.com")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(last_call().await, "up");
+}
