@@ -27,7 +27,8 @@ pub struct Event {
     pub time: String,
     /// What happened: `key.issued`, `key.refused`, `key.revoked`,
     /// `key.deleted`, `admin.revoking`, `admin.refused`, `admin.cleanup`,
-    /// `session.cli`, `session.device`, `config.loaded`.
+    /// `session.cli`, `session.device`, `config.loaded`, `secret.rotated`,
+    /// `secret.refused`.
     pub event: String,
     /// Who did it: an address, `github:<id>`, or `server` (the schedule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
