@@ -41,6 +41,7 @@ On the fake OpenAI port (and the clock on every port):
   POST /_sandbox/openai/seed            {\"project_id\"?, \"accounts\": [{\"name\", \"created_at\",
                                         \"expires_at\"?, \"role\"?}]}: pre-existing service accounts
   POST /_sandbox/openai/key-status      {\"value\"}: whether a key would authenticate now
+  POST /_sandbox/openai/usage           {\"key\", \"model\"?, \"input_tokens\", \"output_tokens\"?}: usage by that key, now
   GET  /_sandbox/openai/state           dump of projects, accounts, keys (never values), knobs
   GET  /_sandbox/openai/counters        calls by method and route, by status, 429s
   GET  /_sandbox/openai/journal         every request: method, path, query, body, status,

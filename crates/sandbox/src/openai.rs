@@ -14,6 +14,8 @@ mod knobs;
 mod layers;
 mod request;
 mod state;
+mod usage;
+pub use usage::PRICES;
 mod views;
 
 use std::collections::BTreeMap;
@@ -102,6 +104,10 @@ struct Inner {
     world: Mutex<World>,
     knobs: Mutex<Knobs>,
     rate_limited: AtomicU64,
+    /// Every model request's tokens, by key, kept after the key is gone.
+    usage: Mutex<Vec<usage::Record>>,
+    /// Seconds usage takes to show in the Usage and Costs APIs.
+    usage_latency: std::sync::atomic::AtomicI64,
 }
 
 /// The fake OpenAI Admin API: its state, knobs and counters. Cheap to clone;
@@ -152,6 +158,8 @@ impl FakeOpenAi {
                 journal: Journal::new(),
                 knobs: Mutex::new(knobs),
                 rate_limited: AtomicU64::new(0),
+                usage: Mutex::new(Vec::new()),
+                usage_latency: std::sync::atomic::AtomicI64::new(0),
                 clock,
             }),
         }
@@ -331,6 +339,73 @@ impl FakeOpenAi {
         self.world()
             .live_key(value, now)
             .map(|live| live.account.id.clone())
+    }
+
+    /// Records `input` and `output` tokens of one request to `model` with
+    /// the key whose value is `key`, now (as a model request would). False
+    /// when no key has that value (live or not).
+    pub fn add_usage(&self, key: &str, model: &str, input: u64, output: u64) -> bool {
+        let Some((project_id, api_key_id)) = self.world().locate_key(key) else {
+            return false;
+        };
+        self.record_usage(usage::Record {
+            at: self.now(),
+            project_id,
+            api_key_id,
+            model: model.to_owned(),
+            input_tokens: input,
+            output_tokens: output,
+            requests: 1,
+        });
+        true
+    }
+
+    /// Records usage of the key `api_key_id` of `project_id` at `at` (Unix
+    /// seconds), whether or not such a key exists.
+    pub fn add_usage_by_id(
+        &self,
+        project_id: &str,
+        api_key_id: &str,
+        model: &str,
+        tokens: (u64, u64),
+        at: i64,
+    ) {
+        self.record_usage(usage::Record {
+            at,
+            project_id: project_id.to_owned(),
+            api_key_id: api_key_id.to_owned(),
+            model: model.to_owned(),
+            input_tokens: tokens.0,
+            output_tokens: tokens.1,
+            requests: 1,
+        });
+    }
+
+    fn record_usage(&self, record: usage::Record) {
+        self.inner
+            .usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record);
+    }
+
+    /// Usage shows in the Usage and Costs APIs `secs` after it happened
+    /// (default 0: at once). The real API's delay is not documented.
+    pub fn set_usage_latency(&self, secs: i64) {
+        self.inner.usage_latency.store(secs, Ordering::SeqCst);
+    }
+
+    /// The usage the Usage API shows now.
+    fn usage_visible(&self) -> Vec<usage::Record> {
+        let shown_until = self.now() - self.inner.usage_latency.load(Ordering::SeqCst);
+        self.inner
+            .usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|r| r.at <= shown_until)
+            .cloned()
+            .collect()
     }
 
     // ----- knobs -----

@@ -1847,3 +1847,182 @@ async fn a_delay_fault_slows_one_matching_call_and_lets_it_take_effect() {
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+#[tokio::test]
+async fn usage_is_recorded_per_key_and_reported_in_buckets_grouped_and_paged() {
+    let api = Api::start().await;
+    let project = api.default_project();
+    let mut keys = Vec::new();
+    for name in ["ks:usage-a", "ks:usage-b"] {
+        let created = api.create_account(&project, json!({"name": name})).await;
+        keys.push((
+            created.body["api_key"]["id"].as_str().unwrap().to_owned(),
+            created.body["api_key"]["value"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    // A model request records what its answer's `usage` says; the control
+    // call adds more.
+    let answer = api
+        .call(
+            Method::POST,
+            "/chat/completions",
+            Some(&keys[0].1),
+            Some(json!({"model": "gpt-4o-mini", "messages": []})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let added = api
+        .client
+        .post(api.control_url("/_sandbox/openai/usage"))
+        .json(&json!({"key": keys[1].1, "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), StatusCode::OK);
+    let now = api.sandbox.clock.unix();
+    let start = now - 86_400 * 2;
+
+    // Both array forms group alike.
+    for form in ["group_by[]=api_key_id", "group_by=api_key_id"] {
+        let page = api
+            .get(&format!(
+                "/organization/usage/completions?start_time={start}&{form}"
+            ))
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        assert_eq!(page.body["object"], "page");
+        let buckets = page.body["data"].as_array().unwrap();
+        assert_eq!(buckets.len(), 3, "two days back and today");
+        let results = buckets[2]["results"].as_array().unwrap();
+        let of = |id: &str| {
+            results
+                .iter()
+                .find(|r| r["api_key_id"] == id)
+                .unwrap_or_else(|| panic!("{id} in {results:?}"))
+                .clone()
+        };
+        assert_eq!(of(&keys[0].0)["input_tokens"], 1);
+        assert_eq!(of(&keys[0].0)["output_tokens"], 5);
+        assert_eq!(of(&keys[1].0)["input_tokens"], 1000);
+        assert_eq!(of(&keys[1].0)["num_model_requests"], 1);
+        assert_eq!(of(&keys[1].0)["model"], Value::Null, "not grouped by model");
+        assert_eq!(
+            of(&keys[1].0)["object"],
+            "organization.usage.completions.result"
+        );
+    }
+    // Filtered to one key; without grouping, one total.
+    let page = api
+        .get(&format!(
+            "/organization/usage/completions?start_time={start}&api_key_ids[]={}",
+            keys[1].0
+        ))
+        .await;
+    let results = page.body["data"][2]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["input_tokens"], 1000);
+    assert_eq!(results[0]["api_key_id"], Value::Null);
+    // Pages of `limit` buckets, followed by `next_page`.
+    let first = api
+        .get(&format!(
+            "/organization/usage/completions?start_time={start}&bucket_width=1d&limit=2"
+        ))
+        .await;
+    assert_eq!(first.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(first.body["has_more"], true);
+    let cursor = first.body["next_page"].as_str().unwrap().to_owned();
+    let second = api
+        .get(&format!(
+            "/organization/usage/completions?start_time={start}&bucket_width=1d&limit=2&page={}",
+            cursor
+                .replace('=', "%3D")
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+        ))
+        .await;
+    assert_eq!(second.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(second.body["has_more"], false);
+    assert_eq!(second.body["next_page"], Value::Null);
+    // What the spec says is refused, is.
+    for bad in [
+        String::new(),
+        format!("start_time={start}&bucket_width=2d"),
+        format!("start_time={start}&bucket_width=1d&limit=32"),
+        format!("start_time={start}&group_by[]=colour"),
+    ] {
+        let reply = api
+            .get(&format!("/organization/usage/completions?{bad}"))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            reply.text
+        );
+    }
+    // An issued key may not read usage.
+    let reply = api
+        .call(
+            Method::GET,
+            &format!("/organization/usage/completions?start_time={start}"),
+            Some(&keys[0].1),
+            None,
+        )
+        .await;
+    assert!(reply.status.is_client_error());
+
+    // Costs: daily, in USD, by key; `result` on request.
+    let costs = api
+        .get(&format!(
+            "/organization/costs?start_time={start}&group_by[]=api_key_id"
+        ))
+        .await;
+    assert_eq!(costs.status, StatusCode::OK, "{}", costs.text);
+    let results = costs.body["data"][2]["results"].as_array().unwrap();
+    let b = results
+        .iter()
+        .find(|r| r["api_key_id"] == keys[1].0.as_str())
+        .unwrap();
+    let value = b["amount"]["value"].as_f64().unwrap();
+    assert!(
+        (value - (1000.0 * 2.5 + 500.0 * 10.0) / 1e6).abs() < 1e-9,
+        "{value}"
+    );
+    assert_eq!(b["amount"]["currency"], "usd");
+    let other_form = api
+        .get(&format!(
+            "/organization/costs?start_time={start}&result_field=result"
+        ))
+        .await;
+    assert!(other_form.body["data"][2]["result"].is_array());
+    let hourly = api
+        .get(&format!(
+            "/organization/costs?start_time={start}&bucket_width=1h"
+        ))
+        .await;
+    assert_eq!(hourly.status, StatusCode::BAD_REQUEST);
+
+    // With a latency, usage shows only once it has passed.
+    api.sandbox.openai.set_usage_latency(600);
+    let page = api
+        .get(&format!(
+            "/organization/usage/completions?start_time={start}"
+        ))
+        .await;
+    assert!(
+        page.body["data"][2]["results"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    api.sandbox.clock.advance(Duration::from_secs(601));
+    let page = api
+        .get(&format!(
+            "/organization/usage/completions?start_time={start}"
+        ))
+        .await;
+    assert_eq!(page.body["data"][2]["results"].as_array().unwrap().len(), 1);
+}

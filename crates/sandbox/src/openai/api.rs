@@ -63,6 +63,11 @@ pub(super) fn routes() -> Router<FakeOpenAi> {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{model}", get(retrieve_model))
         .route("/v1/chat/completions", post(chat_completion))
+        .route(
+            "/v1/organization/usage/completions",
+            get(super::usage::completions),
+        )
+        .route("/v1/organization/costs", get(super::usage::costs))
 }
 
 /// 404 `Invalid URL (METHOD /path)` for every path not served.
@@ -98,7 +103,7 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
 /// Proof that the request carries the admin key. Taking it as the first
 /// argument makes a handler unreachable without one.
 #[derive(Debug)]
-struct Admin;
+pub(super) struct Admin;
 
 impl FromRequestParts<FakeOpenAi> for Admin {
     type Rejection = ApiError;
@@ -671,6 +676,8 @@ async fn chat_completion(
         ))
         .code("model_not_found"));
     }
+    // What the answer's `usage` says, on the key's account.
+    fake.add_usage(&bearer(&headers)?, &model, 1, 5);
     Ok(Json(json!({
         "id": super::ids::request_id().replacen("req_", "chatcmpl-", 1),
         "object": "chat.completion",

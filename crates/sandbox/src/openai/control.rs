@@ -40,6 +40,7 @@ pub(super) fn routes(clock: Clock) -> Router<FakeOpenAi> {
         .route("/_sandbox/openai/seed", post(seed))
         .route("/_sandbox/openai/projects", post(create_project))
         .route("/_sandbox/openai/key-status", post(key_status))
+        .route("/_sandbox/openai/usage", post(add_usage))
         .route("/_sandbox/openai/state", get(state))
 }
 
@@ -267,6 +268,36 @@ struct KeyStatus {
 async fn key_status(State(fake): State<FakeOpenAi>, body: Bytes) -> Answer {
     let status: KeyStatus = control_body(&body)?;
     Ok(Json(json!({ "live": fake.key_is_live(&status.value) })))
+}
+
+/// Usage to record against a key, as its model requests would.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddUsage {
+    /// The key's value.
+    key: String,
+    #[serde(default = "default_model")]
+    model: String,
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+fn default_model() -> String {
+    "gpt-4o-mini".to_owned()
+}
+
+async fn add_usage(State(fake): State<FakeOpenAi>, body: Bytes) -> Answer {
+    let usage: AddUsage = control_body(&body)?;
+    if !fake.add_usage(
+        &usage.key,
+        &usage.model,
+        usage.input_tokens,
+        usage.output_tokens,
+    ) {
+        return Err(ApiError::not_found("no key has that value"));
+    }
+    Ok(Json(json!({ "recorded": true })))
 }
 
 /// A project with its accounts, for the state dump.

@@ -310,6 +310,15 @@ impl QueryParams {
         )
     }
 
+    /// Every value given for `name`, in order.
+    pub(super) fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// The last value given for `name`.
     pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0

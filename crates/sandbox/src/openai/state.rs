@@ -641,6 +641,11 @@ impl World {
     /// The key with this value if it can authenticate at `now`: it exists,
     /// has not expired, its account exists and its project is not archived
     /// (stricter reading: an archived project "cannot be used").
+    /// The project and id of the key whose value is `value`, live or not.
+    pub(super) fn locate_key(&self, value: &str) -> Option<(String, String)> {
+        self.secrets.get(&ids::digest(value)).cloned()
+    }
+
     pub(super) fn live_key(&self, value: &str, now: i64) -> Option<LiveKey<'_>> {
         let (project_id, key_id) = self.secrets.get(&ids::digest(value))?;
         let project = self.projects.get(project_id)?;
