@@ -128,6 +128,8 @@ pub struct Rule {
     pub cap: usize,
     /// Keys one holder may be issued per hour (0: no limit).
     pub per_hour: u32,
+    /// What one holder's keys may use.
+    pub budget: Budget,
     /// Whether its holders may act on everyone's keys.
     pub admin: bool,
     /// Where its keys go.
@@ -137,6 +139,24 @@ pub struct Rule {
     /// Claims a workload's token must carry, each exactly or by a glob
     /// (workload issuers only; empty for people).
     pub claims: BTreeMap<String, ClaimPattern>,
+}
+
+/// What a holder's keys may use: tokens (input and output) per UTC day,
+/// counted from OpenAI's Usage API (`tokens_per_day`, `on_over_budget`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Tokens a day (0: no budget).
+    pub tokens_per_day: u64,
+    /// Whether live keys are revoked too once it is spent (otherwise only
+    /// new keys are refused).
+    pub revoke: bool,
+}
+
+impl Budget {
+    /// Whether there is one.
+    pub fn is_set(&self) -> bool {
+        self.tokens_per_day > 0
+    }
 }
 
 /// What one allowed identity may have: the rule that matched, applied.
@@ -154,6 +174,8 @@ pub struct Grant {
     pub cap: usize,
     /// Keys they may be issued per hour (0: no limit).
     pub per_hour: u32,
+    /// What their keys may use.
+    pub budget: Budget,
     /// May see and revoke every key of this server (the rule's `admin`,
     /// or `ADMIN_USERS`).
     pub admin: bool,
@@ -238,6 +260,7 @@ impl Policy {
             max_lifetime: lifetime,
             cap,
             per_hour,
+            budget: Budget::default(),
             admin: false,
             project: ProjectChoice::Default,
             scopes: Vec::new(),
@@ -383,6 +406,7 @@ impl Policy {
             max_lifetime: rule.max_lifetime,
             cap: rule.cap,
             per_hour: rule.per_hour,
+            budget: rule.budget,
             admin: false,
             scopes: rule.scopes.clone(),
             project: rule.project.clone(),
@@ -402,6 +426,7 @@ impl Policy {
             max_lifetime: rule.max_lifetime,
             cap: rule.cap,
             per_hour: rule.per_hour,
+            budget: rule.budget,
             scopes: rule.scopes.clone(),
             project: rule.project.clone(),
             issuer: rule.issuer.clone(),
@@ -499,8 +524,21 @@ impl Rule {
         } else {
             format!("scopes {}", self.scopes.join(","))
         };
+        let budget = if self.budget.is_set() {
+            format!(
+                ", {} tokens a day ({} when spent)",
+                self.budget.tokens_per_day,
+                if self.budget.revoke {
+                    "keys revoked"
+                } else {
+                    "new keys refused"
+                }
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "keys of {} (at most {} on request), {}, {scopes}, {cap}, {rate}{}",
+            "keys of {} (at most {} on request), {}, {scopes}, {cap}, {rate}{budget}{}",
             crate::clock::humanize(self.lifetime),
             crate::clock::humanize(self.max_lifetime),
             self.project,
@@ -738,6 +776,7 @@ mod tests {
                 lifetime: Duration::from_secs(3600),
                 cap: 5,
                 per_hour: 20,
+                budget: Budget::default(),
             },
         )
         .unwrap()

@@ -106,6 +106,12 @@ pub mod vars {
     /// The policy file (TOML): issuers and rules, instead of the
     /// allow-lists.
     pub const POLICY_FILE: &str = "POLICY_FILE";
+    /// Tokens one holder's keys may use per UTC day (0: no budget).
+    pub const TOKENS_PER_DAY: &str = "TOKENS_PER_DAY";
+    /// `refuse` (new keys) or `revoke` (live keys too) once a budget is spent.
+    pub const ON_OVER_BUDGET: &str = "ON_OVER_BUDGET";
+    /// Seconds between two reads of OpenAI's Usage API (0: never).
+    pub const USAGE_POLL_INTERVAL: &str = "USAGE_POLL_INTERVAL";
 }
 
 /// Who may use `/revoke` (`REVOKE_ENDPOINT`).
@@ -284,6 +290,12 @@ pub struct Config {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Where audit events are also appended (`AUDIT_LOG_FILE`).
     pub audit_log_file: Option<PathBuf>,
+    /// The budget of the allow-list's rule, and the default of the policy
+    /// file's (`TOKENS_PER_DAY`, `ON_OVER_BUDGET`).
+    pub budget: crate::access::Budget,
+    /// How often OpenAI's Usage API is read (`USAGE_POLL_INTERVAL`; `None`:
+    /// never).
+    pub usage_poll_interval: Option<Duration>,
     /// The issuers of the policy file people sign in through, besides the
     /// environment's, with their clients.
     pub browser_issuers: Vec<BrowserIssuer>,
@@ -808,11 +820,33 @@ impl Config {
         let server_timing = r.flag(vars::SERVER_TIMING, false);
         let max_keys_per_user = r.count(vars::MAX_KEYS_PER_USER, 5, 1_000);
         let rate_limit_per_user = r.count(vars::RATE_LIMIT_PER_USER, 20, 100_000);
+        let tokens_per_day = r.count(vars::TOKENS_PER_DAY, 0, u32::MAX);
+        let revoke_over_budget = match r.get(vars::ON_OVER_BUDGET).as_deref() {
+            None | Some("refuse") => false,
+            Some("revoke") => true,
+            Some(other) => {
+                r.problem(
+                    vars::ON_OVER_BUDGET,
+                    format!("must be refuse (new keys are refused once a budget is spent) or revoke (live keys are revoked too), not {other:?}"),
+                );
+                false
+            }
+        };
+        let budget = crate::access::Budget {
+            tokens_per_day: u64::from(tokens_per_day),
+            revoke: revoke_over_budget,
+        };
+        let usage_poll_interval = if r.get(vars::USAGE_POLL_INTERVAL).as_deref() == Some("0") {
+            None
+        } else {
+            Some(r.seconds(vars::USAGE_POLL_INTERVAL, 60, 86_400))
+        };
         let policy_file = r.get(vars::POLICY_FILE).and_then(|path| {
             let defaults = crate::access::Defaults {
                 lifetime: expiration,
                 cap: usize::try_from(max_keys_per_user).unwrap_or(usize::MAX),
                 per_hour: rate_limit_per_user,
+                budget,
             };
             match crate::access::load_policy_file(std::path::Path::new(&path), defaults) {
                 Ok(file) => Some(file),
@@ -1105,6 +1139,8 @@ impl Config {
                     revoke_endpoint,
                     metrics_address,
                     audit_log_file: r.get(vars::AUDIT_LOG_FILE).map(PathBuf::from),
+                    budget,
+                    usage_poll_interval,
                     policy_path: r.get(vars::POLICY_FILE),
                     policy_file,
                     browser_issuers,
@@ -1122,12 +1158,18 @@ impl Config {
     pub fn rules(&self) -> Vec<crate::access::Rule> {
         match &self.policy_file {
             Some(file) => file.rules.clone(),
-            None => crate::access::Policy::from_env(
-                self.allow.clone(),
-                self.expiration,
-                self.max_keys_per_user,
-                self.rate_limit_per_user,
-            ),
+            None => {
+                let mut rules = crate::access::Policy::from_env(
+                    self.allow.clone(),
+                    self.expiration,
+                    self.max_keys_per_user,
+                    self.rate_limit_per_user,
+                );
+                for rule in &mut rules {
+                    rule.budget = self.budget;
+                }
+                rules
+            }
         }
     }
 
@@ -1314,6 +1356,21 @@ impl Config {
                     || "(none: audit events in the log only)".to_owned(),
                     |p| p.display().to_string(),
                 ),
+            ),
+            (vars::TOKENS_PER_DAY, self.budget.tokens_per_day.to_string()),
+            (
+                vars::ON_OVER_BUDGET,
+                if self.budget.revoke {
+                    "revoke"
+                } else {
+                    "refuse"
+                }
+                .to_owned(),
+            ),
+            (
+                vars::USAGE_POLL_INTERVAL,
+                self.usage_poll_interval
+                    .map_or_else(|| "0 (off)".to_owned(), |d| d.as_secs().to_string()),
             ),
             (
                 vars::METRICS_ADDRESS,

@@ -101,6 +101,16 @@ pub enum Error {
     /// The Admin API failed.
     #[error(transparent)]
     Keys(#[from] crate::keys::Error),
+    /// The holder's keys used their budget for the day.
+    #[error("{owner} used {} of {} tokens today", over.used, over.budget)]
+    OverBudget {
+        /// Who.
+        owner: Owner,
+        /// What they used, of how much, and when it resets.
+        over: crate::usage::OverBudget,
+        /// Until it resets.
+        retry_after: Duration,
+    },
     /// A key asked for a longer life than the person may give it.
     #[error("a key may live at most {max:?}")]
     LifetimeTooLong {
@@ -180,6 +190,8 @@ pub struct Issuance {
 struct Inner {
     policy: Policy,
     projects: Projects,
+    /// What each holder's keys used today.
+    usage: crate::usage::Usage,
     limits: Arc<Limits>,
     pages: Pages,
     /// Login states completed on this replica.
@@ -234,11 +246,13 @@ impl Issuance {
         workloads: WorkloadIssuers,
         metrics: Metrics,
         audit: Audit,
+        usage: crate::usage::Usage,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 policy,
                 projects,
+                usage,
                 limits,
                 pages,
                 completed_logins: CompletedLogins::default(),
@@ -260,13 +274,16 @@ impl Issuance {
     /// every action, so that a person taken off the list loses access at
     /// once, whatever their session says.
     pub fn authorize(&self, identity: &Identity) -> Result<Grant, Error> {
-        self.inner
+        let grant = self
+            .inner
             .policy
             .decide(identity)
             .map_err(|reason| Error::Refused {
                 account: identity.email_claim.clone(),
                 reason,
-            })
+            })?;
+        self.inner.usage.note_grant(&grant);
+        Ok(grant)
     }
 
     /// Signs someone in from `client`: completes `login` once on this
@@ -377,12 +394,15 @@ impl Issuance {
         if let Err(error) = &result {
             let subject = match error {
                 Error::Refused { account, .. } => account.clone(),
-                Error::CapReached { owner, .. } => Some(owner.to_string()),
+                Error::CapReached { owner, .. } | Error::OverBudget { owner, .. } => {
+                    Some(owner.to_string())
+                }
                 _ => None,
             };
             let reason = match error {
                 Error::Refused { reason, .. } => reason.code(),
                 Error::CapReached { .. } => "cap_reached",
+                Error::OverBudget { .. } => "over_budget",
                 Error::RateLimited { .. } => "rate_limited",
                 Error::LifetimeTooLong { .. } | Error::LifetimeZero => "bad_lifetime",
                 Error::BadJobToken(_) => "invalid_token",
@@ -502,6 +522,17 @@ impl Issuance {
             Some(lifetime) => lifetime,
         };
         let keys = &self.inner.projects.for_choice(&grant.project).keys;
+        if let Some(over) = self
+            .inner
+            .usage
+            .over_budget(&grant.owner, grant.budget, now)
+        {
+            return Err(Error::OverBudget {
+                owner: grant.owner.clone(),
+                over,
+                retry_after: clock::until(over.resets_at, now).max(Duration::from_secs(1)),
+            });
+        }
         self.inner
             .limits
             .issue_under(&grant.rule)
@@ -527,6 +558,7 @@ impl Issuance {
             )?
             .await
             .map_err(|_| crate::keys::Error::TaskFailed)??;
+        self.inner.usage.note_key(&issued.key_id, &grant.owner);
         self.inner.metrics.issued(
             &grant.rule,
             grant.owner.is_workload(),
@@ -697,6 +729,120 @@ impl Issuance {
                 wanted: 1,
             })
         }
+    }
+
+    /// What each holder's keys used today, as this replica last read it.
+    pub fn usage(&self) -> &crate::usage::Usage {
+        &self.inner.usage
+    }
+
+    /// Reads today's usage of every project from OpenAI's Usage API, per
+    /// key, with the owners of the keys (learned from the accounts'
+    /// names); then revokes the live keys of holders over a budget that
+    /// says so. Bounded cost: per project, one call for the key listing
+    /// per 100 keys and one for the usage.
+    pub async fn poll_usage(&self, now: SystemTime) -> Result<crate::usage::PollReport, Error> {
+        let (_, day_end) = crate::usage::day_of(now);
+        let start = day_end - 86_400;
+        let mut by_key: std::collections::HashMap<String, crate::usage::Tokens> =
+            std::collections::HashMap::new();
+        let mut owners = Vec::new();
+        let mut calls = 0;
+        for project in self.inner.projects.all() {
+            let keys = &project.keys;
+            calls += keys.refresh_usage(now).await?;
+            owners.extend(
+                keys.all_accounts()
+                    .into_iter()
+                    .filter_map(|info| Some((info.key_id?, info.owner))),
+            );
+            let mut page: Option<String> = None;
+            loop {
+                let answer = keys.completions_usage(start, page.as_deref(), now).await?;
+                calls += 1;
+                for result in answer.data.into_iter().flat_map(|bucket| bucket.results) {
+                    let Some(key_id) = result.api_key_id else {
+                        continue;
+                    };
+                    let tokens = by_key.entry(key_id).or_default();
+                    tokens.input += result.input_tokens;
+                    tokens.output += result.output_tokens;
+                    tokens.requests += result.num_model_requests;
+                }
+                match (answer.has_more, answer.next_page) {
+                    (true, Some(next)) => page = Some(next),
+                    _ => break,
+                }
+            }
+        }
+        let (keys, unattributed) = self.inner.usage.record(now, by_key, owners);
+        self.inner.metrics.usage(calls, &self.inner.usage.by_rule());
+        for (owner, over) in self.inner.usage.to_revoke(now) {
+            self.revoke_over_budget(&owner, over, now).await;
+        }
+        Ok(crate::usage::PollReport {
+            calls,
+            keys,
+            unattributed,
+        })
+    }
+
+    /// Revokes every live key of `owner`, whose budget (with
+    /// `on_over_budget = "revoke"`) is spent.
+    async fn revoke_over_budget(
+        &self,
+        owner: &Owner,
+        over: crate::usage::OverBudget,
+        now: SystemTime,
+    ) {
+        let action = "over budget";
+        let mut revoked = 0;
+        for project in self.inner.projects.all() {
+            let live = project.keys.keys_of(owner, now);
+            if live.is_empty() {
+                continue;
+            }
+            let wanted = live.len();
+            match project.keys.revoke(live, owner.clone(), action, now).await {
+                Ok(Ok(failed)) => revoked += wanted - failed.len(),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "could not revoke the keys of a holder over budget")
+                }
+                Err(_) => tracing::warn!("revoking the keys of a holder over budget failed"),
+            }
+        }
+        if revoked > 0 {
+            self.inner.metrics.revoked(RevokedBy::Budget, revoked);
+            tracing::info!(
+                count = revoked,
+                used = over.used,
+                budget = over.budget,
+                "revoked the live keys of a holder over budget"
+            );
+        }
+    }
+
+    /// Lifts `owner`'s budget until the day's end, for an admin; when that
+    /// is. Per replica: each replica an admin's request reaches.
+    pub fn lift_budget(
+        &self,
+        identity: &Identity,
+        owner: &Owner,
+        now: SystemTime,
+    ) -> Result<i64, Error> {
+        let grant = self.admin(identity, "lift a budget", now)?;
+        let until = self.inner.usage.lift(owner, now);
+        self.inner.audit.record(
+            Event {
+                actor: Some(grant.owner.to_string()),
+                subject: Some(owner.to_string()),
+                reason: Some("lift the budget until the day's end".to_owned()),
+                expires_at: Some(until),
+                ..Event::new("admin.budget_lifted")
+            },
+            now,
+        );
+        Ok(until)
     }
 
     /// Revokes every key of `owner` (offboarding), for an admin: from a

@@ -527,11 +527,14 @@ impl Keys {
     /// Reads every key of the project from OpenAI's key listing, to learn
     /// when each was last used (and the key ids of accounts another
     /// replica created). One call per 100 keys.
-    pub async fn refresh_usage(&self, now: SystemTime) -> Result<(), Error> {
+    /// Returns the calls it made.
+    pub async fn refresh_usage(&self, now: SystemTime) -> Result<u64, Error> {
         let project_id = self.project_id(now).await?.to_owned();
         let mut usage = std::collections::HashMap::new();
         let mut after: Option<String> = None;
+        let mut calls = 0;
         loop {
+            calls += 1;
             let page = self
                 .inner
                 .admin
@@ -549,7 +552,24 @@ impl Keys {
             }
         }
         self.index().note_usage(&usage);
-        Ok(())
+        Ok(calls)
+    }
+
+    /// One page of the project's completions usage per key, in daily
+    /// buckets from `start` (Unix seconds); `page` is the previous page's
+    /// cursor.
+    pub async fn completions_usage(
+        &self,
+        start: i64,
+        page: Option<&str>,
+        now: SystemTime,
+    ) -> Result<crate::openai::UsagePage, Error> {
+        let project_id = self.project_id(now).await?.to_owned();
+        Ok(self
+            .inner
+            .admin
+            .completions_usage_by_key(&project_id, start, page)
+            .await?)
     }
 
     /// The earliest expiry among our accounts that this replica knows of.

@@ -31,6 +31,7 @@ pub mod secrets;
 pub mod telemetry;
 pub mod timing;
 pub mod upstream;
+pub mod usage;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -312,6 +313,7 @@ impl Application {
             oidc::WorkloadIssuers::new(&http, config.issuers(), &metrics),
             metrics.clone(),
             audit,
+            usage::Usage::new(config.usage_poll_interval),
         );
         let state = AppState::new(http::Shared {
             issuance,
@@ -382,6 +384,14 @@ impl Application {
         let _watch = AbortOnDrop(tokio::spawn(
             self.state.reloader.clone().watch_admin_key(stop_rx.clone()),
         ));
+        let _usage = self.state.issuance.usage().interval().map(|interval| {
+            AbortOnDrop(tokio::spawn(poll_usage_until(
+                self.state.issuance.clone(),
+                self.state.clock.clone(),
+                interval,
+                stop_rx.clone(),
+            )))
+        });
         let provider = self.state.provider.clone();
         tokio::spawn(async move {
             // Warm the discovery cache so /readyz and the first sign-in are quick.
@@ -490,6 +500,42 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Reads OpenAI's Usage API every `interval` of `clock` (the first a
+/// whole interval after start) until `stop`.
+async fn poll_usage_until(
+    issuance: issuance::Issuance,
+    clock: Clock,
+    interval: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut jumps = clock.jumps();
+    let mut due = clock.now() + interval;
+    loop {
+        let wait = due.duration_since(clock.now()).unwrap_or_default();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = jumps.changed() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let now = clock.now();
+        if now < due {
+            continue;
+        }
+        due = now + interval;
+        match issuance.poll_usage(now).await {
+            Ok(report) => tracing::debug!(
+                calls = report.calls,
+                keys = report.keys,
+                unattributed = report.unattributed,
+                "read usage"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "could not read usage from OpenAI; budgets use the last reading")
+            }
+        }
     }
 }
 

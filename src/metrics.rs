@@ -42,6 +42,16 @@ struct Inner {
     http_requests: Family<HttpCall, Counter>,
     http_seconds: Family<HttpRoute, Histogram>,
     upstream_up: Family<Upstream, Gauge>,
+    usage_tokens: Family<UsageTokens, Gauge>,
+    usage_polls: Counter,
+    usage_poll_calls: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UsageTokens {
+    rule: String,
+    /// `input` or `output`.
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,6 +137,8 @@ pub enum RevokedBy {
     Holder,
     /// An admin.
     Admin,
+    /// The holder's budget, spent (`on_over_budget = "revoke"`).
+    Budget,
 }
 
 impl Default for Metrics {
@@ -156,6 +168,9 @@ impl Metrics {
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(latency),
             upstream_up: Family::default(),
+            usage_tokens: Family::default(),
+            usage_polls: Counter::default(),
+            usage_poll_calls: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -242,6 +257,21 @@ impl Metrics {
             inner.upstream_up.clone(),
         );
         registry.register(
+            "usage_tokens",
+            "Tokens the keys of this server used today (UTC), by the rule of their holder (unknown: a holder this replica has not decided for) and direction, as OpenAI's Usage API last said",
+            inner.usage_tokens.clone(),
+        );
+        registry.register(
+            "usage_polls",
+            "Reads of OpenAI's Usage API",
+            inner.usage_polls.clone(),
+        );
+        registry.register(
+            "usage_poll_admin_calls",
+            "Admin API calls those reads made (key listings and usage pages)",
+            inner.usage_poll_calls.clone(),
+        );
+        registry.register(
             "build",
             "This build",
             Info::new(Build {
@@ -260,6 +290,25 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.0.registry);
         text
+    }
+
+    /// A read of the Usage API that made `calls` Admin API calls, and the
+    /// day's tokens by rule it found.
+    pub fn usage(&self, calls: u64, by_rule: &[(String, crate::usage::Tokens)]) {
+        self.0.usage_polls.inc();
+        self.0.usage_poll_calls.inc_by(calls);
+        self.0.usage_tokens.clear();
+        for (rule, tokens) in by_rule {
+            for (direction, count) in [("input", tokens.input), ("output", tokens.output)] {
+                self.0
+                    .usage_tokens
+                    .get_or_create(&UsageTokens {
+                        rule: rule.clone(),
+                        direction,
+                    })
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// A key issued under `rule`.
@@ -284,6 +333,7 @@ impl Metrics {
         let actor = match by {
             RevokedBy::Holder => "self",
             RevokedBy::Admin => "admin",
+            RevokedBy::Budget => "budget",
         };
         self.0
             .revoked

@@ -123,6 +123,49 @@ pub struct Page<T> {
     pub last_id: Option<String>,
 }
 
+/// A page of the Usage API: time buckets, and the cursor of the next page.
+#[derive(Debug, Deserialize)]
+pub struct UsagePage {
+    /// The buckets, oldest first.
+    pub data: Vec<UsageBucket>,
+    /// Whether another page follows.
+    #[serde(default)]
+    pub has_more: bool,
+    /// Its cursor (`page`).
+    #[serde(default)]
+    pub next_page: Option<String>,
+}
+
+/// One time bucket of usage.
+#[derive(Debug, Deserialize)]
+pub struct UsageBucket {
+    /// Its start (Unix seconds, inclusive).
+    pub start_time: i64,
+    /// Its end (exclusive).
+    pub end_time: i64,
+    /// One result per group. The SDK names it `results`; one page of the
+    /// documentation `result`: both are read.
+    #[serde(default, alias = "result")]
+    pub results: Vec<UsageResult>,
+}
+
+/// The tokens of one group (here: one key) in one bucket.
+#[derive(Debug, Default, Deserialize)]
+pub struct UsageResult {
+    /// Input tokens (cached ones included).
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Output tokens.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Model requests.
+    #[serde(default)]
+    pub num_model_requests: u64,
+    /// The key, when grouped by `api_key_id`.
+    #[serde(default)]
+    pub api_key_id: Option<String>,
+}
+
 #[derive(Serialize)]
 struct CreateServiceAccount<'a> {
     name: &'a str,
@@ -405,6 +448,30 @@ impl AdminClient {
             &format!("organization/projects/{project_id}/api_keys"),
             &query,
         );
+        self.call(Method::GET, url, None::<&()>).await
+    }
+
+    /// Completions usage in `project_id` from `start_time` (Unix seconds)
+    /// on, in daily buckets, per key (`group_by[]=api_key_id`); `page` is
+    /// the previous page's `next_page`.
+    pub async fn completions_usage_by_key(
+        &self,
+        project_id: &str,
+        start_time: i64,
+        page: Option<&str>,
+    ) -> Result<UsagePage, Error> {
+        let start = start_time.to_string();
+        let mut query = vec![
+            ("start_time", start.as_str()),
+            ("bucket_width", "1d"),
+            ("limit", "31"),
+            ("group_by[]", "api_key_id"),
+            ("project_ids[]", project_id),
+        ];
+        if let Some(page) = page {
+            query.push(("page", page));
+        }
+        let url = self.url("organization/usage/completions", &query);
         self.call(Method::GET, url, None::<&()>).await
     }
 

@@ -20,6 +20,8 @@ pub struct Defaults {
     pub cap: usize,
     /// `RATE_LIMIT_PER_USER`.
     pub per_hour: u32,
+    /// `TOKENS_PER_DAY` and `ON_OVER_BUDGET`.
+    pub budget: super::Budget,
 }
 
 /// An issuer of the policy file.
@@ -222,6 +224,10 @@ struct RuleToml {
     max_live_keys: Option<usize>,
     #[serde(default)]
     max_keys_per_hour: Option<u32>,
+    #[serde(default)]
+    tokens_per_day: Option<u64>,
+    #[serde(default)]
+    on_over_budget: Option<String>,
     #[serde(default)]
     admin: bool,
 }
@@ -613,7 +619,23 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 humantime::format_duration(lifetime)
             ));
         }
+        let revoke = match raw.on_over_budget.as_deref() {
+            None => defaults.budget.revoke,
+            Some("refuse") => false,
+            Some("revoke") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "{at}: on_over_budget: {other:?} is neither \"refuse\" (new keys refused) nor \"revoke\" (live keys revoked too)"
+                ));
+                false
+            }
+        };
+        let budget = super::Budget {
+            tokens_per_day: raw.tokens_per_day.unwrap_or(defaults.budget.tokens_per_day),
+            revoke,
+        };
         rules.push(Rule {
+            budget,
             name: raw.name,
             issuer: raw.issuer,
             allow,
@@ -643,6 +665,10 @@ mod tests {
         lifetime: Duration::from_secs(86_400),
         cap: 5,
         per_hour: 20,
+        budget: crate::access::Budget {
+            tokens_per_day: 0,
+            revoke: false,
+        },
     };
 
     #[test]

@@ -310,6 +310,7 @@ fn code(error: &HttpError) -> &'static str {
             issuance::Error::FormSpent => "form_spent",
             issuance::Error::RateLimited { .. } => "rate_limited",
             issuance::Error::CapReached { .. } => "cap_reached",
+            issuance::Error::OverBudget { .. } => "over_budget",
             issuance::Error::NotFound => "not_found",
             issuance::Error::NotAdmin { .. } => "forbidden",
             issuance::Error::NotConfirmed => "not_confirmed",
@@ -464,6 +465,26 @@ fn issuance_failed(error: &issuance::Error) -> Public {
                 ),
                 &format!(
                     "Revoke one on your keys page to get a new one at once, or wait: the oldest expires in {}.",
+                    crate::clock::humanize(*retry_after)
+                ),
+            )
+        },
+        issuance::Error::OverBudget {
+            over, retry_after, ..
+        } => Public {
+            retry_after: Some(retry_seconds(*retry_after)),
+            my_keys: true,
+            ..with_hint(
+                page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Budget spent for today",
+                    &format!(
+                        "Your keys used {} tokens today (UTC), and your budget is {} a day.",
+                        over.used, over.budget
+                    ),
+                ),
+                &format!(
+                    "The budget is whole again in {} (midnight UTC); an admin can lift it for today.",
                     crate::clock::humanize(*retry_after)
                 ),
             )

@@ -719,6 +719,7 @@ fn the_readme_policy_example_is_a_valid_policy() {
         lifetime: std::time::Duration::from_secs(86_400),
         cap: 5,
         per_hour: 20,
+        budget: openai_key_server::access::Budget::default(),
     };
     // Its one problem here: the Okta client secret is not on this machine.
     let problems =

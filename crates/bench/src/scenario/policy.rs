@@ -159,6 +159,7 @@ pub(crate) async fn run(binary: &Path, args: &Args) -> anyhow::Result<Report> {
             lifetime: Duration::from_secs(86_400),
             cap: 5,
             per_hour: 20,
+            budget: openai_key_server::access::Budget::default(),
         },
     )
     .map_err(|problems| anyhow::anyhow!(problems.join("\n")))

@@ -60,6 +60,12 @@ fn array<'a>(query: &'a QueryParams, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// One bucket: its start, its end, and the records that fall in it.
+type Bucket<'a> = (i64, i64, Vec<&'a Record>);
+
+/// A result's grouping: the value of each `group_by` field.
+type GroupKey = Vec<(String, Value)>;
+
 /// What both endpoints read from the query.
 struct Window {
     start: i64,
@@ -163,10 +169,7 @@ impl Window {
     }
 
     /// The page's buckets, each with its records, and the next cursor.
-    fn buckets<'a>(
-        &self,
-        records: &'a [Record],
-    ) -> (Vec<(i64, i64, Vec<&'a Record>)>, Option<String>) {
+    fn buckets<'a>(&self, records: &'a [Record]) -> (Vec<Bucket<'a>>, Option<String>) {
         let count = usize::try_from((self.end - self.start + self.width - 1).max(0) / self.width)
             .unwrap_or(0);
         let first = self.page * self.limit;
@@ -188,7 +191,7 @@ impl Window {
     }
 
     /// The grouping key of a record: the value of each `group_by` field.
-    fn group(&self, record: &Record, line_item: Option<&str>) -> Vec<(String, Value)> {
+    fn group(&self, record: &Record, line_item: Option<&str>) -> GroupKey {
         self.group_by
             .iter()
             .map(|g| {
@@ -242,7 +245,7 @@ pub(super) async fn completions(
     let data = buckets
         .into_iter()
         .map(|(from, to, inside)| {
-            let mut groups: Vec<(Vec<(String, Value)>, [u64; 3])> = Vec::new();
+            let mut groups: Vec<(GroupKey, [u64; 3])> = Vec::new();
             for record in inside {
                 let key = window.group(record, None);
                 let sums = match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -312,7 +315,7 @@ pub(super) async fn costs(
     let data = buckets
         .into_iter()
         .map(|(from, to, inside)| {
-            let mut groups: Vec<(Vec<(String, Value)>, f64)> = Vec::new();
+            let mut groups: Vec<(GroupKey, f64)> = Vec::new();
             for record in inside {
                 let (input_price, output_price) = price(&record.model);
                 for (item, tokens, per_million) in [
