@@ -82,6 +82,39 @@ pub struct KeyItem {
     /// The OpenAI project it is in (absent from servers before policies).
     #[serde(default)]
     pub project_id: String,
+    /// What it used today (UTC), as OpenAI's Usage API last said; absent
+    /// when the server does not read usage, or the key's id is not known
+    /// yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Tokens>,
+}
+
+/// Tokens used, and the model requests that used them.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct Tokens {
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Model requests.
+    pub requests: u64,
+}
+
+/// The caller's usage today (UTC) against their budget.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageToday {
+    /// What every key of theirs used today.
+    #[serde(flatten)]
+    pub tokens: Tokens,
+    /// Their budget, in tokens (input and output) a day; absent: none.
+    pub tokens_per_day: Option<u64>,
+    /// Whether it is spent: new keys are refused until `resets_at`.
+    pub over_budget: bool,
+    /// When the day ends and the budget is whole again (Unix seconds).
+    pub resets_at: i64,
+    /// When the server last read usage from OpenAI (Unix seconds); usage
+    /// after that is not counted yet.
+    pub read_at: Option<i64>,
 }
 
 /// `GET /api/v1/keys`: the caller's live keys, soonest expiry first.
@@ -89,6 +122,10 @@ pub struct KeyItem {
 pub struct KeyList {
     /// The keys.
     pub keys: Vec<KeyItem>,
+    /// What they used today, against their budget; absent when the server
+    /// does not read usage (`USAGE_POLL_INTERVAL=0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_today: Option<UsageToday>,
     /// False when OpenAI could not be asked in time: then the list is what
     /// this server knew, and may miss keys made elsewhere moments ago.
     pub fresh: bool,

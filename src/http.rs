@@ -260,6 +260,7 @@ pub fn router(state: AppState) -> Router {
             post(admin::revoke),
         )
         .route("/admin/revoke-owner", post(admin::revoke_owner))
+        .route("/admin/lift-budget", post(admin::lift_budget))
         .route("/admin/revoke-all", post(admin::revoke_all))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

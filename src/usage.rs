@@ -162,6 +162,38 @@ impl Usage {
         self.read().by_key.get(key_id).copied().unwrap_or_default()
     }
 
+    /// Every holder whose keys used anything today, with what they used,
+    /// most first.
+    pub fn holders(&self) -> Vec<(Owner, Tokens)> {
+        let ledger = self.read();
+        let mut holders: HashMap<&Owner, Tokens> = HashMap::new();
+        for (key, tokens) in &ledger.by_key {
+            if let Some(owner) = ledger.owner_of.get(key) {
+                holders.entry(owner).or_default().add(*tokens);
+            }
+        }
+        let mut holders: Vec<(Owner, Tokens)> = holders
+            .into_iter()
+            .map(|(owner, tokens)| (owner.clone(), tokens))
+            .collect();
+        holders.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
+        holders
+    }
+
+    /// The budget this replica last saw `owner`'s grant give.
+    pub fn budget_of(&self, owner: &Owner) -> Option<Budget> {
+        self.read().grants.get(owner).map(|(_, budget)| *budget)
+    }
+
+    /// Until when an admin lifted `owner`'s budget, if it still is.
+    pub fn lifted_until(&self, owner: &Owner, now: SystemTime) -> Option<i64> {
+        self.read()
+            .lifted
+            .get(owner)
+            .copied()
+            .filter(|until| *until > clock::unix_seconds(now))
+    }
+
     /// When usage was last read (Unix seconds).
     pub fn polled_at(&self) -> Option<i64> {
         self.read().polled_at

@@ -21,6 +21,18 @@ struct Owner {
     keys: Vec<Row>,
 }
 
+/// One holder's usage today on the admin page.
+struct Holder {
+    owner: String,
+    used: String,
+    /// Their budget as this replica last saw it, in words.
+    budget: String,
+    /// Spent (and not lifted).
+    over: bool,
+    /// Lifted until (UTC text).
+    lifted_until: Option<String>,
+}
+
 #[derive(Template)]
 #[template(path = "admin.html")]
 struct AdminPage<'a> {
@@ -33,6 +45,10 @@ struct AdminPage<'a> {
     owners: Vec<Owner>,
     /// Keys live in more than one project: each row says which.
     several_projects: bool,
+    /// Usage is read: rows and the usage table show it.
+    usage_shown: bool,
+    /// Every holder whose keys used anything today.
+    holders: Vec<Holder>,
 }
 
 /// `GET /admin`: every live key, by owner.
@@ -49,9 +65,31 @@ pub(super) async fn page(
         by_owner
             .entry(key.owner.to_string())
             .or_default()
-            .push(Row::of(key, now));
+            .push(Row::of(key, now, state.issuance.usage()));
     }
+    let usage = state.issuance.usage();
+    let holders = usage
+        .holders()
+        .into_iter()
+        .map(|(owner, tokens)| {
+            let budget = usage.budget_of(&owner).filter(crate::access::Budget::is_set);
+            Holder {
+                used: super::me::tokens_text(tokens),
+                budget: budget.map_or_else(
+                    || "none".to_owned(),
+                    |b| format!("{} a day", super::me::thousands(b.tokens_per_day)),
+                ),
+                over: budget.is_some_and(|b| usage.over_budget(&owner, b, now).is_some()),
+                lifted_until: usage
+                    .lifted_until(&owner, now)
+                    .map(|until| super::me::Shown::at(until).utc),
+                owner: owner.to_string(),
+            }
+        })
+        .collect();
     let page = AdminPage {
+        usage_shown: usage.interval().is_some(),
+        holders,
         admin: signed_in.grant.owner.as_str(),
         csrf: &signed_in.csrf,
         project_id,
@@ -97,6 +135,20 @@ pub(super) async fn revoke_owner(
         .issuance
         .revoke_all_of(&signed_in.identity, &owner, now)
         .await?;
+    Ok(Redirect::to("/admin").into_response())
+}
+
+/// `POST /admin/lift-budget`: one holder's budget lifted until midnight
+/// UTC (on the replica that answers; see README "Budgets").
+pub(super) async fn lift_budget(
+    State(state): State<AppState>,
+    Form { signed_in, fields }: Form<RevokeOwner>,
+) -> Result<Response, HttpError> {
+    let owner = identity::Owner::parse(fields.owner.trim()).map_err(|_| HttpError::BadForm)?;
+    let now = state.clock.now();
+    state
+        .issuance
+        .lift_budget(&signed_in.identity, &owner, now)?;
     Ok(Redirect::to("/admin").into_response())
 }
 

@@ -133,8 +133,20 @@ fn secret_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     response
 }
 
-fn item(key: KeyInfo) -> KeyItem {
+fn tokens(tokens: crate::usage::Tokens) -> crate::api::Tokens {
+    crate::api::Tokens {
+        input_tokens: tokens.input,
+        output_tokens: tokens.output,
+        requests: tokens.requests,
+    }
+}
+
+fn item(key: KeyInfo, usage: &crate::usage::Usage) -> KeyItem {
     KeyItem {
+        usage: usage
+            .interval()
+            .and(key.key_id.as_deref())
+            .map(|id| tokens(usage.of_key(id))),
         id: key.service_account_id,
         key_id: key.key_id,
         owner: key.owner.to_string(),
@@ -157,7 +169,7 @@ fn item(key: KeyInfo) -> KeyItem {
         (status = 400, description = "`ttl_too_long`: over the caller's maximum, which the message names; or a body that cannot be read.", body = ErrorBody),
         (status = 401, description = "No session, or it ended: sign in again (`openai-key-server login`). For a CI job's token: `invalid_token` (signature, issuer, audience, expiry, age; the message says which), `token_replayed` (each token gives one key).", body = ErrorBody),
         (status = 403, description = "The caller is no longer allowed, or no rule allows this CI job (the message names the claim).", body = ErrorBody),
-        (status = 429, description = "`cap_reached` or `rate_limited`; `Retry-After` says when.", body = ErrorBody),
+        (status = 429, description = "`cap_reached`, `rate_limited`, or `over_budget` (the holder's keys used their tokens for the day); `Retry-After` says when.", body = ErrorBody),
         (status = 502, description = "OpenAI failed, or the CI job's token issuer could not be reached.", body = ErrorBody),
     ),
     security(("cli_session" = []), ("job_token" = []))
@@ -213,8 +225,25 @@ async fn list_keys(
 ) -> Result<Response, HttpError> {
     let now = state.clock.now();
     let listed = state.issuance.list_for(&caller.identity, now).await?;
+    let usage = state.issuance.usage();
+    let grant = &caller.grant;
+    let usage_today = usage.interval().map(|_| {
+        let over = usage.over_budget(&grant.owner, grant.budget, now);
+        crate::api::UsageToday {
+            tokens: tokens(usage.of_owner(&grant.owner)),
+            tokens_per_day: grant.budget.is_set().then_some(grant.budget.tokens_per_day),
+            over_budget: over.is_some(),
+            resets_at: crate::usage::day_of(now).1,
+            read_at: usage.polled_at(),
+        }
+    });
     let body = KeyList {
-        keys: listed.keys.into_iter().map(item).collect(),
+        keys: listed
+            .keys
+            .into_iter()
+            .map(|key| item(key, usage))
+            .collect(),
+        usage_today,
         fresh: listed.fresh,
     };
     Ok(secret_json(StatusCode::OK, &body))

@@ -45,13 +45,45 @@ pub(super) struct Row {
     pub(super) expires: Shown,
     pub(super) expires_in: String,
     pub(super) last_used: Option<Shown>,
+    /// What it used today, as the last read of the Usage API said
+    /// (`None`: usage is not read).
+    pub(super) used: Option<String>,
     /// The OpenAI project it is in.
     pub(super) project: String,
 }
 
+/// Tokens as the pages write them: "1,234 tokens (5 requests)".
+pub(super) fn tokens_text(tokens: crate::usage::Tokens) -> String {
+    format!(
+        "{} tokens ({} request{})",
+        thousands(tokens.total()),
+        thousands(tokens.requests),
+        if tokens.requests == 1 { "" } else { "s" }
+    )
+}
+
+/// `1234567` as `1,234,567`.
+pub(super) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl Row {
-    pub(super) fn of(key: KeyInfo, now: SystemTime) -> Self {
+    pub(super) fn of(key: KeyInfo, now: SystemTime, usage: &crate::usage::Usage) -> Self {
+        let used = usage.interval().map(|_| {
+            key.key_id
+                .as_deref()
+                .map_or_else(|| "–".to_owned(), |id| tokens_text(usage.of_key(id)))
+        });
         Self {
+            used,
             label: key
                 .key_id
                 .clone()
@@ -78,6 +110,13 @@ struct KeysPage<'a> {
     held: usize,
     cap_text: String,
     lifetime: String,
+    /// What their keys used today, and of what budget.
+    usage_line: Option<String>,
+    /// Their budget is spent: why new keys are refused (and live ones
+    /// were revoked).
+    over_budget: Option<String>,
+    /// Whether rows have a usage column.
+    usage_shown: bool,
 }
 
 #[derive(Template)]
@@ -132,7 +171,12 @@ pub(super) async fn keys_page(
     let notice = notice.or_else(|| (!listed.fresh).then(stale_notice));
     let keys = listed.keys;
     let grant = &signed_in.grant;
+    let usage = state.issuance.usage();
+    let (usage_line, over_budget) = usage_lines(usage, grant, now);
     let page = KeysPage {
+        usage_line,
+        over_budget,
+        usage_shown: usage.interval().is_some(),
         owner: grant.owner.as_str(),
         admin: grant.admin,
         csrf: &signed_in.csrf,
@@ -147,9 +191,55 @@ pub(super) async fn keys_page(
             grant.cap.to_string()
         },
         lifetime: clock::humanize(grant.lifetime),
-        keys: keys.into_iter().map(|key| Row::of(key, now)).collect(),
+        keys: keys
+            .into_iter()
+            .map(|key| Row::of(key, now, usage))
+            .collect(),
     };
     Ok(no_store((status, Html(page.render()?)).into_response()))
+}
+
+/// What a holder's keys used today and of what budget; and, when it is
+/// spent, why new keys are refused.
+fn usage_lines(
+    usage: &crate::usage::Usage,
+    grant: &crate::access::Grant,
+    now: SystemTime,
+) -> (Option<String>, Option<String>) {
+    if usage.interval().is_none() {
+        return (None, None);
+    }
+    let used = usage.of_owner(&grant.owner);
+    let as_of = usage.polled_at().map_or_else(
+        || "not read from OpenAI yet".to_owned(),
+        |at| {
+            format!(
+                "as OpenAI reported {} ago",
+                clock::humanize(clock::from_unix(clock::unix_seconds(now)).duration_since(clock::from_unix(at)).unwrap_or_default())
+            )
+        },
+    );
+    let budget = if grant.budget.is_set() {
+        format!(" of your budget of {} a day", thousands(grant.budget.tokens_per_day))
+    } else {
+        String::new()
+    };
+    let line = format!(
+        "Your keys used {}{budget} today (UTC), {as_of}.",
+        tokens_text(used)
+    );
+    let over = usage.over_budget(&grant.owner, grant.budget, now).map(|over| {
+        format!(
+            "Your budget for today is spent: new keys are refused until midnight UTC (in {}){}.",
+            clock::humanize(clock::until(over.resets_at, now)),
+            if grant.budget.revoke {
+                ", and your live keys were revoked"
+            } else {
+                ""
+            }
+        )
+    });
+    (Some(line), over)
 }
 
 /// What a page says when OpenAI did not list the keys in time.
