@@ -72,7 +72,9 @@ pub(super) async fn page(
         .holders()
         .into_iter()
         .map(|(owner, tokens)| {
-            let budget = usage.budget_of(&owner).filter(crate::access::Budget::is_set);
+            let budget = usage
+                .budget_of(&owner)
+                .filter(crate::access::Budget::is_set);
             Holder {
                 used: super::me::tokens_text(tokens),
                 budget: budget.map_or_else(

@@ -215,12 +215,19 @@ fn usage_lines(
         |at| {
             format!(
                 "as OpenAI reported {} ago",
-                clock::humanize(clock::from_unix(clock::unix_seconds(now)).duration_since(clock::from_unix(at)).unwrap_or_default())
+                clock::humanize(
+                    clock::from_unix(clock::unix_seconds(now))
+                        .duration_since(clock::from_unix(at))
+                        .unwrap_or_default()
+                )
             )
         },
     );
     let budget = if grant.budget.is_set() {
-        format!(" of your budget of {} a day", thousands(grant.budget.tokens_per_day))
+        format!(
+            " of your budget of {} a day",
+            thousands(grant.budget.tokens_per_day)
+        )
     } else {
         String::new()
     };

@@ -28,3 +28,4 @@ mod replicas;
 mod rotation;
 mod signin;
 mod upstream;
+mod usage;
