@@ -731,6 +731,17 @@ impl Issuance {
         }
     }
 
+    /// `owner`'s keys found gone before their expiry, not deleted by this
+    /// replica, in the last day.
+    pub fn vanished_of(&self, owner: &Owner, now: SystemTime) -> Vec<crate::keys::Vanished> {
+        self.inner
+            .projects
+            .all()
+            .iter()
+            .flat_map(|project| project.keys.vanished_of(owner, now))
+            .collect()
+    }
+
     /// What each holder's keys used today, as this replica last read it.
     pub fn usage(&self) -> &crate::usage::Usage {
         &self.inner.usage

@@ -55,6 +55,29 @@ const PROJECT_SETTLE: Duration = Duration::from_millis(500);
 /// [`PROJECT_SETTLE`], then archive the loser at once).
 const RECENT_PROJECT: Duration = Duration::from_secs(2);
 
+/// A key of this server found gone before its expiry, not deleted by this
+/// replica: OpenAI revoked it (as it does with leaked keys), someone
+/// deleted it by hand, or another replica revoked it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vanished {
+    /// Whose it was.
+    pub owner: Owner,
+    /// Its service account.
+    pub service_account_id: String,
+    /// Its key id, if known.
+    pub key_id: Option<String>,
+    /// When it would have expired (Unix seconds).
+    pub expires_at: i64,
+    /// When this replica noticed (Unix seconds).
+    pub noticed_at: i64,
+    /// What was found: the account gone, or the key gone from a listed
+    /// account.
+    pub what: &'static str,
+}
+
+/// How long a vanished key is shown on its owner's page.
+const VANISHED_SHOWN: i64 = 86_400;
+
 /// A key just created for someone. Shown once, never stored.
 #[derive(Debug)]
 pub struct IssuedKey {
@@ -295,6 +318,8 @@ struct Inner {
     /// When the last complete listing of every account began; changes when
     /// one completes.
     listed: tokio::sync::watch::Sender<Option<SystemTime>>,
+    /// Keys found gone before their expiry, for a day.
+    vanished: Mutex<Vec<Vanished>>,
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
@@ -355,6 +380,7 @@ impl Keys {
                 in_flight: Arc::default(),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 listed: tokio::sync::watch::Sender::new(None),
+                vanished: Mutex::default(),
             }),
         }
     }
@@ -530,6 +556,7 @@ impl Keys {
     /// Returns the calls it made.
     pub async fn refresh_usage(&self, now: SystemTime) -> Result<u64, Error> {
         let project_id = self.project_id(now).await?.to_owned();
+        let since = self.index().seq();
         let mut usage = std::collections::HashMap::new();
         let mut after: Option<String> = None;
         let mut calls = 0;
@@ -551,7 +578,20 @@ impl Keys {
                 _ => break,
             }
         }
-        self.index().note_usage(&usage);
+        let missing = {
+            let mut index = self.index();
+            index.note_usage(&usage);
+            index.keys_missing(&usage, since)
+        };
+        let now_unix = unix(now);
+        self.note_vanished(
+            missing
+                .into_iter()
+                .filter(|(_, name, _)| name.expires_at > now_unix)
+                .map(|(id, name, key_id)| (id, name.owner, key_id, name.expires_at)),
+            "key deleted before its expiry, its account kept",
+            now,
+        );
         Ok(calls)
     }
 
@@ -1309,7 +1349,17 @@ impl Keys {
         {
             let mut index = self.index();
             if listing.error.is_none() {
-                index.replace(kept, since);
+                let gone = index.replace(kept, since);
+                drop(index);
+                let now_unix = unix(now);
+                self.note_vanished(
+                    gone.into_iter()
+                        .filter(|(_, name, _)| name.expires_at > now_unix)
+                        .map(|(id, name, key_id)| (id, name.owner, key_id, name.expires_at)),
+                    "account deleted before its expiry",
+                    now,
+                );
+                index = self.index();
             } else {
                 // A partial listing must not forget accounts it did not reach.
                 index.merge(kept);
@@ -1321,6 +1371,70 @@ impl Keys {
         if listing.error.is_none() {
             self.inner.listed.send_replace(Some(now));
         }
+    }
+
+    /// Records keys found gone: an audit event each, and a day on their
+    /// owner's page.
+    fn note_vanished(
+        &self,
+        gone: impl Iterator<Item = (String, Owner, Option<String>, i64)>,
+        what: &'static str,
+        now: SystemTime,
+    ) {
+        let now_unix = unix(now);
+        let project_id = self.known_project_id().to_owned();
+        let mut vanished = self
+            .inner
+            .vanished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        vanished.retain(|v| v.noticed_at + VANISHED_SHOWN > now_unix);
+        for (id, owner, key_id, expires_at) in gone {
+            if vanished.iter().any(|v| v.service_account_id == id) {
+                continue;
+            }
+            self.inner.settings.audit.record(
+                crate::audit::Event {
+                    actor: Some("server".to_owned()),
+                    subject: Some(owner.to_string()),
+                    account_id: Some(id.clone()),
+                    key_id: key_id.clone(),
+                    project: Some(project_id.clone()),
+                    expires_at: Some(expires_at),
+                    reason: Some(format!(
+                        "{what}, not by this replica: OpenAI (a leak it found), someone by hand, or another replica's revocation"
+                    )),
+                    ..crate::audit::Event::new("key.vanished")
+                },
+                now,
+            );
+            tracing::warn!(
+                account = %id,
+                what,
+                "a key of this server is gone before its expiry, not deleted by this replica"
+            );
+            vanished.push(Vanished {
+                owner,
+                service_account_id: id,
+                key_id,
+                expires_at,
+                noticed_at: now_unix,
+                what,
+            });
+        }
+    }
+
+    /// `owner`'s keys found gone before their expiry in the last day.
+    pub fn vanished_of(&self, owner: &Owner, now: SystemTime) -> Vec<Vanished> {
+        let now_unix = unix(now);
+        self.inner
+            .vanished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|v| v.owner == *owner && v.noticed_at + VANISHED_SHOWN > now_unix)
+            .cloned()
+            .collect()
     }
 
     /// Deletes the accounts the schedule says are due, without listing: what

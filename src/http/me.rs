@@ -117,6 +117,8 @@ struct KeysPage<'a> {
     over_budget: Option<String>,
     /// Whether rows have a usage column.
     usage_shown: bool,
+    /// Keys of theirs found gone before their expiry.
+    vanished: Vec<String>,
 }
 
 #[derive(Template)]
@@ -173,7 +175,21 @@ pub(super) async fn keys_page(
     let grant = &signed_in.grant;
     let usage = state.issuance.usage();
     let (usage_line, over_budget) = usage_lines(usage, grant, now);
+    let vanished = state
+        .issuance
+        .vanished_of(&grant.owner, now)
+        .into_iter()
+        .map(|gone| {
+            format!(
+                "Your key {} was found gone at {} UTC, before its expiry ({}), and not through this server's pages here. If you did not revoke it yourself, OpenAI may have revoked it (as it does with keys it finds leaked), or someone deleted it by hand.",
+                gone.key_id.as_deref().unwrap_or(&gone.service_account_id),
+                Shown::at(gone.noticed_at).utc,
+                gone.what,
+            )
+        })
+        .collect();
     let page = KeysPage {
+        vanished,
         usage_line,
         over_budget,
         usage_shown: usage.interval().is_some(),

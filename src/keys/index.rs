@@ -167,7 +167,15 @@ impl Index {
         self.remove(expires_at, id);
     }
 
-    pub(crate) fn replace(&mut self, listed: Vec<(String, AccountName)>, since: u64) {
+    ///
+    /// Returns the accounts it held that the listing no longer names and
+    /// that this replica did not delete: gone behind its back (another
+    /// replica's revocation, OpenAI, someone by hand), with their key ids.
+    pub(crate) fn replace(
+        &mut self,
+        listed: Vec<(String, AccountName)>,
+        since: u64,
+    ) -> Vec<(String, AccountName, Option<String>)> {
         let listed: Vec<_> = listed
             .into_iter()
             .filter(|(id, _)| self.deleted.get(id.as_str()).is_none_or(|at| *at <= since))
@@ -178,7 +186,11 @@ impl Index {
         self.owners.clear();
         let mut recent = Vec::new();
         let mut known = HashMap::new();
+        let mut old_names: HashMap<Box<str>, AccountName> = HashMap::new();
         for ((at, id), entry) in old {
+            if let Some(name) = AccountName::parse(entry.name()) {
+                old_names.insert(id.clone(), name);
+            }
             if entry.seq > since
                 && let Some(name) = AccountName::parse(entry.name())
             {
@@ -196,6 +208,13 @@ impl Index {
                 entry.last_used = last_used;
             }
         }
+        known
+            .into_iter()
+            .filter_map(|((_, id), (key_id, _, _))| {
+                let name = old_names.remove(&*id)?;
+                Some((String::from(id), name, key_id))
+            })
+            .collect()
     }
 
     /// Adds what a listing that stopped part-way found, keeping what it did
@@ -297,6 +316,29 @@ impl Index {
             }
             entry.last_used = seconds(*last_used_at);
         }
+    }
+
+    /// Accounts known with a key id since before sequence `since` whose id
+    /// a complete key listing (`listed`, by account id) does not name:
+    /// their key was deleted while the account stayed.
+    pub(crate) fn keys_missing(
+        &self,
+        listed: &HashMap<String, (String, i64, Option<i64>)>,
+        since: u64,
+    ) -> Vec<(String, AccountName, Option<String>)> {
+        self.schedule
+            .iter()
+            .filter(|((_, id), entry)| {
+                entry.seq <= since && entry.key_id().is_some() && !listed.contains_key(&**id)
+            })
+            .filter_map(|((_, id), entry)| {
+                Some((
+                    id.to_string(),
+                    AccountName::parse(entry.name())?,
+                    entry.key_id().map(str::to_owned),
+                ))
+            })
+            .collect()
     }
 
     fn known(id: &str, entry: &Entry) -> Option<Known> {

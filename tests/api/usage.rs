@@ -301,3 +301,89 @@ async fn a_poll_costs_one_usage_call_and_one_listing_per_hundred_keys() {
         "two key listings and one usage page"
     );
 }
+
+/// `DELETE` on the sandbox's Admin API, as someone with the admin key would
+/// by hand.
+async fn delete_by_hand(app: &TestApp, path: &str) {
+    let response = plain_client()
+        .delete(format!("{}{path}", app.sandbox.openai_base_url()))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_key_deleted_behind_our_back_is_reported_to_its_owner_and_in_the_audit() {
+    let app = TestApp::spawn().await;
+    let browser = browser();
+    app.sign_in_with(&browser, bob()).await;
+    app.sign_in_with(&browser, bob()).await;
+    let project = app.project_id().unwrap();
+    let accounts = app.accounts();
+    assert_eq!(accounts.len(), 2);
+    // (account, key) of each.
+    let keys: Vec<(String, String)> = {
+        let session = cli_session(&app, bob()).await;
+        key_list(&app, &session).await["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["id"].as_str().unwrap().to_owned(),
+                    k["key_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let key_ids: Vec<String> = keys.iter().map(|(_, key)| key.clone()).collect();
+    // OpenAI revokes one key (the account stays), someone deletes the
+    // other account by hand.
+    delete_by_hand(
+        &app,
+        &format!("/organization/projects/{project}/api_keys/{}", key_ids[0]),
+    )
+    .await;
+    let by_hand = keys[1].0.clone();
+    delete_by_hand(
+        &app,
+        &format!("/organization/projects/{project}/service_accounts/{by_hand}"),
+    )
+    .await;
+    sweep(&app).await;
+    // The page reads the key listing again once its reading is old.
+    app.advance(Duration::from_secs(20));
+    let mine = my_keys(&app, &browser).await;
+    let notices = mine.body.matches("class=\"notice vanished\"").count();
+    assert_eq!(notices, 2, "{}", mine.body);
+    assert!(mine.body.contains("OpenAI may have revoked it"));
+    let vanished: Vec<String> = logs()
+        .lines()
+        .filter(|l| l.contains("\"key.vanished\"") && l.contains(&project))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(vanished.len(), 2, "{vanished:?}");
+    assert!(
+        vanished
+            .iter()
+            .any(|l| l.contains(&by_hand) && l.contains("account deleted"))
+    );
+    assert!(
+        vanished
+            .iter()
+            .any(|l| l.contains(&key_ids[0]) && l.contains("key deleted"))
+    );
+    // Reported once, not at every reading.
+    sweep(&app).await;
+    app.advance(Duration::from_secs(20));
+    my_keys(&app, &browser).await;
+    assert_eq!(
+        logs()
+            .lines()
+            .filter(|l| l.contains("\"key.vanished\"") && l.contains(&project))
+            .count(),
+        2
+    );
+}
