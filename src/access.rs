@@ -147,6 +147,9 @@ pub struct Rule {
 pub struct Budget {
     /// Tokens a day (0: no budget).
     pub tokens_per_day: u64,
+    /// US cents a calendar month (UTC), estimated from `MODEL_PRICES`
+    /// (0: no budget).
+    pub cents_per_month: u64,
     /// Whether live keys are revoked too once it is spent (otherwise only
     /// new keys are refused).
     pub revoke: bool,
@@ -155,7 +158,7 @@ pub struct Budget {
 impl Budget {
     /// Whether there is one.
     pub fn is_set(&self) -> bool {
-        self.tokens_per_day > 0
+        self.tokens_per_day > 0 || self.cents_per_month > 0
     }
 }
 
@@ -525,9 +528,20 @@ impl Rule {
             format!("scopes {}", self.scopes.join(","))
         };
         let budget = if self.budget.is_set() {
+            let mut parts = Vec::new();
+            if self.budget.tokens_per_day > 0 {
+                parts.push(format!("{} tokens a day", self.budget.tokens_per_day));
+            }
+            if self.budget.cents_per_month > 0 {
+                parts.push(format!(
+                    "${}.{:02} a month",
+                    self.budget.cents_per_month / 100,
+                    self.budget.cents_per_month % 100
+                ));
+            }
             format!(
-                ", {} tokens a day ({} when spent)",
-                self.budget.tokens_per_day,
+                ", {} ({} when spent)",
+                parts.join(" and "),
                 if self.budget.revoke {
                     "keys revoked"
                 } else {

@@ -108,6 +108,17 @@ pub struct UsageToday {
     pub tokens: Tokens,
     /// Their budget, in tokens (input and output) a day; absent: none.
     pub tokens_per_day: Option<u64>,
+    /// Dollars this calendar month (UTC), estimated from the server's
+    /// prices; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_this_month: Option<f64>,
+    /// Dollars this month as OpenAI's Costs API says (daily, late), where
+    /// it answers per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_this_month_billed: Option<f64>,
+    /// Their budget in dollars a month; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_month: Option<f64>,
     /// Whether it is spent: new keys are refused until `resets_at`.
     pub over_budget: bool,
     /// When the day ends and the budget is whole again (Unix seconds).

@@ -110,6 +110,11 @@ pub mod vars {
     pub const TOKENS_PER_DAY: &str = "TOKENS_PER_DAY";
     /// `refuse` (new keys) or `revoke` (live keys too) once a budget is spent.
     pub const ON_OVER_BUDGET: &str = "ON_OVER_BUDGET";
+    /// Dollars one holder's keys may cost per calendar month (UTC), as
+    /// estimated from `MODEL_PRICES` (0: no budget).
+    pub const USD_PER_MONTH: &str = "USD_PER_MONTH";
+    /// Dollars per million tokens by model, input/output.
+    pub const MODEL_PRICES: &str = "MODEL_PRICES";
     /// Seconds between two reads of OpenAI's Usage API (0: never).
     pub const USAGE_POLL_INTERVAL: &str = "USAGE_POLL_INTERVAL";
 }
@@ -296,6 +301,8 @@ pub struct Config {
     /// How often OpenAI's Usage API is read (`USAGE_POLL_INTERVAL`; `None`:
     /// never).
     pub usage_poll_interval: Option<Duration>,
+    /// What models cost, to estimate dollars (`MODEL_PRICES`).
+    pub model_prices: crate::usage::Prices,
     /// The issuers of the policy file people sign in through, besides the
     /// environment's, with their clients.
     pub browser_issuers: Vec<BrowserIssuer>,
@@ -832,8 +839,29 @@ impl Config {
                 false
             }
         };
+        let cents_per_month = match r.get(vars::USD_PER_MONTH) {
+            None => 0,
+            Some(raw) => match raw.parse::<f64>().ok().and_then(crate::usage::cents) {
+                Some(cents) => cents,
+                None => {
+                    r.problem(
+                        vars::USD_PER_MONTH,
+                        format!("must be an amount of dollars like 50 or 12.5, not {raw:?}"),
+                    );
+                    0
+                }
+            },
+        };
+        let model_prices = match r.get(vars::MODEL_PRICES) {
+            None => crate::usage::Prices::default(),
+            Some(raw) => crate::usage::Prices::parse(&raw).unwrap_or_else(|problem| {
+                r.problem(vars::MODEL_PRICES, problem);
+                crate::usage::Prices::default()
+            }),
+        };
         let budget = crate::access::Budget {
             tokens_per_day: u64::from(tokens_per_day),
+            cents_per_month,
             revoke: revoke_over_budget,
         };
         let usage_poll_interval = if r.get(vars::USAGE_POLL_INTERVAL).as_deref() == Some("0") {
@@ -858,6 +886,25 @@ impl Config {
                 }
             }
         });
+        let dollar_rules: Vec<String> = match &policy_file {
+            Some(file) => file
+                .rules
+                .iter()
+                .filter(|rule| rule.budget.cents_per_month > 0)
+                .map(|rule| rule.name.clone())
+                .collect(),
+            None if budget.cents_per_month > 0 => vec![crate::access::ENV_RULE.to_owned()],
+            None => Vec::new(),
+        };
+        if !dollar_rules.is_empty() && model_prices.is_empty() {
+            r.problem(
+                vars::MODEL_PRICES,
+                format!(
+                    "is needed to estimate dollars for the budget of rule(s) {}: give the models' prices in dollars per million tokens, e.g. gpt-4o=2.50/10.00,*=2.50/10.00",
+                    dollar_rules.join(", ")
+                ),
+            );
+        }
         let own_redirect = redirect_uri.clone();
         let browser_issuers = policy_file
             .iter()
@@ -1141,6 +1188,7 @@ impl Config {
                     audit_log_file: r.get(vars::AUDIT_LOG_FILE).map(PathBuf::from),
                     budget,
                     usage_poll_interval,
+                    model_prices,
                     policy_path: r.get(vars::POLICY_FILE),
                     policy_file,
                     browser_issuers,
@@ -1358,6 +1406,14 @@ impl Config {
                 ),
             ),
             (vars::TOKENS_PER_DAY, self.budget.tokens_per_day.to_string()),
+            (
+                vars::USD_PER_MONTH,
+                format!(
+                    "{}.{:02}",
+                    self.budget.cents_per_month / 100,
+                    self.budget.cents_per_month % 100
+                ),
+            ),
             (
                 vars::ON_OVER_BUDGET,
                 if self.budget.revoke {

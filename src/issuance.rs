@@ -102,7 +102,7 @@ pub enum Error {
     #[error(transparent)]
     Keys(#[from] crate::keys::Error),
     /// The holder's keys used their budget for the day.
-    #[error("{owner} used {} of {} tokens today", over.used, over.budget)]
+    #[error("{owner} used {}", over.describe())]
     OverBudget {
         /// Who.
         owner: Owner,
@@ -753,12 +753,15 @@ impl Issuance {
     /// says so. Bounded cost: per project, one call for the key listing
     /// per 100 keys and one for the usage.
     pub async fn poll_usage(&self, now: SystemTime) -> Result<crate::usage::PollReport, Error> {
-        let (_, day_end) = crate::usage::day_of(now);
-        let start = day_end - 86_400;
-        let mut by_key: std::collections::HashMap<String, crate::usage::Tokens> =
-            std::collections::HashMap::new();
+        let usage = &self.inner.usage;
+        let (day_start, _) = crate::usage::day_of(now);
+        let day_start = day_start * 86_400;
+        let (month_start, _) = crate::usage::month_of(now);
+        let mut reading = crate::usage::Reading::default();
         let mut owners = Vec::new();
         let mut calls = 0;
+        let mut billed: Option<std::collections::HashMap<String, f64>> =
+            usage.asks_costs().then(Default::default);
         for project in self.inner.projects.all() {
             let keys = &project.keys;
             calls += keys.refresh_usage(now).await?;
@@ -769,24 +772,70 @@ impl Issuance {
             );
             let mut page: Option<String> = None;
             loop {
-                let answer = keys.completions_usage(start, page.as_deref(), now).await?;
+                let answer = keys
+                    .completions_usage(month_start, page.as_deref(), now)
+                    .await?;
                 calls += 1;
-                for result in answer.data.into_iter().flat_map(|bucket| bucket.results) {
-                    let Some(key_id) = result.api_key_id else {
-                        continue;
-                    };
-                    let tokens = by_key.entry(key_id).or_default();
-                    tokens.input += result.input_tokens;
-                    tokens.output += result.output_tokens;
-                    tokens.requests += result.num_model_requests;
+                for bucket in answer.data {
+                    let today = bucket.start_time >= day_start;
+                    for result in bucket.results {
+                        let Some(key_id) = result.api_key_id else {
+                            continue;
+                        };
+                        if today {
+                            let tokens = reading.today.entry(key_id.clone()).or_default();
+                            tokens.input += result.input_tokens;
+                            tokens.output += result.output_tokens;
+                            tokens.requests += result.num_model_requests;
+                        }
+                        if let Some(cost) = usage.prices().cost(
+                            result.model.as_deref().unwrap_or_default(),
+                            result.input_tokens,
+                            result.output_tokens,
+                        ) {
+                            *reading.estimated.entry(key_id).or_default() += cost;
+                        }
+                    }
                 }
                 match (answer.has_more, answer.next_page) {
                     (true, Some(next)) => page = Some(next),
                     _ => break,
                 }
             }
+            if let Some(costs) = billed.as_mut() {
+                let mut page: Option<String> = None;
+                loop {
+                    calls += 1;
+                    match keys.costs(month_start, page.as_deref(), now).await {
+                        Ok(answer) => {
+                            for result in answer.data.into_iter().flat_map(|b| b.results) {
+                                if let Some(key_id) = result.api_key_id {
+                                    *costs.entry(key_id).or_default() += result.amount.value;
+                                }
+                            }
+                            match (answer.has_more, answer.next_page) {
+                                (true, Some(next)) => page = Some(next),
+                                _ => break,
+                            }
+                        }
+                        Err(crate::keys::Error::OpenAi(crate::openai::Error::Api {
+                            status: 400,
+                            ..
+                        })) => {
+                            tracing::warn!(
+                                "OpenAI's Costs API does not group costs by key here: pages show estimates only"
+                            );
+                            usage.costs_not_by_key();
+                            billed = None;
+                            break;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
         }
-        let (keys, unattributed) = self.inner.usage.record(now, by_key, owners);
+        reading.billed = billed;
+        let (keys, unattributed) = self.inner.usage.record(now, reading, owners);
         self.inner.metrics.usage(calls, &self.inner.usage.by_rule());
         for (owner, over) in self.inner.usage.to_revoke(now) {
             self.revoke_over_budget(&owner, over, now).await;

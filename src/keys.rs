@@ -595,6 +595,22 @@ impl Keys {
         Ok(calls)
     }
 
+    /// One page of the project's costs per key, in daily buckets from
+    /// `start`.
+    pub async fn costs(
+        &self,
+        start: i64,
+        page: Option<&str>,
+        now: SystemTime,
+    ) -> Result<crate::openai::CostsPage, Error> {
+        let project_id = self.project_id(now).await?.to_owned();
+        Ok(self
+            .inner
+            .admin
+            .costs_by_key(&project_id, start, page)
+            .await?)
+    }
+
     /// One page of the project's completions usage per key, in daily
     /// buckets from `start` (Unix seconds); `page` is the previous page's
     /// cursor.

@@ -313,7 +313,7 @@ impl Application {
             oidc::WorkloadIssuers::new(&http, config.issuers(), &metrics),
             metrics.clone(),
             audit,
-            usage::Usage::new(config.usage_poll_interval),
+            usage::Usage::new(config.usage_poll_interval, config.model_prices.clone()),
         );
         let state = AppState::new(http::Shared {
             issuance,

@@ -22,6 +22,72 @@ use crate::access::{Budget, Grant};
 use crate::clock;
 use crate::identity::Owner;
 
+/// `usd` in whole cents, if it is an amount (finite, 0 or more, below a
+/// trillion).
+pub fn cents(usd: f64) -> Option<u64> {
+    if !(usd.is_finite() && (0.0..1e12).contains(&usd)) {
+        return None;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a finite amount from 0 to 1e14 cents"
+    )]
+    Some((usd * 100.0).round() as u64)
+}
+
+/// US dollars per million tokens, input and output, by model
+/// (`MODEL_PRICES`), to estimate what keys cost; `*` prices every model
+/// not named.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Prices {
+    by_model: Vec<(String, f64, f64)>,
+}
+
+impl Prices {
+    /// Parses `gpt-4o=2.50/10.00,gpt-4o-mini=0.15/0.60,*=2.50/10.00`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut by_model = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let parsed = entry.split_once('=').and_then(|(model, price)| {
+                let (input, output) = price.split_once('/')?;
+                let input: f64 = input.trim().parse().ok()?;
+                let output: f64 = output.trim().parse().ok()?;
+                let ok = |p: f64| p.is_finite() && p >= 0.0;
+                (ok(input) && ok(output) && !model.trim().is_empty())
+                    .then(|| (model.trim().to_owned(), input, output))
+            });
+            match parsed {
+                Some(price) => by_model.push(price),
+                None => {
+                    return Err(format!(
+                        "entry {entry:?} is not model=input/output in dollars per million tokens, e.g. gpt-4o=2.50/10.00"
+                    ));
+                }
+            }
+        }
+        Ok(Self { by_model })
+    }
+
+    /// Whether no model has a price.
+    pub fn is_empty(&self) -> bool {
+        self.by_model.is_empty()
+    }
+
+    /// What `input` and `output` tokens of `model` cost, in dollars; `None`
+    /// for a model with no price (and no `*`).
+    pub fn cost(&self, model: &str, input: u64, output: u64) -> Option<f64> {
+        let (_, input_price, output_price) = self
+            .by_model
+            .iter()
+            .find(|(m, ..)| m == model)
+            .or_else(|| self.by_model.iter().find(|(m, ..)| m == "*"))?;
+        #[expect(clippy::cast_precision_loss, reason = "token counts far below 2^52")]
+        let cost = (input as f64 * input_price + output as f64 * output_price) / 1_000_000.0;
+        Some(cost)
+    }
+}
+
 /// Tokens used, and the model requests that used them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
@@ -47,15 +113,45 @@ impl Tokens {
 }
 
 /// A holder over their budget: what they used, of how much, and when the
-/// day (UTC) ends and the budget is whole again.
+/// period (the UTC day, or month) ends and the budget is whole again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OverBudget {
-    /// Tokens used today.
+    /// What was used: tokens today, or cents this month.
     pub used: u64,
-    /// Tokens a day.
+    /// The budget, in the same unit.
     pub budget: u64,
     /// When the period resets (Unix seconds).
     pub resets_at: i64,
+    /// Which.
+    pub unit: Unit,
+}
+
+/// What a budget counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Tokens today (UTC).
+    TokensToday,
+    /// Estimated cents this calendar month (UTC).
+    CentsThisMonth,
+}
+
+impl OverBudget {
+    /// "1,234 tokens today of 1,000 a day", "$12.34 this month of $10.00".
+    pub fn describe(&self) -> String {
+        match self.unit {
+            Unit::TokensToday => format!(
+                "{} tokens today (UTC), and the budget is {} a day",
+                self.used, self.budget
+            ),
+            Unit::CentsThisMonth => format!(
+                "an estimated ${}.{:02} this month (UTC), and the budget is ${}.{:02} a month",
+                self.used / 100,
+                self.used % 100,
+                self.budget / 100,
+                self.budget % 100
+            ),
+        }
+    }
 }
 
 /// What one poll did.
@@ -69,14 +165,21 @@ pub struct PollReport {
     pub unattributed: usize,
 }
 
-/// Today's ledger.
+/// Today's and this month's ledger.
 #[derive(Debug, Default)]
 struct Ledger {
     /// The UTC day it is for (Unix days).
     day: i64,
+    /// The UTC month it is for (its first second).
+    month: i64,
     /// Usage today, by key id, in every project.
     by_key: HashMap<String, Tokens>,
-    /// The owner of each key id this replica has seen today.
+    /// Dollars this month by key id, estimated from `MODEL_PRICES`.
+    estimated_by_key: HashMap<String, f64>,
+    /// Dollars this month by key id as OpenAI's Costs API says (`None`:
+    /// not read, or not available).
+    costs_by_key: Option<HashMap<String, f64>>,
+    /// The owner of each key id this replica has seen this month.
     owner_of: HashMap<String, Owner>,
     /// The rule and budget of each holder this replica decided for lately.
     grants: HashMap<Owner, (String, Budget)>,
@@ -93,6 +196,11 @@ pub struct Usage {
     ledger: Arc<RwLock<Ledger>>,
     /// How often it is read (`None`: never).
     interval: Option<Duration>,
+    /// What models cost.
+    prices: Arc<Prices>,
+    /// Whether the Costs API answered per key (cleared on its 400: not
+    /// asked again by this process).
+    costs_by_key: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The UTC day of `now`, and when it ends (Unix seconds).
@@ -101,13 +209,94 @@ pub fn day_of(now: SystemTime) -> (i64, i64) {
     (day, (day + 1) * 86_400)
 }
 
+/// The UTC calendar month of `now`: its first second and the next
+/// month's (Unix seconds).
+pub fn month_of(now: SystemTime) -> (i64, i64) {
+    let days = clock::unix_seconds(now).div_euclid(86_400);
+    let (year, month, _) = civil_from_days(days);
+    let next = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    (
+        days_from_civil(year, month, 1) * 86_400,
+        days_from_civil(next.0, next.1, 1) * 86_400,
+    )
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's
+/// algorithm, proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days since 1970-01-01 of a date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Dollars this month: estimated from prices, and as the Costs API says.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Spend {
+    /// Estimated from `MODEL_PRICES`.
+    pub estimated: f64,
+    /// As OpenAI's Costs API says (daily, late), where it answers per key.
+    pub billed: Option<f64>,
+}
+
+/// What a poll read: today's tokens and this month's dollars by key.
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// Tokens today by key id.
+    pub today: HashMap<String, Tokens>,
+    /// Dollars this month by key id, estimated.
+    pub estimated: HashMap<String, f64>,
+    /// Dollars this month by key id, from the Costs API (`None`: not read).
+    pub billed: Option<HashMap<String, f64>>,
+}
+
 impl Usage {
     /// Read every `interval` (`USAGE_POLL_INTERVAL`; `None`: never).
-    pub fn new(interval: Option<Duration>) -> Self {
+    pub fn new(interval: Option<Duration>, prices: Prices) -> Self {
         Self {
             ledger: Arc::default(),
             interval,
+            prices: Arc::new(prices),
+            costs_by_key: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    /// What models cost (`MODEL_PRICES`).
+    pub fn prices(&self) -> &Prices {
+        &self.prices
+    }
+
+    /// Whether to ask the Costs API per key: prices are set (dollars
+    /// matter), and it has not refused grouping by key.
+    pub fn asks_costs(&self) -> bool {
+        !self.prices.is_empty() && self.costs_by_key.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The Costs API refused to group by key: stop asking.
+    pub fn costs_not_by_key(&self) {
+        self.costs_by_key
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How often it is read.
@@ -155,6 +344,27 @@ impl Usage {
             }
         }
         total
+    }
+
+    /// What `owner`'s keys cost this month.
+    pub fn spend_of_owner(&self, owner: &Owner) -> Spend {
+        let ledger = self.read();
+        let mine = |key: &String| ledger.owner_of.get(key) == Some(owner);
+        Spend {
+            estimated: ledger
+                .estimated_by_key
+                .iter()
+                .filter(|(key, _)| mine(key))
+                .map(|(_, usd)| usd)
+                .sum(),
+            billed: ledger.costs_by_key.as_ref().map(|costs| {
+                costs
+                    .iter()
+                    .filter(|(key, _)| mine(key))
+                    .map(|(_, usd)| usd)
+                    .sum()
+            }),
+        }
     }
 
     /// What the key `key_id` used today.
@@ -209,7 +419,6 @@ impl Usage {
         if !budget.is_set() {
             return None;
         }
-        let (_, resets_at) = day_of(now);
         if self
             .read()
             .lifted
@@ -218,12 +427,29 @@ impl Usage {
         {
             return None;
         }
-        let used = self.of_owner(owner).total();
-        (used >= budget.tokens_per_day).then_some(OverBudget {
-            used,
-            budget: budget.tokens_per_day,
-            resets_at,
-        })
+        if budget.tokens_per_day > 0 {
+            let used = self.of_owner(owner).total();
+            if used >= budget.tokens_per_day {
+                return Some(OverBudget {
+                    used,
+                    budget: budget.tokens_per_day,
+                    resets_at: day_of(now).1,
+                    unit: Unit::TokensToday,
+                });
+            }
+        }
+        if budget.cents_per_month > 0 {
+            let spent = cents(self.spend_of_owner(owner).estimated).unwrap_or(u64::MAX);
+            if spent >= budget.cents_per_month {
+                return Some(OverBudget {
+                    used: spent,
+                    budget: budget.cents_per_month,
+                    resets_at: month_of(now).1,
+                    unit: Unit::CentsThisMonth,
+                });
+            }
+        }
+        None
     }
 
     /// Lifts `owner`'s budget until the end of today (UTC); when that is.
@@ -276,24 +502,76 @@ impl Usage {
     pub fn record(
         &self,
         now: SystemTime,
-        by_key: HashMap<String, Tokens>,
+        reading: Reading,
         owners: impl IntoIterator<Item = (String, Owner)>,
     ) -> (usize, usize) {
         let (day, _) = day_of(now);
+        let (month, _) = month_of(now);
         let mut ledger = self.write();
+        if ledger.month != month {
+            // Keys of last month used nothing this month: their owners
+            // can go.
+            ledger.month = month;
+            ledger.owner_of.clear();
+        }
         if ledger.day != day {
             ledger.day = day;
-            ledger.owner_of.clear();
             ledger.lifted.retain(|_, until| *until > day * 86_400);
         }
         ledger.owner_of.extend(owners);
-        let unattributed = by_key
+        let unattributed = reading
+            .estimated
             .keys()
+            .chain(reading.today.keys())
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
             .filter(|key| !ledger.owner_of.contains_key(*key))
             .count();
-        let keys = by_key.len();
-        ledger.by_key = by_key;
+        let keys = reading.today.len();
+        ledger.by_key = reading.today;
+        ledger.estimated_by_key = reading.estimated;
+        if reading.billed.is_some() {
+            ledger.costs_by_key = reading.billed;
+        }
         ledger.polled_at = Some(clock::unix_seconds(now));
         (keys, unattributed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_calendar_months_in_utc() {
+        let at = |secs: i64| clock::from_unix(secs);
+        // 2026-11-30T21:00:00Z: November, December's first next.
+        assert_eq!(month_of(at(1_796_072_400)), (1_793_491_200, 1_796_083_200));
+        // 2024-02-29 (a leap day): February 2024, to March's first.
+        assert_eq!(month_of(at(1_709_164_800)), (1_706_745_600, 1_709_251_200));
+        // December rolls over the year.
+        assert_eq!(month_of(at(1_798_675_200 - 1)).1, 1_798_761_600);
+        for days in [-1000, 0, 59, 10_957, 20_000, 40_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn prices_are_read_and_a_star_prices_the_rest() {
+        let prices = Prices::parse("gpt-4o=2.50/10.00, *=0.10/0.40").unwrap();
+        let cost = prices.cost("gpt-4o", 1_000_000, 100_000).unwrap();
+        assert!((cost - 3.5).abs() < 1e-9);
+        assert!((prices.cost("other", 0, 1_000_000).unwrap() - 0.4).abs() < 1e-9);
+        assert!(
+            Prices::parse("gpt-4o=2.50")
+                .unwrap_err()
+                .contains("gpt-4o=2.50/10.00")
+        );
+        assert!(Prices::parse("gpt-4o=-1/2").is_err());
+        assert_eq!(Prices::parse("x=1/1").unwrap().cost("y", 1, 1), None);
+        assert_eq!(cents(12.345), Some(1235));
+        assert_eq!(cents(f64::NAN), None);
+        assert_eq!(cents(-1.0), None);
     }
 }

@@ -227,6 +227,8 @@ struct RuleToml {
     #[serde(default)]
     tokens_per_day: Option<u64>,
     #[serde(default)]
+    usd_per_month: Option<f64>,
+    #[serde(default)]
     on_over_budget: Option<String>,
     #[serde(default)]
     admin: bool,
@@ -630,8 +632,18 @@ pub fn parse(text: &str, file: &str, defaults: Defaults) -> Result<PolicyFile, V
                 false
             }
         };
+        let cents_per_month = match raw.usd_per_month {
+            None => defaults.budget.cents_per_month,
+            Some(usd) => crate::usage::cents(usd).unwrap_or_else(|| {
+                problems.push(format!(
+                    "{at}: usd_per_month: {usd} is not an amount of dollars like 50 or 12.5"
+                ));
+                0
+            }),
+        };
         let budget = super::Budget {
             tokens_per_day: raw.tokens_per_day.unwrap_or(defaults.budget.tokens_per_day),
+            cents_per_month,
             revoke,
         };
         rules.push(Rule {
@@ -667,6 +679,7 @@ mod tests {
         per_hour: 20,
         budget: crate::access::Budget {
             tokens_per_day: 0,
+            cents_per_month: 0,
             revoke: false,
         },
     };

@@ -75,11 +75,35 @@ pub(super) async fn page(
             let budget = usage
                 .budget_of(&owner)
                 .filter(crate::access::Budget::is_set);
+            let mut used = super::me::tokens_text(tokens);
+            if !usage.prices().is_empty() {
+                let spend = usage.spend_of_owner(&owner);
+                used.push_str(&format!("; about ${:.2} this month", spend.estimated));
+                if let Some(billed) = spend.billed {
+                    used.push_str(&format!(" (OpenAI: ${billed:.2})"));
+                }
+            }
             Holder {
-                used: super::me::tokens_text(tokens),
+                used,
                 budget: budget.map_or_else(
                     || "none".to_owned(),
-                    |b| format!("{} a day", super::me::thousands(b.tokens_per_day)),
+                    |b| {
+                        let mut parts = Vec::new();
+                        if b.tokens_per_day > 0 {
+                            parts.push(format!(
+                                "{} tokens a day",
+                                super::me::thousands(b.tokens_per_day)
+                            ));
+                        }
+                        if b.cents_per_month > 0 {
+                            parts.push(format!(
+                                "${}.{:02} a month",
+                                b.cents_per_month / 100,
+                                b.cents_per_month % 100
+                            ));
+                        }
+                        parts.join(", ")
+                    },
                 ),
                 over: budget.is_some_and(|b| usage.over_budget(&owner, b, now).is_some()),
                 lifted_until: usage

@@ -229,9 +229,18 @@ async fn list_keys(
     let grant = &caller.grant;
     let usage_today = usage.interval().map(|_| {
         let over = usage.over_budget(&grant.owner, grant.budget, now);
+        let priced = !usage.prices().is_empty();
+        let spend = usage.spend_of_owner(&grant.owner);
+        #[expect(clippy::cast_precision_loss, reason = "cents far below 2^52")]
+        let usd_per_month =
+            (grant.budget.cents_per_month > 0).then(|| grant.budget.cents_per_month as f64 / 100.0);
         crate::api::UsageToday {
             tokens: tokens(usage.of_owner(&grant.owner)),
-            tokens_per_day: grant.budget.is_set().then_some(grant.budget.tokens_per_day),
+            tokens_per_day: (grant.budget.tokens_per_day > 0)
+                .then_some(grant.budget.tokens_per_day),
+            usd_this_month: priced.then_some(spend.estimated),
+            usd_this_month_billed: spend.billed.filter(|_| priced),
+            usd_per_month,
             over_budget: over.is_some(),
             resets_at: crate::usage::day_of(now).1,
             read_at: usage.polled_at(),

@@ -477,15 +477,16 @@ fn issuance_failed(error: &issuance::Error) -> Public {
             ..with_hint(
                 page(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "Budget spent for today",
-                    &format!(
-                        "Your keys used {} tokens today (UTC), and your budget is {} a day.",
-                        over.used, over.budget
-                    ),
+                    "Budget spent",
+                    &format!("Your keys used {}.", over.describe()),
                 ),
                 &format!(
-                    "The budget is whole again in {} (midnight UTC); an admin can lift it for today.",
-                    crate::clock::humanize(*retry_after)
+                    "The budget is whole again in {} ({} UTC); an admin can lift it until the day's end.",
+                    crate::clock::humanize(*retry_after),
+                    match over.unit {
+                        crate::usage::Unit::TokensToday => "midnight",
+                        crate::usage::Unit::CentsThisMonth => "the month's end",
+                    }
                 ),
             )
         },

@@ -225,21 +225,14 @@ fn usage_lines(
     if usage.interval().is_none() {
         return (None, None);
     }
-    let used = usage.of_owner(&grant.owner);
     let as_of = usage.polled_at().map_or_else(
         || "not read from OpenAI yet".to_owned(),
         |at| {
-            format!(
-                "as OpenAI reported {} ago",
-                clock::humanize(
-                    clock::from_unix(clock::unix_seconds(now))
-                        .duration_since(clock::from_unix(at))
-                        .unwrap_or_default()
-                )
-            )
+            let age = now.duration_since(clock::from_unix(at)).unwrap_or_default();
+            format!("as OpenAI reported {} ago", clock::humanize(age))
         },
     );
-    let budget = if grant.budget.is_set() {
+    let budget = if grant.budget.tokens_per_day > 0 {
         format!(
             " of your budget of {} a day",
             thousands(grant.budget.tokens_per_day)
@@ -247,21 +240,44 @@ fn usage_lines(
     } else {
         String::new()
     };
-    let line = format!(
+    let mut line = format!(
         "Your keys used {}{budget} today (UTC), {as_of}.",
-        tokens_text(used)
+        tokens_text(usage.of_owner(&grant.owner))
     );
-    let over = usage.over_budget(&grant.owner, grant.budget, now).map(|over| {
-        format!(
-            "Your budget for today is spent: new keys are refused until midnight UTC (in {}){}.",
-            clock::humanize(clock::until(over.resets_at, now)),
-            if grant.budget.revoke {
-                ", and your live keys were revoked"
-            } else {
-                ""
-            }
-        )
-    });
+    if !usage.prices().is_empty() {
+        let spend = usage.spend_of_owner(&grant.owner);
+        line.push_str(&format!(" This month: about ${:.2}", spend.estimated));
+        if grant.budget.cents_per_month > 0 {
+            line.push_str(&format!(
+                " of your ${}.{:02}",
+                grant.budget.cents_per_month / 100,
+                grant.budget.cents_per_month % 100
+            ));
+        }
+        line.push_str(" (estimated from prices)");
+        if let Some(billed) = spend.billed {
+            line.push_str(&format!("; OpenAI's costs so far: ${billed:.2}"));
+        }
+        line.push('.');
+    }
+    let over = usage
+        .over_budget(&grant.owner, grant.budget, now)
+        .map(|over| {
+            let when = match over.unit {
+                crate::usage::Unit::TokensToday => "midnight",
+                crate::usage::Unit::CentsThisMonth => "the month's end",
+            };
+            format!(
+                "Your budget is spent ({}): new keys are refused until {when} UTC (in {}){}.",
+                over.describe(),
+                clock::humanize(clock::until(over.resets_at, now)),
+                if grant.budget.revoke {
+                    ", and your live keys were revoked"
+                } else {
+                    ""
+                }
+            )
+        });
     (Some(line), over)
 }
 

@@ -387,3 +387,86 @@ async fn a_key_deleted_behind_our_back_is_reported_to_its_owner_and_in_the_audit
         2
     );
 }
+
+#[tokio::test]
+async fn a_dollar_budget_counts_estimated_spend_this_month_with_openais_costs_beside() {
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("MODEL_PRICES", "gpt-4o=2.50/10.00,*=0.10/0.40")
+            .set("USD_PER_MONTH", "0.05"),
+    )
+    .await;
+    let browser = browser();
+    let key = app.sign_in_with(&browser, bob()).await.key();
+    let session = cli_session(&app, bob()).await;
+    // 10,000 input tokens of gpt-4o: $0.025, half the budget.
+    assert!(app.sandbox.openai.add_usage(&key, "gpt-4o", 10_000, 0));
+    next_poll(&app, &session).await;
+    let list = key_list(&app, &session).await;
+    let usd = list["usage_today"]["usd_this_month"].as_f64().unwrap();
+    assert!((usd - 0.025).abs() < 1e-9, "{list}");
+    let billed = list["usage_today"]["usd_this_month_billed"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (billed - 0.025).abs() < 1e-9,
+        "OpenAI's costs beside: {list}"
+    );
+    assert_eq!(list["usage_today"]["usd_per_month"], 0.05);
+    assert_eq!(new_key(&app, &session).await.0, StatusCode::CREATED);
+    let mine = my_keys(&app, &browser).await;
+    assert!(
+        mine.body.contains("This month: about $0.03 of your $0.05"),
+        "{}",
+        mine.body
+    );
+    assert!(
+        mine.body.contains("OpenAI&#39;s costs so far: $0.03"),
+        "{}",
+        mine.body
+    );
+
+    // 1,000 output tokens of an unlisted model at $0.40/M, and 10,000 more
+    // of gpt-4o: $0.0504 in all, over.
+    assert!(app.sandbox.openai.add_usage(&key, "gpt-4o-mini", 0, 1_000));
+    assert!(app.sandbox.openai.add_usage(&key, "gpt-4o", 10_000, 0));
+    next_poll(&app, &session).await;
+    let (status, retry_after, body) = new_key(&app, &session).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "over_budget");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$0.05 this month"),
+        "{body}"
+    );
+    // Until the first of next month, UTC.
+    let (_, next_month) = openai_key_server::usage::month_of(app.sandbox.clock.now());
+    let retry_after = i64::try_from(retry_after.unwrap()).unwrap();
+    assert!(
+        (app.sandbox.clock.unix() + retry_after - next_month).abs() <= 2,
+        "{retry_after} s"
+    );
+}
+
+#[test]
+fn a_dollar_budget_without_prices_is_refused_at_start() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_openai-key-server"))
+        .arg("check-config")
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("ALLOWED_DOMAINS", "example.com")
+        .env("OPENAI_MANAGEMENT_KEY", "sk-admin-x")
+        .env("CLIENT_ID", "id")
+        .env("CLIENT_SECRET", "secret")
+        .env("REDIRECT_URI", "https://keys.example.com/oauth2/callback")
+        .env("DEFAULT_PROJECT_NAME", "keys")
+        .env("USD_PER_MONTH", "50")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("MODEL_PRICES"), "{stderr}");
+    assert!(stderr.contains("gpt-4o=2.50/10.00"), "{stderr}");
+}
