@@ -93,6 +93,10 @@ enum Scenario {
     /// p99); Admin API calls per issuance under a rule with scopes and
     /// under one without.
     Policy(scenario::policy::Args),
+    /// Reading usage: Admin API calls of one read of the Usage API with
+    /// 1,000 live keys (with and without prices), and the time from usage
+    /// crossing a budget to the first refused key at a poll interval.
+    Usage(scenario::usage::Args),
     /// Every scenario at the sizes of the targets (about 11 minutes
     /// on 2 cores, 4 of them in the rate-limited sweep and 4 in
     /// `dashboard`), then every JSON line again and the binary size.
@@ -139,6 +143,7 @@ async fn run_scenario(scenario: Scenario, binary: &Path) -> anyhow::Result<()> {
         Scenario::Dashboard(args) => scenario::dashboard::run(binary, &args).await?.print(),
         Scenario::Cli(args) => scenario::cli::run(binary, &args).await?.print(),
         Scenario::Policy(args) => scenario::policy::run(binary, &args).await?.print(),
+        Scenario::Usage(args) => scenario::usage::run(binary, &args).await?.print(),
         Scenario::All => scenario::all::run(binary).await?,
     }
     Ok(())

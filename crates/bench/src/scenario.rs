@@ -11,6 +11,7 @@ pub(crate) mod idle;
 pub(crate) mod issue;
 pub(crate) mod policy;
 pub(crate) mod sweep;
+pub(crate) mod usage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
