@@ -49,6 +49,8 @@ struct AdminPage<'a> {
     usage_shown: bool,
     /// Every holder whose keys used anything today.
     holders: Vec<Holder>,
+    /// Whether usage has been read from OpenAI yet.
+    usage_read: bool,
 }
 
 /// `GET /admin`: every live key, by owner.
@@ -115,6 +117,7 @@ pub(super) async fn page(
         .collect();
     let page = AdminPage {
         usage_shown: usage.interval().is_some(),
+        usage_read: usage.polled_at().is_some(),
         holders,
         admin: signed_in.grant.owner.as_str(),
         csrf: &signed_in.csrf,

@@ -77,9 +77,11 @@ pub(super) fn thousands(n: u64) -> String {
 
 impl Row {
     pub(super) fn of(key: KeyInfo, now: SystemTime, usage: &crate::usage::Usage) -> Self {
+        // "–" until usage is first read, or while the key's id is unknown.
         let used = usage.interval().map(|_| {
             key.key_id
                 .as_deref()
+                .filter(|_| usage.polled_at().is_some())
                 .map_or_else(|| "–".to_owned(), |id| tokens_text(usage.of_key(id)))
         });
         Self {
@@ -222,8 +224,17 @@ fn usage_lines(
     grant: &crate::access::Grant,
     now: SystemTime,
 ) -> (Option<String>, Option<String>) {
-    if usage.interval().is_none() {
+    let Some(interval) = usage.interval() else {
         return (None, None);
+    };
+    if usage.polled_at().is_none() {
+        return (
+            Some(format!(
+                "Usage is read from OpenAI every {}; it has not been read yet.",
+                clock::humanize(interval)
+            )),
+            None,
+        );
     }
     let as_of = usage.polled_at().map_or_else(
         || "not read from OpenAI yet".to_owned(),

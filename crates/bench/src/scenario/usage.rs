@@ -96,7 +96,10 @@ async fn one_read(
         ("CLEANUP_INTERVAL", "3600".to_owned()),
     ];
     if prices {
-        env.push(("MODEL_PRICES", "gpt-4o-mini=0.15/0.60,*=2.50/10.00".to_owned()));
+        env.push((
+            "MODEL_PRICES",
+            "gpt-4o-mini=0.15/0.60,*=2.50/10.00".to_owned(),
+        ));
     }
     let client = crate::flow::client()?;
     let mut server = Server::spawn(binary, &sandbox, env)?;
@@ -152,7 +155,10 @@ async fn delays_to_refusal(binary: &Path, args: &Args) -> anyhow::Result<Vec<f64
         let deadline = crossed + Duration::from_secs(args.poll_s * 3 + 30);
         loop {
             anyhow::ensure!(Instant::now() < deadline, "no key was ever refused");
-            let form = crate::flow::get(&ready.client, &jar, &home).await?.text().await?;
+            let form = crate::flow::get(&ready.client, &jar, &home)
+                .await?
+                .text()
+                .await?;
             let csrf = form
                 .split("name=\"csrf\" value=\"")
                 .nth(1)
@@ -170,8 +176,7 @@ async fn delays_to_refusal(binary: &Path, args: &Args) -> anyhow::Result<Vec<f64
                 .post(format!("{base}/keys"))
                 .header(
                     reqwest::header::COOKIE,
-                    reqwest::cookie::CookieStore::cookies(&jar, &home)
-                        .context("a session")?,
+                    reqwest::cookie::CookieStore::cookies(&jar, &home).context("a session")?,
                 )
                 .form(&[("csrf", csrf.as_str()), ("form", one.as_str())])
                 .send()
