@@ -78,6 +78,11 @@ pub struct Vanished {
 /// How long a vanished key is shown on its owner's page.
 const VANISHED_SHOWN: i64 = 86_400;
 
+/// A key gone less than this before its expiry is not reported: another
+/// replica deleting it at its expiry, on a clock a little ahead, is no
+/// news.
+const VANISHED_MARGIN: i64 = 60;
+
 /// A key just created for someone. Shown once, never stored.
 #[derive(Debug)]
 pub struct IssuedKey {
@@ -587,7 +592,7 @@ impl Keys {
         self.note_vanished(
             missing
                 .into_iter()
-                .filter(|(_, name, _)| name.expires_at > now_unix)
+                .filter(|(_, name, _)| name.expires_at > now_unix + VANISHED_MARGIN)
                 .map(|(id, name, key_id)| (id, name.owner, key_id, name.expires_at)),
             "key deleted before its expiry, its account kept",
             now,
@@ -1370,7 +1375,7 @@ impl Keys {
                 let now_unix = unix(now);
                 self.note_vanished(
                     gone.into_iter()
-                        .filter(|(_, name, _)| name.expires_at > now_unix)
+                        .filter(|(_, name, _)| name.expires_at > now_unix + VANISHED_MARGIN)
                         .map(|(id, name, key_id)| (id, name.owner, key_id, name.expires_at)),
                     "account deleted before its expiry",
                     now,

@@ -339,8 +339,8 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
     }
     let cached = context.store.key().ok().flatten().map(|k| k.id);
     let mut out = format!(
-        "{:<34} {:<22} {:<22} {:<22}\n",
-        "ID", "CREATED", "EXPIRES", "LAST USED"
+        "{:<34} {:<22} {:<22} {:<22} {:>14}\n",
+        "ID", "CREATED", "EXPIRES", "LAST USED", "TOKENS TODAY"
     );
     for key in &listed.keys {
         let mark = if cached.as_deref() == Some(key.id.as_str()) {
@@ -348,8 +348,12 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
         } else {
             ""
         };
+        let tokens = key.usage.map_or_else(
+            || "-".to_owned(),
+            |u| (u.input_tokens + u.output_tokens).to_string(),
+        );
         out.push_str(&format!(
-            "{:<34} {:<22} {:<22} {:<22}{mark}\n",
+            "{:<34} {:<22} {:<22} {:<22} {tokens:>14}{mark}\n",
             key.id,
             when(key.created_at),
             when(Some(key.expires_at)),
@@ -359,6 +363,26 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
     print_stdout(&out)?;
     if listed.keys.is_empty() {
         eprintln!("No live key.");
+    }
+    // What a budget counts, on stderr: stdout stays the table.
+    if let Some(today) = &listed.usage_today {
+        let mut line = format!(
+            "Used today (UTC): {} tokens",
+            today.tokens.input_tokens + today.tokens.output_tokens
+        );
+        if let Some(budget) = today.tokens_per_day {
+            line.push_str(&format!(" of {budget} a day"));
+        }
+        if let Some(usd) = today.usd_this_month {
+            line.push_str(&format!("; about ${usd:.2} this month"));
+            if let Some(budget) = today.usd_per_month {
+                line.push_str(&format!(" of ${budget:.2}"));
+            }
+        }
+        if today.over_budget {
+            line.push_str(" (budget spent: new keys are refused until it resets)");
+        }
+        eprintln!("{line}.");
     }
     if !listed.fresh {
         eprintln!(
