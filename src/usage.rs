@@ -126,6 +126,19 @@ pub struct OverBudget {
     pub unit: Unit,
 }
 
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// What a budget counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -141,7 +154,8 @@ impl OverBudget {
         match self.unit {
             Unit::TokensToday => format!(
                 "{} tokens today (UTC), and the budget is {} a day",
-                self.used, self.budget
+                thousands(self.used),
+                thousands(self.budget)
             ),
             Unit::CentsThisMonth => format!(
                 "an estimated ${}.{:02} this month (UTC), and the budget is ${}.{:02} a month",

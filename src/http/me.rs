@@ -64,15 +64,7 @@ pub(super) fn tokens_text(tokens: crate::usage::Tokens) -> String {
 
 /// `1234567` as `1,234,567`.
 pub(super) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::usage::thousands(n)
 }
 
 impl Row {

@@ -654,3 +654,59 @@ async fn with_two_issuers_a_person_picks_one_and_signs_in_through_it() {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(secret);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_a_spent_budget_show_on_my_keys_and_the_admin_page() {
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("ADMIN_USERS", "carol@example.com")
+            .set("TOKENS_PER_DAY", "100000")
+            .set("MODEL_PRICES", "gpt-4o=2.50/10.00,*=0.15/0.60"),
+    )
+    .await;
+    let browser = Browser::start().await;
+    browser
+        .sign_in(&app, "carol@example.com", "example.com")
+        .await;
+    browser.wait_for("#key").await;
+    let key = browser
+        .client()
+        .find(fantoccini::Locator::Css("#key"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(app.sandbox.openai.add_usage(&key, "gpt-4o", 84_000, 21_345));
+    let reads = app.openai_calls("GET /v1/organization/usage/completions");
+    app.advance(std::time::Duration::from_secs(61));
+    eventually("usage is read", || {
+        app.openai_calls("GET /v1/organization/usage/completions") > reads
+    })
+    .await;
+    let mut shown = false;
+    for _ in 0..100 {
+        browser.goto(&app.url("/")).await;
+        browser.wait_for("h1").await;
+        let source = browser.client().source().await.unwrap();
+        if source.contains("id=\"over-budget\"") {
+            assert!(source.contains("105,345 tokens (1 request)"), "{source}");
+            shown = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(shown, "the spent budget shows on my keys");
+    browser.shot("my-keys-usage", false).await;
+    browser.goto(&app.url("/admin")).await;
+    browser.wait_for("#usage").await;
+    let source = browser.client().source().await.unwrap();
+    assert!(source.contains("class=\"over\""), "{source}");
+    browser.shot("admin-usage", false).await;
+    browser.click("button.lift").await;
+    browser.wait_for("h1").await;
+    let source = browser.client().source().await.unwrap();
+    assert!(source.contains("lifted until"), "{source}");
+    browser.close().await;
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::{cli, connections, dashboard, expiry, idle, issue, policy, sweep};
+use super::{cli, connections, dashboard, expiry, idle, issue, policy, sweep, usage};
 use crate::report::Report;
 use crate::server::binary_mb;
 
@@ -73,6 +73,7 @@ pub(crate) async fn run(binary: &Path) -> anyhow::Result<()> {
     keep(dashboard::run(binary, &dashboard::Args::default()).await?);
     keep(cli::run(binary, &cli::Args::default()).await?);
     keep(policy::run(binary, &policy::Args::default()).await?);
+    keep(usage::run(binary, &usage::Args::default()).await?);
 
     let mut build = Report::new("binary");
     build
