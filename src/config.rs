@@ -896,6 +896,25 @@ impl Config {
             None if budget.cents_per_month > 0 => vec![crate::access::ENV_RULE.to_owned()],
             None => Vec::new(),
         };
+        let budget_rules: Vec<String> = match &policy_file {
+            Some(file) => file
+                .rules
+                .iter()
+                .filter(|rule| rule.budget.is_set())
+                .map(|rule| rule.name.clone())
+                .collect(),
+            None if budget.is_set() => vec![crate::access::ENV_RULE.to_owned()],
+            None => Vec::new(),
+        };
+        if !budget_rules.is_empty() && usage_poll_interval.is_none() {
+            r.problem(
+                vars::USAGE_POLL_INTERVAL,
+                format!(
+                    "is 0, so usage is never read and the budget of rule(s) {} would never be enforced: set it to the seconds between two reads (default 60)",
+                    budget_rules.join(", ")
+                ),
+            );
+        }
         if !dollar_rules.is_empty() && model_prices.is_empty() {
             r.problem(
                 vars::MODEL_PRICES,

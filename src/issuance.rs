@@ -476,6 +476,7 @@ impl Issuance {
                 account: Some(workload.owner.to_string()),
                 reason,
             })?;
+        self.inner.usage.note_grant(&grant);
         limiter.refund(&address, now);
         let spent = format!("{}\n{}", workload.issuer, verified.jti);
         let remembered = verified
@@ -818,18 +819,26 @@ impl Issuance {
                                 _ => break,
                             }
                         }
-                        Err(crate::keys::Error::OpenAi(crate::openai::Error::Api {
-                            status: 400,
-                            ..
-                        })) => {
+                        // Costs are shown beside the estimate, never counted:
+                        // whatever goes wrong with them loses no usage.
+                        Err(crate::keys::Error::OpenAi(
+                            crate::openai::Error::Api {
+                                status: 400 | 404, ..
+                            }
+                            | crate::openai::Error::Forbidden { .. },
+                        )) => {
                             tracing::warn!(
-                                "OpenAI's Costs API does not group costs by key here: pages show estimates only"
+                                "OpenAI's Costs API does not give costs by key here: pages show estimates only"
                             );
                             usage.costs_not_by_key();
                             billed = None;
                             break;
                         }
-                        Err(error) => return Err(error.into()),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not read costs; pages show the last figures");
+                            billed = None;
+                            break;
+                        }
                     }
                 }
             }
@@ -863,7 +872,7 @@ impl Issuance {
                 continue;
             }
             let wanted = live.len();
-            match project.keys.revoke(live, owner.clone(), action, now).await {
+            match project.keys.revoke(live, "server", action, now).await {
                 Ok(Ok(failed)) => revoked += wanted - failed.len(),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "could not revoke the keys of a holder over budget")

@@ -7,7 +7,7 @@ mod deleter;
 mod index;
 mod name;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -323,8 +323,12 @@ struct Inner {
     /// When the last complete listing of every account began; changes when
     /// one completes.
     listed: tokio::sync::watch::Sender<Option<SystemTime>>,
-    /// Keys found gone before their expiry, for a day.
+    /// Keys found gone before their expiry, until their expiry.
     vanished: Mutex<Vec<Vanished>>,
+    /// Accounts this replica set out to revoke, with their expiry: gone
+    /// from a later listing is what was asked, even when the delete's
+    /// answer was lost.
+    revoked_here: Mutex<HashMap<String, i64>>,
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
@@ -386,6 +390,7 @@ impl Keys {
                 closing: std::sync::atomic::AtomicBool::new(false),
                 listed: tokio::sync::watch::Sender::new(None),
                 vanished: Mutex::default(),
+                revoked_here: Mutex::default(),
             }),
         }
     }
@@ -484,10 +489,23 @@ impl Keys {
     pub fn revoke(
         &self,
         keys: Vec<KeyInfo>,
-        actor: Owner,
+        actor: impl std::fmt::Display,
         action: &'static str,
         now: SystemTime,
     ) -> tokio::task::JoinHandle<Result<Vec<KeyInfo>, Error>> {
+        let actor = actor.to_string();
+        // Deleted here, whatever the answer says: a listing that meets
+        // them gone is no news (see `note_vanished`).
+        {
+            let mut revoked = self
+                .inner
+                .revoked_here
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for key in &keys {
+                revoked.insert(key.service_account_id.clone(), key.expires_at);
+            }
+        }
         let this = self.clone();
         let context = crate::audit::context();
         tokio::spawn(crate::audit::within(
@@ -1404,14 +1422,22 @@ impl Keys {
     ) {
         let now_unix = unix(now);
         let project_id = self.known_project_id().to_owned();
+        let mut revoked_here = self
+            .inner
+            .revoked_here
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        revoked_here.retain(|_, expires_at| *expires_at > now_unix);
         let mut vanished = self
             .inner
             .vanished
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        vanished.retain(|v| v.noticed_at + VANISHED_SHOWN > now_unix);
+        // Kept until their expiry, so each is reported once.
+        vanished.retain(|v| v.expires_at > now_unix || v.noticed_at + VANISHED_SHOWN > now_unix);
         for (id, owner, key_id, expires_at) in gone {
-            if vanished.iter().any(|v| v.service_account_id == id) {
+            if revoked_here.contains_key(&id) || vanished.iter().any(|v| v.service_account_id == id)
+            {
                 continue;
             }
             self.inner.settings.audit.record(

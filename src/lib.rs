@@ -384,11 +384,13 @@ impl Application {
         let _watch = AbortOnDrop(tokio::spawn(
             self.state.reloader.clone().watch_admin_key(stop_rx.clone()),
         ));
+        let budgets = self.config.rules().iter().any(|rule| rule.budget.is_set());
         let _usage = self.state.issuance.usage().interval().map(|interval| {
             AbortOnDrop(tokio::spawn(poll_usage_until(
                 self.state.issuance.clone(),
                 self.state.clock.clone(),
                 interval,
+                budgets,
                 stop_rx.clone(),
             )))
         });
@@ -503,16 +505,23 @@ impl Application {
     }
 }
 
-/// Reads OpenAI's Usage API every `interval` of `clock` (the first a
-/// whole interval after start) until `stop`.
+/// Reads OpenAI's Usage API every `interval` of `clock` until `stop`: the
+/// first at start when a rule has a budget (a restart must not open a
+/// window in which a spent budget admits), otherwise a whole interval
+/// after it.
 async fn poll_usage_until(
     issuance: issuance::Issuance,
     clock: Clock,
     interval: std::time::Duration,
+    at_start: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut jumps = clock.jumps();
-    let mut due = clock.now() + interval;
+    let mut due = if at_start {
+        clock.now()
+    } else {
+        clock.now() + interval
+    };
     loop {
         let wait = due.duration_since(clock.now()).unwrap_or_default();
         tokio::select! {

@@ -348,10 +348,14 @@ impl Usage {
             .insert(key_id.to_owned(), owner.clone());
     }
 
-    /// What `owner`'s keys used today.
-    pub fn of_owner(&self, owner: &Owner) -> Tokens {
+    /// What `owner`'s keys used today (nothing yet when the last reading
+    /// was of another day: a new day starts whole).
+    pub fn of_owner(&self, owner: &Owner, now: SystemTime) -> Tokens {
         let ledger = self.read();
         let mut total = Tokens::default();
+        if ledger.day != day_of(now).0 {
+            return total;
+        }
         for (key, tokens) in &ledger.by_key {
             if ledger.owner_of.get(key) == Some(owner) {
                 total.add(*tokens);
@@ -360,36 +364,47 @@ impl Usage {
         total
     }
 
-    /// What `owner`'s keys cost this month.
-    pub fn spend_of_owner(&self, owner: &Owner) -> Spend {
+    /// What `owner`'s keys cost this month (nothing yet when the last
+    /// reading was of another month).
+    pub fn spend_of_owner(&self, owner: &Owner, now: SystemTime) -> Spend {
         let ledger = self.read();
+        if ledger.month != month_of(now).0 {
+            return Spend::default();
+        }
         let mine = |key: &String| ledger.owner_of.get(key) == Some(owner);
         Spend {
+            // Folded from +0.0: an empty `sum` of floats is -0.0, which
+            // would print as "-0.00".
             estimated: ledger
                 .estimated_by_key
                 .iter()
                 .filter(|(key, _)| mine(key))
-                .map(|(_, usd)| usd)
-                .sum(),
+                .fold(0.0, |sum, (_, usd)| sum + usd),
             billed: ledger.costs_by_key.as_ref().map(|costs| {
                 costs
                     .iter()
                     .filter(|(key, _)| mine(key))
-                    .map(|(_, usd)| usd)
-                    .sum()
+                    .fold(0.0, |sum, (_, usd)| sum + usd)
             }),
         }
     }
 
     /// What the key `key_id` used today.
-    pub fn of_key(&self, key_id: &str) -> Tokens {
-        self.read().by_key.get(key_id).copied().unwrap_or_default()
+    pub fn of_key(&self, key_id: &str, now: SystemTime) -> Tokens {
+        let ledger = self.read();
+        if ledger.day != day_of(now).0 {
+            return Tokens::default();
+        }
+        ledger.by_key.get(key_id).copied().unwrap_or_default()
     }
 
     /// Every holder whose keys used anything today, with what they used,
     /// most first.
-    pub fn holders(&self) -> Vec<(Owner, Tokens)> {
+    pub fn holders(&self, now: SystemTime) -> Vec<(Owner, Tokens)> {
         let ledger = self.read();
+        if ledger.day != day_of(now).0 {
+            return Vec::new();
+        }
         let mut holders: HashMap<&Owner, Tokens> = HashMap::new();
         for (key, tokens) in &ledger.by_key {
             if let Some(owner) = ledger.owner_of.get(key) {
@@ -442,7 +457,7 @@ impl Usage {
             return None;
         }
         if budget.tokens_per_day > 0 {
-            let used = self.of_owner(owner).total();
+            let used = self.of_owner(owner, now).total();
             if used >= budget.tokens_per_day {
                 return Some(OverBudget {
                     used,
@@ -453,7 +468,7 @@ impl Usage {
             }
         }
         if budget.cents_per_month > 0 {
-            let spent = cents(self.spend_of_owner(owner).estimated).unwrap_or(u64::MAX);
+            let spent = cents(self.spend_of_owner(owner, now).estimated).unwrap_or(u64::MAX);
             if spent >= budget.cents_per_month {
                 return Some(OverBudget {
                     used: spent,
@@ -524,9 +539,11 @@ impl Usage {
         let mut ledger = self.write();
         if ledger.month != month {
             // Keys of last month used nothing this month: their owners
-            // can go.
+            // can go (none to forget at the first reading).
+            if ledger.month != 0 {
+                ledger.owner_of.clear();
+            }
             ledger.month = month;
-            ledger.owner_of.clear();
         }
         if ledger.day != day {
             ledger.day = day;

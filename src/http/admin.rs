@@ -71,7 +71,7 @@ pub(super) async fn page(
     }
     let usage = state.issuance.usage();
     let holders = usage
-        .holders()
+        .holders(now)
         .into_iter()
         .map(|(owner, tokens)| {
             let budget = usage
@@ -79,7 +79,7 @@ pub(super) async fn page(
                 .filter(crate::access::Budget::is_set);
             let mut used = super::me::tokens_text(tokens);
             if !usage.prices().is_empty() {
-                let spend = usage.spend_of_owner(&owner);
+                let spend = usage.spend_of_owner(&owner, now);
                 used.push_str(&format!("; about ${:.2} this month", spend.estimated));
                 if let Some(billed) = spend.billed {
                     used.push_str(&format!(" (OpenAI: ${billed:.2})"));

@@ -141,12 +141,13 @@ fn tokens(tokens: crate::usage::Tokens) -> crate::api::Tokens {
     }
 }
 
-fn item(key: KeyInfo, usage: &crate::usage::Usage) -> KeyItem {
+fn item(key: KeyInfo, usage: &crate::usage::Usage, now: std::time::SystemTime) -> KeyItem {
     KeyItem {
         usage: usage
             .interval()
             .and(key.key_id.as_deref())
-            .map(|id| tokens(usage.of_key(id))),
+            .filter(|_| usage.polled_at().is_some())
+            .map(|id| tokens(usage.of_key(id, now))),
         id: key.service_account_id,
         key_id: key.key_id,
         owner: key.owner.to_string(),
@@ -230,19 +231,19 @@ async fn list_keys(
     let usage_today = usage.interval().map(|_| {
         let over = usage.over_budget(&grant.owner, grant.budget, now);
         let priced = !usage.prices().is_empty();
-        let spend = usage.spend_of_owner(&grant.owner);
+        let spend = usage.spend_of_owner(&grant.owner, now);
         #[expect(clippy::cast_precision_loss, reason = "cents far below 2^52")]
         let usd_per_month =
             (grant.budget.cents_per_month > 0).then(|| grant.budget.cents_per_month as f64 / 100.0);
         crate::api::UsageToday {
-            tokens: tokens(usage.of_owner(&grant.owner)),
+            tokens: tokens(usage.of_owner(&grant.owner, now)),
             tokens_per_day: (grant.budget.tokens_per_day > 0)
                 .then_some(grant.budget.tokens_per_day),
             usd_this_month: priced.then_some(spend.estimated),
             usd_this_month_billed: spend.billed.filter(|_| priced),
             usd_per_month,
             over_budget: over.is_some(),
-            resets_at: crate::usage::day_of(now).1,
+            resets_at: over.map_or_else(|| crate::usage::day_of(now).1, |over| over.resets_at),
             read_at: usage.polled_at(),
         }
     });
@@ -250,7 +251,7 @@ async fn list_keys(
         keys: listed
             .keys
             .into_iter()
-            .map(|key| item(key, usage))
+            .map(|key| item(key, usage, now))
             .collect(),
         usage_today,
         fresh: listed.fresh,

@@ -74,7 +74,7 @@ impl Row {
             key.key_id
                 .as_deref()
                 .filter(|_| usage.polled_at().is_some())
-                .map_or_else(|| "–".to_owned(), |id| tokens_text(usage.of_key(id)))
+                .map_or_else(|| "–".to_owned(), |id| tokens_text(usage.of_key(id, now)))
         });
         Self {
             used,
@@ -245,10 +245,10 @@ fn usage_lines(
     };
     let mut line = format!(
         "Your keys used {}{budget} today (UTC), {as_of}.",
-        tokens_text(usage.of_owner(&grant.owner))
+        tokens_text(usage.of_owner(&grant.owner, now))
     );
     if !usage.prices().is_empty() {
-        let spend = usage.spend_of_owner(&grant.owner);
+        let spend = usage.spend_of_owner(&grant.owner, now);
         line.push_str(&format!(" This month: about ${:.2}", spend.estimated));
         if grant.budget.cents_per_month > 0 {
             line.push_str(&format!(

@@ -375,7 +375,20 @@ async fn a_key_deleted_behind_our_back_is_reported_to_its_owner_and_in_the_audit
             .iter()
             .any(|l| l.contains(&key_ids[0]) && l.contains("key deleted"))
     );
-    // Reported once, not at every reading.
+    // Reported once, not at every reading; and a key revoked here is no
+    // news either.
+    app.sign_in_with(&browser, bob()).await;
+    let mine = my_keys(&app, &browser).await;
+    let third = listed_accounts(&mine.body)[0].clone();
+    let csrf = hidden(&mine.body, "csrf");
+    let revoked = post_form(
+        &app,
+        &browser,
+        &format!("/keys/{third}/revoke"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert!(revoked.status.is_redirection() || revoked.status.is_success());
     sweep(&app).await;
     app.advance(Duration::from_secs(20));
     my_keys(&app, &browser).await;
@@ -469,4 +482,60 @@ fn a_dollar_budget_without_prices_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("MODEL_PRICES"), "{stderr}");
     assert!(stderr.contains("gpt-4o=2.50/10.00"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_failing_costs_api_loses_no_usage() {
+    use sandbox::openai::{Fault, FaultKind};
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("MODEL_PRICES", "*=1/1")
+            .set("TOKENS_PER_DAY", "1000"),
+    )
+    .await;
+    let key = app.sign_in_as(bob()).await.key();
+    let session = cli_session(&app, bob()).await;
+    assert!(app.sandbox.openai.add_usage(&key, "gpt-4o", 1500, 0));
+    app.sandbox.openai.push_fault(
+        Fault::new(FaultKind::Status {
+            status: 503,
+            retry_after: None,
+        })
+        .method("GET")
+        .path("/v1/organization/costs")
+        .times(5),
+    );
+    next_poll(&app, &session).await;
+    let list = key_list(&app, &session).await;
+    assert_eq!(list["usage_today"]["input_tokens"], 1500, "{list}");
+    assert_eq!(list["usage_today"]["over_budget"], true);
+    // OpenAI's figure is the last one read (at start, before any usage).
+    assert_eq!(list["usage_today"]["usd_this_month_billed"], 0.0, "{list}");
+    assert_eq!(list["usage_today"]["usd_this_month"], 0.0015, "{list}");
+    assert_eq!(
+        new_key(&app, &session).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[test]
+fn a_budget_with_usage_never_read_is_refused_at_start() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_openai-key-server"))
+        .arg("check-config")
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("ALLOWED_DOMAINS", "example.com")
+        .env("OPENAI_MANAGEMENT_KEY", "sk-admin-x")
+        .env("CLIENT_ID", "id")
+        .env("CLIENT_SECRET", "secret")
+        .env("REDIRECT_URI", "https://keys.example.com/oauth2/callback")
+        .env("DEFAULT_PROJECT_NAME", "keys")
+        .env("TOKENS_PER_DAY", "100000")
+        .env("USAGE_POLL_INTERVAL", "0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("USAGE_POLL_INTERVAL"), "{stderr}");
+    assert!(stderr.contains("never be enforced"), "{stderr}");
 }
