@@ -1952,6 +1952,7 @@ async fn usage_is_recorded_per_key_and_reported_in_buckets_grouped_and_paged() {
         format!("start_time={start}&bucket_width=2d"),
         format!("start_time={start}&bucket_width=1d&limit=32"),
         format!("start_time={start}&group_by[]=colour"),
+        format!("start_time={start}&end_time={start}"),
     ] {
         let reply = api
             .get(&format!("/organization/usage/completions?{bad}"))

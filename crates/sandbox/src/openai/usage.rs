@@ -9,7 +9,8 @@
 //! `results` (the SDK's), and with `?result_field=result` (a knob of the
 //! sandbox) `result`, as one stored page of the documentation says. Costs
 //! accepts `group_by=api_key_id`, as the SDK does (uncertain for the real
-//! API). Usage is visible at once (the real API's latency is unknown; see
+//! API). Service accounts' keys belong to no user: grouping by `user_id`
+//! gives null, and a `user_ids` filter keeps nothing. Usage is visible at once (the real API's latency is unknown; see
 //! [`super::FakeOpenAi::set_usage_latency`]).
 
 use axum::Json;
@@ -77,6 +78,9 @@ struct Window {
     project_ids: Vec<String>,
     api_key_ids: Vec<String>,
     models: Vec<String>,
+    /// `user_ids`: service accounts' keys belong to no user, so any
+    /// filter on users keeps none of them.
+    user_ids: Vec<String>,
 }
 
 fn integer(query: &QueryParams, name: &str) -> Result<Option<i64>, ApiError> {
@@ -104,6 +108,12 @@ impl Window {
             ApiError::bad_request("Missing required parameter: 'start_time'.").param("start_time")
         })?;
         let end = integer(query, "end_time")?.unwrap_or(now + 1);
+        if end <= start {
+            return Err(ApiError::bad_request(format!(
+                "Invalid 'end_time': {end} is not after 'start_time' {start}."
+            ))
+            .param("end_time"));
+        }
         let width_name = query.get("bucket_width").unwrap_or("1d");
         let Some((_, width, default_limit, max_limit)) =
             widths.iter().find(|(name, ..)| *name == width_name)
@@ -156,6 +166,7 @@ impl Window {
             group_by,
             project_ids: owned("project_ids"),
             api_key_ids: owned("api_key_ids"),
+            user_ids: owned("user_ids"),
             models: owned("models"),
         })
     }
@@ -163,7 +174,8 @@ impl Window {
     fn keeps(&self, record: &Record) -> bool {
         let within =
             |filter: &[String], value: &str| filter.is_empty() || filter.iter().any(|f| f == value);
-        within(&self.project_ids, &record.project_id)
+        self.user_ids.is_empty()
+            && within(&self.project_ids, &record.project_id)
             && within(&self.api_key_ids, &record.api_key_id)
             && within(&self.models, &record.model)
     }
@@ -315,7 +327,9 @@ pub(super) async fn costs(
     let data = buckets
         .into_iter()
         .map(|(from, to, inside)| {
-            let mut groups: Vec<(GroupKey, f64)> = Vec::new();
+            // Amount, and tokens (the `quantity` of a result grouped by
+            // line item).
+            let mut groups: Vec<(GroupKey, f64, u64)> = Vec::new();
             for record in inside {
                 let (input_price, output_price) = price(&record.model);
                 for (item, tokens, per_million) in [
@@ -326,20 +340,31 @@ pub(super) async fn costs(
                     let key = window.group(record, Some(&line_item));
                     #[expect(clippy::cast_precision_loss, reason = "token counts far below 2^52")]
                     let amount = tokens as f64 * per_million / 1_000_000.0;
-                    match groups.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, sum)) => *sum += amount,
-                        None => groups.push((key, amount)),
+                    match groups.iter_mut().find(|(k, ..)| *k == key) {
+                        Some((_, sum, quantity)) => {
+                            *sum += amount;
+                            *quantity += tokens;
+                        }
+                        None => groups.push((key, amount, tokens)),
                     }
                 }
             }
             let results: Vec<Value> = groups
                 .into_iter()
-                .map(|(key, amount)| {
+                .map(|(key, amount, quantity)| {
                     let mut result = Map::new();
                     result.insert("object".into(), json!("organization.costs.result"));
                     result.insert("amount".into(), json!({"value": amount, "currency": "usd"}));
                     for field in ["line_item", "project_id", "api_key_id"] {
                         result.insert(field.into(), Value::Null);
+                    }
+                    // The spec: `quantity` comes with `line_item`.
+                    if window.group_by.iter().any(|g| g == "line_item") {
+                        #[expect(
+                            clippy::cast_precision_loss,
+                            reason = "token counts far below 2^52"
+                        )]
+                        result.insert("quantity".into(), json!(quantity as f64));
                     }
                     for (field, value) in key {
                         result.insert(field, value);
