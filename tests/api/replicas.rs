@@ -39,9 +39,7 @@ const GRACE_S: i64 = 3;
 
 /// A round-robin TCP proxy in front of `backends`: each connection goes to
 /// the next, or the one after when that one refuses (a dead replica).
-async fn proxy(backends: Vec<SocketAddr>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+fn proxy(listener: TcpListener, backends: Vec<SocketAddr>) {
     let next = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
@@ -60,7 +58,6 @@ async fn proxy(backends: Vec<SocketAddr>) -> SocketAddr {
             });
         }
     });
-    addr
 }
 
 /// One replica: its process, address, admin key and audit file.
@@ -231,56 +228,66 @@ async fn three_replicas_behind_a_proxy_share_nothing_but_configuration() {
     }
     let dir = std::env::temp_dir().join(format!("oks-replicas-{:x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ports: Vec<u16> = (0..REPLICAS)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let backends: Vec<SocketAddr> = ports
-        .iter()
-        .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
-        .collect();
-    let front = proxy(backends.clone()).await;
+    // The proxy's address first (it is the public one, in REDIRECT_URI);
+    // each replica binds a port of its own choosing (PORT=0) and says
+    // which in its log: a port picked here and bound there could be taken
+    // in between by another test's server.
+    let front_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = front_listener.local_addr().unwrap();
     let base = format!("http://{front}");
     let redirect_uri = format!("{base}/oauth2/callback");
     sandbox.oidc.allow_redirect_uri(&redirect_uri);
-    let mut replicas: Vec<Replica> = (0..REPLICAS)
-        .map(|i| {
-            let audit = dir.join(format!("audit-{i}.jsonl"));
-            let child = Command::new(env!("CARGO_BIN_EXE_openai-key-server"))
-                .env_clear()
-                .current_dir(&dir)
-                .envs(sandbox.env(&redirect_uri))
-                .env("OPENAI_MANAGEMENT_KEY", &keys[i])
-                .env("OPENAI_PROJECT_ID", &project)
-                .env("ALLOWED_DOMAINS", "example.com")
-                .env("EXPIRATION", LIFETIME.to_string())
-                .env("SESSION_SECRET", SESSION_SECRET)
-                .env("TRUSTED_PROXIES", "127.0.0.1")
-                .env("RATE_LIMIT_PER_IP", "0")
-                .env("RATE_LIMIT_REVOKE", "0")
-                .env("LISTING_MAX_AGE", "1")
-                .env("AUDIT_LOG_FILE", &audit)
-                .env("BIND_ADDRESS", "127.0.0.1")
-                .env("PORT", ports[i].to_string())
-                .env("LOG_FORMAT", "json")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            Replica {
-                child: Some(child),
-                addr: backends[i],
-                admin_key: keys[i].clone(),
-                audit,
+    let mut replicas: Vec<Replica> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let audit = dir.join(format!("audit-{i}.jsonl"));
+        let log = dir.join(format!("replica-{i}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_openai-key-server"))
+            .env_clear()
+            .current_dir(&dir)
+            .envs(sandbox.env(&redirect_uri))
+            .env("OPENAI_MANAGEMENT_KEY", key)
+            .env("OPENAI_PROJECT_ID", &project)
+            .env("ALLOWED_DOMAINS", "example.com")
+            .env("EXPIRATION", LIFETIME.to_string())
+            .env("SESSION_SECRET", SESSION_SECRET)
+            .env("TRUSTED_PROXIES", "127.0.0.1")
+            .env("RATE_LIMIT_PER_IP", "0")
+            .env("RATE_LIMIT_REVOKE", "0")
+            .env("LISTING_MAX_AGE", "1")
+            .env("AUDIT_LOG_FILE", &audit)
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("PORT", "0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,openai_key_server=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut addr = None;
+        for _ in 0..1000 {
+            addr = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|line| {
+                    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                    (value["message"] == "listening")
+                        .then(|| value["addr"].as_str()?.parse::<SocketAddr>().ok())
+                        .flatten()
+                });
+            if addr.is_some() {
+                break;
             }
-        })
-        .collect();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let addr = addr.expect("the replica says where it listens");
+        replicas.push(Replica {
+            child: Some(child),
+            addr,
+            admin_key: key.clone(),
+            audit,
+        });
+    }
+    proxy(front_listener, replicas.iter().map(|r| r.addr).collect());
     for replica in &replicas {
         let mut ready = false;
         for _ in 0..1000 {
