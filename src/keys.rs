@@ -1536,41 +1536,33 @@ impl Keys {
 }
 
 fn log_report(report: &SweepReport) {
+    // One list of fields for both levels (a callsite's level is fixed).
+    macro_rules! sweep_finished {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                sweep.kind = report.kind,
+                sweep.listed = report.listed,
+                sweep.pages = report.pages,
+                sweep.deleted = report.deleted,
+                sweep.already_gone = report.already_gone,
+                sweep.failed = report.failed,
+                sweep.kept = report.kept,
+                sweep.foreign = report.foreign,
+                sweep.legacy_deleted = report.legacy_deleted,
+                sweep.retries = report.retries,
+                sweep.rate_limited = report.rate_limited,
+                sweep.admin_calls = report.admin_calls,
+                duration_ms = report.duration_ms,
+                "sweep finished"
+            )
+        };
+    }
     // A sweep that found nothing to do is no news (the metrics count it);
     // one that deleted, failed or could not list is.
     if report.deleted + report.failed + report.legacy_deleted > 0 || report.list_error.is_some() {
-        tracing::info!(
-            sweep.kind = report.kind,
-            sweep.listed = report.listed,
-            sweep.pages = report.pages,
-            sweep.deleted = report.deleted,
-            sweep.already_gone = report.already_gone,
-            sweep.failed = report.failed,
-            sweep.kept = report.kept,
-            sweep.foreign = report.foreign,
-            sweep.legacy_deleted = report.legacy_deleted,
-            sweep.retries = report.retries,
-            sweep.rate_limited = report.rate_limited,
-            sweep.admin_calls = report.admin_calls,
-            duration_ms = report.duration_ms,
-            "sweep finished"
-        );
+        sweep_finished!(tracing::Level::INFO);
     } else {
-        tracing::debug!(
-            sweep.kind = report.kind,
-            sweep.listed = report.listed,
-            sweep.pages = report.pages,
-            sweep.deleted = report.deleted,
-            sweep.already_gone = report.already_gone,
-            sweep.failed = report.failed,
-            sweep.kept = report.kept,
-            sweep.foreign = report.foreign,
-            sweep.legacy_deleted = report.legacy_deleted,
-            sweep.retries = report.retries,
-            sweep.rate_limited = report.rate_limited,
-            sweep.admin_calls = report.admin_calls,
-            duration_ms = report.duration_ms,
-            "sweep finished"
-        );
+        sweep_finished!(tracing::Level::DEBUG);
     }
 }

@@ -505,20 +505,14 @@ impl AdminClient {
         start_time: i64,
         page: Option<&str>,
     ) -> Result<UsagePage, Error> {
-        let start = start_time.to_string();
-        let mut query = vec![
-            ("start_time", start.as_str()),
-            ("bucket_width", "1d"),
-            ("limit", "31"),
-            ("group_by[]", "api_key_id"),
-            ("group_by[]", "model"),
-            ("project_ids[]", project_id),
-        ];
-        if let Some(page) = page {
-            query.push(("page", page));
-        }
-        let url = self.url("organization/usage/completions", &query);
-        self.call(Method::GET, url, None::<&()>).await
+        self.daily_page(
+            "organization/usage/completions",
+            &["api_key_id", "model"],
+            project_id,
+            start_time,
+            page,
+        )
+        .await
     }
 
     /// Costs in `project_id` from `start_time` on, in daily buckets, per
@@ -530,18 +524,39 @@ impl AdminClient {
         start_time: i64,
         page: Option<&str>,
     ) -> Result<CostsPage, Error> {
+        self.daily_page(
+            "organization/costs",
+            &["api_key_id"],
+            project_id,
+            start_time,
+            page,
+        )
+        .await
+    }
+
+    /// One page of a Usage or Costs endpoint at `path`: one project's
+    /// daily buckets from `start_time`, a month's worth a page, grouped by
+    /// `group_by` (arrays in the SDK's bracket form).
+    async fn daily_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        group_by: &[&str],
+        project_id: &str,
+        start_time: i64,
+        page: Option<&str>,
+    ) -> Result<T, Error> {
         let start = start_time.to_string();
         let mut query = vec![
             ("start_time", start.as_str()),
             ("bucket_width", "1d"),
             ("limit", "31"),
-            ("group_by[]", "api_key_id"),
-            ("project_ids[]", project_id),
         ];
+        query.extend(group_by.iter().map(|group| ("group_by[]", *group)));
+        query.push(("project_ids[]", project_id));
         if let Some(page) = page {
             query.push(("page", page));
         }
-        let url = self.url("organization/costs", &query);
+        let url = self.url(path, &query);
         self.call(Method::GET, url, None::<&()>).await
     }
 

@@ -443,3 +443,32 @@ async fn serve_says_at_start_when_openai_refuses_the_admin_key() {
     assert!(line.contains("\"level\":\"ERROR\""), "{line}");
     assert!(!line.contains("sk-admin-wrong"), "{line}");
 }
+
+/// `check-config` with the good settings and `more`: exit code and stderr.
+fn check_config_with(name: &str, more: &[(&str, &str)]) -> (Option<i32>, String) {
+    let env: Vec<(&str, &str)> = GOOD.iter().chain(more).copied().collect();
+    let output = run(&temp_dir(name), &["check-config"], &env);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_dollar_budget_without_prices_is_refused_at_start() {
+    let (code, stderr) = check_config_with("dollars", &[("USD_PER_MONTH", "50")]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("MODEL_PRICES"), "{stderr}");
+    assert!(stderr.contains("gpt-4o=2.50/10.00"), "{stderr}");
+}
+
+#[test]
+fn a_budget_with_usage_never_read_is_refused_at_start() {
+    let (code, stderr) = check_config_with(
+        "no-reads",
+        &[("TOKENS_PER_DAY", "100000"), ("USAGE_POLL_INTERVAL", "0")],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("USAGE_POLL_INTERVAL"), "{stderr}");
+    assert!(stderr.contains("never be enforced"), "{stderr}");
+}

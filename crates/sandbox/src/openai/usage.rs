@@ -75,6 +75,9 @@ struct Window {
     limit: usize,
     page: usize,
     group_by: Vec<String>,
+    /// Every field the endpoint can group by: null in a result unless
+    /// grouped by.
+    groups: Vec<String>,
     project_ids: Vec<String>,
     api_key_ids: Vec<String>,
     models: Vec<String>,
@@ -164,6 +167,7 @@ impl Window {
             limit,
             page,
             group_by,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             project_ids: owned("project_ids"),
             api_key_ids: owned("api_key_ids"),
             user_ids: owned("user_ids"),
@@ -200,6 +204,18 @@ impl Window {
             base64::engine::general_purpose::STANDARD.encode(format!("page:{}", self.page + 1))
         });
         (buckets, next)
+    }
+
+    /// `result` with every field the endpoint groups by: null, or the
+    /// value `key` gives it.
+    fn grouped(&self, mut result: Map<String, Value>, key: GroupKey) -> Value {
+        for field in &self.groups {
+            result.insert(field.clone(), Value::Null);
+        }
+        for (field, value) in key {
+            result.insert(field, value);
+        }
+        Value::Object(result)
     }
 
     /// The grouping key of a record: the value of each `group_by` field.
@@ -283,20 +299,7 @@ pub(super) async fn completions(
                     result.insert("output_tokens".into(), json!(output));
                     result.insert("input_cached_tokens".into(), json!(0));
                     result.insert("num_model_requests".into(), json!(requests));
-                    for field in [
-                        "project_id",
-                        "user_id",
-                        "api_key_id",
-                        "model",
-                        "batch",
-                        "service_tier",
-                    ] {
-                        result.insert(field.into(), Value::Null);
-                    }
-                    for (field, value) in key {
-                        result.insert(field, value);
-                    }
-                    Value::Object(result)
+                    window.grouped(result, key)
                 })
                 .collect();
             json!({"object": "bucket", "start_time": from, "end_time": to, "results": results})
@@ -355,9 +358,6 @@ pub(super) async fn costs(
                     let mut result = Map::new();
                     result.insert("object".into(), json!("organization.costs.result"));
                     result.insert("amount".into(), json!({"value": amount, "currency": "usd"}));
-                    for field in ["line_item", "project_id", "api_key_id"] {
-                        result.insert(field.into(), Value::Null);
-                    }
                     // The spec: `quantity` comes with `line_item`.
                     if window.group_by.iter().any(|g| g == "line_item") {
                         #[expect(
@@ -366,10 +366,7 @@ pub(super) async fn costs(
                         )]
                         result.insert("quantity".into(), json!(quantity as f64));
                     }
-                    for (field, value) in key {
-                        result.insert(field, value);
-                    }
-                    Value::Object(result)
+                    window.grouped(result, key)
                 })
                 .collect();
             json!({"object": "bucket", "start_time": from, "end_time": to, field: results})
