@@ -160,6 +160,24 @@ impl Budget {
     pub fn is_set(&self) -> bool {
         self.tokens_per_day > 0 || self.cents_per_month > 0
     }
+
+    /// "2,000,000 tokens a day and $50.00 a month" (empty: none).
+    pub fn amounts(&self) -> String {
+        let mut parts = Vec::new();
+        if self.tokens_per_day > 0 {
+            parts.push(format!(
+                "{} tokens a day",
+                crate::usage::thousands(self.tokens_per_day)
+            ));
+        }
+        if self.cents_per_month > 0 {
+            parts.push(format!(
+                "{} a month",
+                crate::usage::dollars(self.cents_per_month)
+            ));
+        }
+        parts.join(" and ")
+    }
 }
 
 /// What one allowed identity may have: the rule that matched, applied.
@@ -528,20 +546,9 @@ impl Rule {
             format!("scopes {}", self.scopes.join(","))
         };
         let budget = if self.budget.is_set() {
-            let mut parts = Vec::new();
-            if self.budget.tokens_per_day > 0 {
-                parts.push(format!("{} tokens a day", self.budget.tokens_per_day));
-            }
-            if self.budget.cents_per_month > 0 {
-                parts.push(format!(
-                    "${}.{:02} a month",
-                    self.budget.cents_per_month / 100,
-                    self.budget.cents_per_month % 100
-                ));
-            }
             format!(
                 ", {} ({} when spent)",
-                parts.join(" and "),
+                self.budget.amounts(),
                 if self.budget.revoke {
                     "keys revoked"
                 } else {

@@ -87,26 +87,7 @@ pub(super) async fn page(
             }
             Holder {
                 used,
-                budget: budget.map_or_else(
-                    || "none".to_owned(),
-                    |b| {
-                        let mut parts = Vec::new();
-                        if b.tokens_per_day > 0 {
-                            parts.push(format!(
-                                "{} tokens a day",
-                                super::me::thousands(b.tokens_per_day)
-                            ));
-                        }
-                        if b.cents_per_month > 0 {
-                            parts.push(format!(
-                                "${}.{:02} a month",
-                                b.cents_per_month / 100,
-                                b.cents_per_month % 100
-                            ));
-                        }
-                        parts.join(", ")
-                    },
-                ),
+                budget: budget.map_or_else(|| "none".to_owned(), |b| b.amounts()),
                 over: budget.is_some_and(|b| usage.over_budget(&owner, b, now).is_some()),
                 lifted_until: usage
                     .lifted_until(&owner, now)

@@ -56,15 +56,10 @@ pub(super) struct Row {
 pub(super) fn tokens_text(tokens: crate::usage::Tokens) -> String {
     format!(
         "{} tokens ({} request{})",
-        thousands(tokens.total()),
-        thousands(tokens.requests),
+        crate::usage::thousands(tokens.total()),
+        crate::usage::thousands(tokens.requests),
         if tokens.requests == 1 { "" } else { "s" }
     )
-}
-
-/// `1234567` as `1,234,567`.
-pub(super) fn thousands(n: u64) -> String {
-    crate::usage::thousands(n)
 }
 
 impl Row {
@@ -238,7 +233,7 @@ fn usage_lines(
     let budget = if grant.budget.tokens_per_day > 0 {
         format!(
             " of your budget of {} a day",
-            thousands(grant.budget.tokens_per_day)
+            crate::usage::thousands(grant.budget.tokens_per_day)
         )
     } else {
         String::new()
@@ -252,9 +247,8 @@ fn usage_lines(
         line.push_str(&format!(" This month: about ${:.2}", spend.estimated));
         if grant.budget.cents_per_month > 0 {
             line.push_str(&format!(
-                " of your ${}.{:02}",
-                grant.budget.cents_per_month / 100,
-                grant.budget.cents_per_month % 100
+                " of your {}",
+                crate::usage::dollars(grant.budget.cents_per_month)
             ));
         }
         line.push_str(" (estimated from prices)");
